@@ -1,0 +1,1 @@
+"""lorahive.cli: the Typer command-line app (thin: parses, calls, shows progress)."""

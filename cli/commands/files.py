@@ -1,0 +1,66 @@
+"""Commands on local adapter directories: ``inspect`` and ``convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.output import console, print_json
+from hub.peft_format import load_peft, save_peft
+
+
+def inspect(
+    path: Path = typer.Argument(..., help="A PEFT adapter directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Read adapter_model.bin with a weights-only loader."
+    ),
+) -> None:
+    """Print an adapter's config summary and a per-module table (shape, rank, scale, norm,
+    effective rank at 90%/99% energy)."""
+    adapter = load_peft(path, allow_pickle=allow_pickle)
+    summary = adapter.summary()
+    stats = adapter.stats() if adapter.is_lora else []
+    if json_out:
+        print_json({"path": str(path), "summary": summary, "config": adapter.config.data,
+                    "modules": [s.as_dict() for s in stats]})
+        return
+    console.print(f"[bold]{path}[/bold]")
+    for key, value in summary.items():
+        console.print(f"  {key}: {value}")
+    if not adapter.is_lora:
+        console.print(f"  (opaque {adapter.peft_type} adapter: {len(adapter.extra_tensors)} tensors)")
+        return
+    table = Table(show_lines=False)
+    for col in ("module", "shape", "rank", "scale", "norm", "eff.rank 90%", "eff.rank 99%"):
+        if col == "module":
+            table.add_column(col, overflow="fold", ratio=1)
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
+    for s in stats:
+        table.add_row(
+            s.name + (" (DoRA)" if s.dora else ""), "x".join(map(str, s.shape)), str(s.rank),
+            f"{s.scale:.4g}", f"{s.norm:.4g}", str(s.effective_rank_90), str(s.effective_rank_99),
+        )
+    console.print(table)
+
+
+def convert(
+    path: Path = typer.Argument(..., help="A PEFT adapter directory (safetensors or .bin)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the safetensors adapter."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle",
+        help="Read a pickle adapter_model.bin with torch.load(weights_only=True).",
+    ),
+) -> None:
+    """Rewrite an adapter as PEFT safetensors (the safe way to bring in a pickle adapter)."""
+    adapter = load_peft(path, allow_pickle=allow_pickle)
+    save_peft(adapter, out)
+    console.print(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(inspect)
+    app.command()(convert)

@@ -1,0 +1,121 @@
+"""Reading and writing safetensors with the header checked before any tensor is touched.
+
+The header is parsed with bounds checks (size cap, offsets inside the file, no overlaps, spans
+that match dtype x shape) so a hostile or truncated file is a clear error, never a crash or a
+huge allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hub.atomic import atomic_path
+from hub.errors import InvalidAdapterError
+
+MAX_HEADER_BYTES = 100_000_000
+
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
+    """Return the validated header (without ``__metadata__``) and the data section's offset."""
+    path = Path(path)
+    size = path.stat().st_size
+    name = path.name
+    if size < 8:
+        raise InvalidAdapterError(f"{name}: not a safetensors file (only {size} bytes)")
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > MAX_HEADER_BYTES:
+            raise InvalidAdapterError(
+                f"{name}: safetensors header claims {n} bytes (limit {MAX_HEADER_BYTES}); "
+                "the file is corrupt or hostile"
+            )
+        if 8 + n > size:
+            raise InvalidAdapterError(f"{name}: truncated safetensors header ({n} bytes declared)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidAdapterError(f"{name}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise InvalidAdapterError(f"{name}: safetensors header is not a JSON object")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not isinstance(meta, dict):
+        raise InvalidAdapterError(f"{name}: __metadata__ must be a string map")
+    data_len = size - 8 - n
+    spans = []
+    for key, info in header.items():
+        if not isinstance(info, dict) or {"dtype", "shape", "data_offsets"} - info.keys():
+            raise InvalidAdapterError(f"{name}: tensor {key!r} has a malformed header entry")
+        dtype = info["dtype"]
+        if dtype not in DTYPE_SIZES:
+            raise InvalidAdapterError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}")
+        shape = info["shape"]
+        offs = info["data_offsets"]
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(isinstance(o, int) for o in offs)
+        ):
+            raise InvalidAdapterError(f"{name}: tensor {key!r} has a malformed shape or offsets")
+        begin, end = offs
+        if not 0 <= begin <= end <= data_len:
+            raise InvalidAdapterError(
+                f"{name}: tensor {key!r} lies outside the file (offsets {begin}..{end}, "
+                f"data is {data_len} bytes); the file is truncated or corrupt"
+            )
+        if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise InvalidAdapterError(
+                f"{name}: tensor {key!r} spans {end - begin} bytes but {dtype}{shape} needs "
+                f"{math.prod(shape) * DTYPE_SIZES[dtype]}"
+            )
+        spans.append((begin, end, key))
+    spans.sort()
+    for (_, e1, k1), (b2, _, k2) in zip(spans, spans[1:], strict=False):
+        if b2 < e1:
+            raise InvalidAdapterError(f"{name}: tensors {k1!r} and {k2!r} overlap")
+    return header, 8 + n
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    path = Path(path)
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > MAX_HEADER_BYTES:
+            raise InvalidAdapterError(f"{path.name}: safetensors header too large")
+        return json.loads(fh.read(n)).get("__metadata__") or {}
+
+
+def load_tensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Validate the header, then load every tensor."""
+    read_header(path)
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types
+        raise InvalidAdapterError(f"{Path(path).name}: cannot read safetensors ({e})") from None
+
+
+def save_tensors(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write atomically; tensors are made contiguous and moved to CPU first."""
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata or {"format": "pt"})
