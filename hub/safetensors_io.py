@@ -7,6 +7,7 @@ huge allocation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -86,7 +87,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
             )
         spans.append((begin, end, key))
     spans.sort()
-    for (_, e1, k1), (b2, _, k2) in zip(spans, spans[1:], strict=False):
+    for (_, e1, k1), (b2, _, k2) in itertools.pairwise(spans):
         if b2 < e1:
             raise InvalidAdapterError(f"{name}: tensors {k1!r} and {k2!r} overlap")
     return header, 8 + n
