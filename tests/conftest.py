@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny seeded transformers models saved as real checkpoints, and PEFT adapters.
+
+Everything runs on CPU in seconds. Helpers are plain functions (importable from
+``tests.conftest``-free code via ``tests/models.py``) plus fixtures wrapping them.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import pytest
+
+from tests.models import make_peft_adapter, save_tiny_llama, save_tiny_t5
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A saved Llama-style checkpoint (safetensors + config), fixed seed."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory):
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tiny_llama_dir, tmp_path_factory):
+    """A plain LoRA adapter saved by PEFT on the tiny Llama (q_proj, v_proj, r=4)."""
+    return make_peft_adapter(tiny_llama_dir, tmp_path_factory.mktemp("lora") / "a", seed=1)
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An isolated LORAHIVE_HOME for registry and cache state."""
+    h = tmp_path / "lorahive-home"
+    monkeypatch.setenv("LORAHIVE_HOME", str(h))
+    return h

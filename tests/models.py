@@ -1,0 +1,97 @@
+"""Tiny models and PEFT adapters for tests: real checkpoints, fixed seeds, CPU, seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LLAMA_KW = dict(
+    vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
+T5_KW = dict(
+    vocab_size=128, d_model=48, d_kv=12, d_ff=64, num_layers=2, num_decoder_layers=2,
+    num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+)
+BASE_ID = "lorahive-tests/tiny-llama"
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**LLAMA_KW))
+    model.config.name_or_path = BASE_ID
+    return model.eval()
+
+
+def tiny_t5(seed: int = 0):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    return T5ForConditionalGeneration(T5Config(**T5_KW)).eval()
+
+
+def save_tiny_llama(path: Path, seed: int = 0) -> Path:
+    model = tiny_llama(seed)
+    model.save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_t5(path: Path, seed: int = 0) -> Path:
+    tiny_t5(seed).save_pretrained(path)
+    return Path(path)
+
+
+def load_base(base_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base_dir).eval()
+
+
+def make_peft_adapter(
+    base_dir: Path,
+    out: Path,
+    seed: int = 1,
+    base_id: str = BASE_ID,
+    **lora_kw: Any,
+) -> Path:
+    """Create a LoRA(-family) adapter with PEFT on the saved base and save it with PEFT.
+
+    Factors are random (``init_lora_weights=False``) so deltas are non-zero, as after training.
+    ``lora_kw`` goes to ``LoraConfig`` (or ``AdaLoraConfig`` with ``peft_type="ADALORA"``).
+    """
+    from peft import AdaLoraConfig, LoraConfig, get_peft_model
+
+    base = load_base(base_dir)
+    kind = lora_kw.pop("peft_type", "LORA")
+    kw = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    kw.update(lora_kw)
+    if kind == "ADALORA":
+        kw.pop("r", None)
+        kw.setdefault("init_r", 6)
+        kw.setdefault("total_step", 10)
+        cfg = AdaLoraConfig(**kw)
+    else:
+        kw.setdefault("init_lora_weights", False)
+        cfg = LoraConfig(**kw)
+    cfg.base_model_name_or_path = base_id
+    torch.manual_seed(seed)
+    model = get_peft_model(base, cfg)
+    if kind == "ADALORA" or kw.get("init_lora_weights") is not False:
+        # these inits start at zero delta; perturb every factor so the delta is non-trivial
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(out)
+    # PEFT records the local path it loaded from; pin the stable id the tests reason about
+    cfg_path = Path(out) / "adapter_config.json"
+    data = json.loads(cfg_path.read_text())
+    data["base_model_name_or_path"] = base_id
+    cfg_path.write_text(json.dumps(data, indent=2))
+    return Path(out)
