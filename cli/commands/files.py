@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cli.output import console, print_json
-from hub.peft_format import load_peft, save_peft
+from hub.peft_format import convert_residual, load_peft, save_peft
 
 
 def inspect(
@@ -54,9 +54,23 @@ def convert(
         False, "--allow-pickle",
         help="Read a pickle adapter_model.bin with torch.load(weights_only=True).",
     ),
+    initial: Path | None = typer.Option(
+        None, "--initial",
+        help="For PiSSA/OLoRA/CorDA adapters: the adapter as saved before training. The output "
+        "is then a plain LoRA delta against the original base model (rank doubles).",
+    ),
 ) -> None:
-    """Rewrite an adapter as PEFT safetensors (the safe way to bring in a pickle adapter)."""
+    """Rewrite an adapter as plain PEFT safetensors: bring in a pickle adapter safely, or turn
+    a residual-base (PiSSA/OLoRA) adapter into a delta against the original base."""
     adapter = load_peft(path, allow_pickle=allow_pickle)
+    if initial is not None:
+        adapter = convert_residual(adapter, load_peft(initial, allow_pickle=allow_pickle))
+    elif adapter.config.residual_init:
+        console.print(
+            f"[yellow]note:[/yellow] this adapter was initialised with "
+            f"{adapter.config.residual_init!r}; its delta applies to a residual base. Pass "
+            "--initial DIR to convert it to a delta against the original base."
+        )
     save_peft(adapter, out)
     console.print(f"wrote {out}")
 
