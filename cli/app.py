@@ -20,6 +20,7 @@ app = typer.Typer(
 # Each module registers its commands on `app`; one line per command group.
 COMMAND_MODULES = [
     "cli.commands.files",
+    "cli.commands.compose",
 ]
 
 for _mod in COMMAND_MODULES:

@@ -1,0 +1,140 @@
+"""``lorahive compose``: LoRAHub-style mixing weights for a new task from a few examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.output import console, err_console, print_json
+from compose.composer import (
+    Composer,
+    SearchConfig,
+    check_candidates,
+    load_examples,
+    resolve_candidates,
+    write_composed,
+)
+from compose.composer.composer import MAX_CANDIDATES
+from compose.composer.model import load_base
+from compose.composer.objective import load_objective
+from hub.errors import InvalidRequestError
+
+
+def _quiet_transformers() -> None:
+    """Our progress bar is the one to watch; transformers' weight-loading bars are noise here."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def compose(
+    base: Path = typer.Option(..., "--base", help="Base model directory (with tokenizer)."),
+    candidates: list[str] = typer.Option(
+        ..., "--candidates", "-c", help="Candidate adapter directories (repeat the option)."),
+    examples: Path = typer.Option(..., "--examples", help="Few-shot examples, JSONL "
+                                  '{"input": ..., "output": ...}.'),
+    out: Path = typer.Option(..., "--out", help="Directory for the composed PEFT adapter."),
+    eval_file: Path | None = typer.Option(None, "--eval", help="Held-out JSONL for accuracy."),
+    budget: int = typer.Option(40, help="Objective evaluations (nevergrad budget)."),
+    optimizer: str = typer.Option("NGOpt", help="Any nevergrad optimizer by name."),
+    workers: int = typer.Option(1, help="Weight vectors asked per step, scored in one batch."),
+    mode: str = typer.Option("ab", help="ab: mix A and B element-wise (LoRAHub); delta: "
+                             "sum the deltas (exact, any ranks)."),
+    rank: int | None = typer.Option(None, help="delta: output rank (default: max candidate "
+                                    "rank)."),
+    l1: float = typer.Option(0.05, help="L1 coefficient on mean |w|."),
+    lower: float = typer.Option(-1.5, help="Lower bound of each weight."),
+    upper: float = typer.Option(1.5, help="Upper bound of each weight."),
+    init: float = typer.Option(0.0, help="Initial weight."),
+    seed: int = typer.Option(42, help="Seed of the search."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Examples per loss batch (LoRAHub's; default: all)."),
+    objective: str | None = typer.Option(
+        None, help="Custom objective module:function (LossInputs -> [K] tensor)."),
+    prescreen: int | None = typer.Option(
+        None, help=f"Keep the K best candidates scored alone (default: all, at most "
+        f"{MAX_CANDIDATES})."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    dtype: str = typer.Option("float32", help="Compute dtype: float32 or bfloat16."),
+    max_rows: int = typer.Option(64, help="Most sequences in one forward pass."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Find mixing weights of candidate adapters for a new task from a few examples
+    (gradient-free, nevergrad) and write the composed adapter with its lineage."""
+    cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
+                       upper=upper, init=init, seed=seed)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
+    cands = resolve_candidates(candidates)
+    shots = load_examples(examples)
+    held_out = load_examples(eval_file) if eval_file is not None else None
+    if prescreen is not None and prescreen < 1:
+        raise InvalidRequestError("--prescreen must be at least 1")
+    obj = load_objective(objective)
+    check_candidates(cands, mode)  # before the model loads: fail fast on mismatched candidates
+    _quiet_transformers()
+    bm = load_base(base, device, dtype)
+    comp = Composer(bm, cands, shots, mode=mode, l1=l1, batch_size=batch_size, objective=obj,
+                    max_rows=max_rows)
+    for w in comp.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {w}")
+    keep = prescreen or (MAX_CANDIDATES if len(cands) > MAX_CANDIDATES else None)
+    screened = comp.prescreen(keep) if keep is not None else None
+
+    with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                  console=err_console, transient=json_out) as bar:
+        task = bar.add_task("search", total=cfg.budget, best="-")
+        result = comp.search(cfg, lambda done, _v, best: bar.update(
+            task, completed=done, best=f"{best:.4f}"))
+
+    zero = comp.score([[0.0] * len(comp.candidates)])[0]
+    adapter, energy = comp.adapter(result.weights, rank)
+    metrics: dict = {"objective": result.objective, "zero_shot_objective": float(zero),
+                     "seconds_per_eval": result.seconds_per_eval,
+                     "evaluations": result.evaluations}
+    if energy:
+        metrics["energy_kept_min"] = min(energy.values())
+        metrics["energy_kept_mean"] = sum(energy.values()) / len(energy)
+    if held_out is not None:
+        acc = comp.accuracy(result.weights, held_out)
+        metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric, eval_n=acc.n)
+    comp.close()
+    extra = {"rank": adapter.max_rank if mode == "delta" else None,
+             "prescreen": screened, "base": str(base)}
+    write_composed(adapter, out, comp, cfg, result, extra, metrics)
+
+    weights = {c.ref: float(w) for c, w in zip(comp.candidates, result.weights, strict=True)}
+    if json_out:
+        print_json({"out": str(out), "weights": weights, "trace": result.trace, **metrics})
+        return
+    table = Table(title="mixing weights")
+    table.add_column("candidate", overflow="fold")
+    table.add_column("weight", justify="right")
+    for ref, w in sorted(weights.items(), key=lambda kv: -abs(kv[1])):
+        table.add_row(ref, f"{w:+.4f}")
+    console.print(table)
+    best = result.best_trace
+    marks = sorted({0, len(best) // 4, len(best) // 2, 3 * len(best) // 4, len(best) - 1})
+    console.print("objective trace (best so far): " + "  ".join(
+        f"#{i + 1} {best[i]:.4f}" for i in marks))
+    console.print(f"zero-shot objective {zero:.4f} -> composed {result.objective:.4f} "
+                  f"({result.evaluations} evaluations, {result.seconds_per_eval * 1000:.0f} ms "
+                  f"each, {cfg.optimizer}, mode {mode})")
+    if energy:
+        console.print(f"rank {adapter.max_rank}: energy kept min "
+                      f"{metrics['energy_kept_min']:.4f}, mean {metrics['energy_kept_mean']:.4f}")
+    if held_out is not None:
+        console.print(f"held-out accuracy ({metrics['eval_metric']}): "
+                      f"{metrics['eval_accuracy']:.1%} of {metrics['eval_n']}")
+    console.print(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(compose)

@@ -1,0 +1,127 @@
+"""Candidate adapters: where they come from, and whether they can be mixed at all.
+
+``ab`` mixes the factors element-wise (LoRAHub), so every candidate must adapt the same modules
+at the same rank; ``delta`` sums the low-rank deltas, which is exact for any ranks and for
+candidates that adapt different modules, as long as each module's shape agrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hub.adapter import Adapter
+from hub.errors import (
+    BaseModelMismatchError,
+    InvalidRequestError,
+    ShapeMismatchError,
+    UnsupportedAdapterError,
+)
+from hub.peft_format import load_peft
+
+MODES = ("ab", "delta")
+
+
+@dataclass
+class Candidate:
+    ref: str  # what the user gave: a directory today, a registry reference later
+    adapter: Adapter
+    sha256: str | None = None
+    version: str | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.ref).name or self.ref
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_candidates(refs: Sequence[str]) -> list[Candidate]:
+    """Load candidates from adapter directories.
+
+    Registry references (``ns/name[@version]``) and filters need the registry, which resolves
+    them to directories and calls this function with those.
+    """
+    if not refs:
+        raise InvalidRequestError("give at least one candidate adapter directory")
+    out: list[Candidate] = []
+    for ref in refs:
+        p = Path(ref)
+        if not p.is_dir():
+            raise InvalidRequestError(
+                f"candidate {ref!r} is not a directory; registry references need the registry "
+                "(resolve them to local adapter directories first)"
+            )
+        out.append(Candidate(str(ref), load_peft(p), _sha256(p / "adapter_model.safetensors")))
+    names = [c.ref for c in out]
+    if len(set(names)) != len(names):
+        raise InvalidRequestError("a candidate is listed twice")
+    return out
+
+
+def check_candidates(cands: Sequence[Candidate], mode: str) -> list[str]:
+    """Validate the candidates for ``mode``; return the adapted module names, sorted."""
+    if mode not in MODES:
+        raise InvalidRequestError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if not cands:
+        raise InvalidRequestError("no candidates to compose")
+    for c in cands:
+        c.adapter.require_lora("composition")
+        for name, m in c.adapter.modules.items():
+            if m.magnitude is not None:
+                raise UnsupportedAdapterError(
+                    f"{c.ref}: {name} is a DoRA module; the composer mixes plain LoRA factors "
+                    "(convert it to a plain delta first)")
+            if m.kind != "linear" or m.fan_in_fan_out:
+                raise UnsupportedAdapterError(
+                    f"{c.ref}: {name} adapts a {m.kind} layer; the composer wraps Linear layers")
+    bases = {c.adapter.base_model for c in cands if c.adapter.base_model}
+    if len(bases) > 1:
+        raise BaseModelMismatchError(
+            "candidates target different base models: "
+            + ", ".join(f"{c.ref} -> {c.adapter.base_model}" for c in cands)
+        )
+    first = cands[0]
+    shapes: dict[str, tuple[int, int]] = {}
+    for c in cands:
+        for name, m in c.adapter.modules.items():
+            shape = (m.out_features, m.in_features)
+            if shapes.setdefault(name, shape) != shape:
+                raise ShapeMismatchError(
+                    f"{c.ref}: module {name} is {shape[0]}x{shape[1]} but another candidate's is "
+                    f"{shapes[name][0]}x{shapes[name][1]}; candidates must share a base model")
+    if mode == "ab":
+        want = set(first.adapter.modules)
+        for c in cands[1:]:
+            have = set(c.adapter.modules)
+            if have != want:
+                diff = sorted(want ^ have)
+                raise ShapeMismatchError(
+                    f"mode ab mixes factors element-wise, so candidates must adapt the same "
+                    f"modules; {c.ref} differs from {first.ref} at {diff[0]}"
+                    f"{f' (+{len(diff) - 1} more)' if len(diff) > 1 else ''}; use --mode delta")
+            for name in sorted(want):
+                r0, r1 = first.adapter.modules[name].rank, c.adapter.modules[name].rank
+                if r0 != r1:
+                    raise ShapeMismatchError(
+                        f"mode ab needs equal ranks: {name} has rank {r1} in {c.ref} but {r0} "
+                        f"in {first.ref}; use --mode delta (exact for any ranks)")
+    return sorted(shapes)
+
+
+def ab_scales_differ(cands: Sequence[Candidate]) -> list[str]:
+    """Modules whose scale differs between candidates (``ab`` uses the first's, as LoRAHub)."""
+    first = cands[0].adapter.modules
+    return sorted(n for n, m in first.items() for c in cands[1:]
+                  if not math.isclose(c.adapter.modules[n].scale, m.scale, rel_tol=1e-6))

@@ -1,0 +1,155 @@
+"""The search objective: few-shot loss of each mixed candidate plus an L1 penalty on the weights.
+
+The default is LoRAHub's exact form. Its loss sums, over batches of ``batch_size`` examples
+(all of them when ``None``), the batch's mean token loss, then divides by the number of
+examples; the penalty is ``l1 * mean(|w|)`` (0.05 in LoRAHub). K weight vectors are scored in
+one forward pass over the examples repeated K times.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compose.composer.examples import IGNORE, Encoded
+from compose.composer.mixing import Mixer
+from hub.errors import InvalidRequestError
+
+
+@dataclass
+class LossInputs:
+    """What an objective sees for K weight vectors over N examples."""
+
+    nll: torch.Tensor  # [K, N] summed token loss per example
+    counts: torch.Tensor  # [N] scored tokens per example
+    weights: torch.Tensor  # [K, n]
+    l1: float
+    batch_size: int | None
+
+
+ObjectiveFn = Callable[[LossInputs], torch.Tensor]
+
+
+def reference_loss(x: LossInputs) -> torch.Tensor:
+    """LoRAHub's loss: sum over batches of the batch's token-mean loss, divided by N."""
+    n = x.nll.shape[1]
+    step = n if x.batch_size is None else min(n, x.batch_size)
+    total = torch.zeros(x.nll.shape[0], dtype=torch.float64)
+    for s in range(0, n, step):
+        total += x.nll[:, s:s + step].double().sum(1) / x.counts[s:s + step].double().sum()
+    return total / n
+
+
+def l1_penalty(x: LossInputs) -> torch.Tensor:
+    return x.l1 * x.weights.double().abs().mean(1)
+
+
+def default_objective(x: LossInputs) -> torch.Tensor:
+    """Few-shot loss + ``l1 * mean(|w|)``, as LoRAHub."""
+    return reference_loss(x) + l1_penalty(x)
+
+
+def load_objective(spec: str | None) -> ObjectiveFn:
+    """``None`` for the default, or ``module:function`` taking ``LossInputs`` -> ``[K]``."""
+    if not spec:
+        return default_objective
+    mod, _, fn = spec.partition(":")
+    if not mod or not fn:
+        raise InvalidRequestError(f"objective {spec!r} must read module:function")
+    try:
+        obj = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise InvalidRequestError(f"cannot load objective {spec!r}: {e}") from None
+    if not callable(obj):
+        raise InvalidRequestError(f"objective {spec!r} is not callable")
+    return obj
+
+
+def _head_only_on_scored(model: nn.Module) -> bool:
+    """Whether logits are a plain head over the decoder's states (no softcap, no scaling)."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return False
+    return hasattr(model, "get_decoder") and model.get_output_embeddings() is not None
+
+
+def token_nll(model: nn.Module, batch: Encoded) -> torch.Tensor:
+    """Summed cross-entropy of the scored tokens of each row: ``[rows]`` in float32."""
+    if batch.is_encoder_decoder:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       labels=batch.labels).logits
+        target = batch.labels
+    elif _head_only_on_scored(model):
+        # the LM head (vocab-wide) runs only where a token is scored
+        hidden = model.get_decoder()(input_ids=batch.input_ids,
+                                     attention_mask=batch.attention_mask).last_hidden_state
+        target = batch.labels[:, 1:]
+        sel = target != IGNORE
+        logits = model.get_output_embeddings()(hidden[:, :-1][sel])
+        nll = nn.functional.cross_entropy(logits.float(), target[sel], reduction="none")
+        rows = torch.arange(target.shape[0], device=target.device).unsqueeze(1)
+        out = torch.zeros(target.shape[0], device=nll.device, dtype=torch.float32)
+        return out.index_add_(0, rows.expand_as(target)[sel], nll)
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits, target = logits[:, :-1], batch.labels[:, 1:]
+    nll = nn.functional.cross_entropy(logits.float().transpose(1, 2), target,
+                                      ignore_index=IGNORE, reduction="none")
+    return nll.sum(1)
+
+
+class Scorer:
+    """Scores weight vectors on fixed, pre-tokenised examples with one installed mixer.
+
+    ``max_rows`` bounds one forward pass: K vectors go in chunks of ``max_rows // N`` groups.
+    """
+
+    def __init__(self, model: nn.Module, mixer: Mixer, examples: Encoded, l1: float = 0.05,
+                 batch_size: int | None = None, objective: ObjectiveFn | None = None,
+                 max_rows: int = 64):
+        self.model = model
+        self.mixer = mixer
+        self.examples = examples
+        self.l1 = l1
+        self.batch_size = batch_size
+        self.objective = objective or default_objective
+        self.max_rows = max(max_rows, len(examples))
+        self.evaluations = 0
+
+    @torch.inference_mode()
+    def nll(self, W: torch.Tensor) -> torch.Tensor:
+        """``[K, N]`` summed token loss of each example under each weight vector."""
+        W = torch.as_tensor(W, dtype=torch.float32)
+        if W.ndim == 1:
+            W = W.unsqueeze(0)
+        n_ex = len(self.examples)
+        per_pass = max(1, self.max_rows // n_ex)
+        out = []
+        for s in range(0, W.shape[0], per_pass):
+            chunk = W[s:s + per_pass]
+            self.mixer.set_weights(chunk)
+            rows = token_nll(self.model, self.examples.repeat(chunk.shape[0]))
+            out.append(rows.view(chunk.shape[0], n_ex).cpu())
+        self.evaluations += W.shape[0]
+        return torch.cat(out)
+
+    def inputs(self, W: torch.Tensor) -> LossInputs:
+        W = torch.as_tensor(W, dtype=torch.float32)
+        if W.ndim == 1:
+            W = W.unsqueeze(0)
+        return LossInputs(self.nll(W), self.examples.token_counts.cpu(), W, self.l1,
+                          self.batch_size)
+
+    def __call__(self, W: torch.Tensor) -> torch.Tensor:
+        """Objective of each weight vector: ``[K]`` float64."""
+        x = self.inputs(W)
+        val = torch.as_tensor(self.objective(x), dtype=torch.float64).reshape(-1)
+        if val.shape[0] != x.weights.shape[0]:
+            raise InvalidRequestError(
+                f"the objective returned {val.shape[0]} values for {x.weights.shape[0]} "
+                "weight vectors")
+        return val

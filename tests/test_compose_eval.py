@@ -1,0 +1,47 @@
+"""Held-out evaluation: normalisation, label-set detection, rank classification, generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compose.composer import Example
+from compose.composer.evaluate import accuracy, label_set, normalise, rank_classify
+from compose.composer.examples import encode
+from compose.composer.model import load_base
+from compose.composer.objective import token_nll
+from tests.compose_fixtures import add_tokenizer
+
+
+@pytest.fixture(scope="module")
+def bm(tiny_llama_dir, tmp_path_factory):
+    return load_base(add_tokenizer(tiny_llama_dir, tmp_path_factory.mktemp("ev") / "b"), "cpu")
+
+
+def test_normalise_and_label_set():
+    assert normalise("  The Answer.\n") == "the answer"
+    ex = [Example("a", "yes"), Example("b", "no"), Example("c", "yes"), Example("d", "no")]
+    assert label_set(ex) == ["no", "yes"]
+    assert label_set([Example(str(i), str(i)) for i in range(6)]) is None
+
+
+def test_rank_classification_picks_the_lowest_loss_label(bm):
+    ex = [Example("the cat is red ?", "yes"), Example("add one and two", "three")]
+    labels = ["yes", "no", "three"]
+    preds = rank_classify(bm.model, bm.tokenizer, False, ex, labels, max_rows=4)
+    for e, p in zip(ex, preds, strict=True):
+        rows = encode(bm.tokenizer, [Example(e.input, lab) for lab in labels], False)
+        with torch.no_grad():
+            scores = token_nll(bm.model, rows)
+        assert p == labels[int(scores.argmin())]
+    acc = accuracy(bm.model, bm.tokenizer, False, None, None, ex, labels)
+    assert acc.metric == "rank" and acc.accuracy == sum(
+        p == e.output for p, e in zip(preds, ex, strict=True)) / 2
+
+
+def test_exact_match_by_generation(bm):
+    ex = [Example("the cat is red ?", "yes"), Example("one two", "three four")]
+    acc = accuracy(bm.model, bm.tokenizer, False, None, None, ex, None)
+    assert acc.metric == "exact" and len(acc.predictions) == 2
+    assert acc.accuracy == sum(normalise(p) == normalise(e.output)
+                               for p, e in zip(acc.predictions, ex, strict=True)) / 2
