@@ -1,9 +1,9 @@
-"""Helpers for the composer tests: a word-level tokenizer for the tiny models, T5 adapters,
-and LoRAHub's own loop pointed at a causal model (its loader hard-codes seq2seq)."""
+"""Helpers for the composer tests: a word-level tokenizer for the tiny models, T5 adapters.
+
+LoRAHub's own loop (its loader, ``get_score``) lives in ``benchmarks.lorahub_ref``."""
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 
@@ -47,53 +47,3 @@ def make_t5_adapter(base_dir: Path, out: Path, seed: int, r: int = 4,
                 p.normal_(0, 0.2)
     model.save_pretrained(out)
     return out
-
-
-def reference_loader(adapter_dirs: list[str], base_dir: str, causal: bool):
-    """LoRAHub's ``load_base_model_and_lora_modules`` (its own code), with the state dicts it
-    caches deep-copied: it keeps live views, which its later loads and get_score overwrite."""
-    from lorahub import algorithm
-    from transformers import AutoModelForCausalLM
-
-    saved = algorithm.AutoModelForSeq2SeqLM
-    if causal:
-        algorithm.AutoModelForSeq2SeqLM = AutoModelForCausalLM
-    try:
-        model, tokenizer, cache = algorithm.load_base_model_and_lora_modules(
-            adapter_dirs, base_dir)
-    finally:
-        algorithm.AutoModelForSeq2SeqLM = saved
-    cache = {k: {kk: vv.detach().clone() for kk, vv in v.items()} for k, v in cache.items()}
-    return model, tokenizer, copy.copy(cache)
-
-
-def reference_causal_get_loss(tokenizer, append_eos: bool = True):
-    """A ``get_loss`` for LoRAHub's ``get_score`` on a causal model, written like its default:
-    per batch the model's own mean token loss (prompt tokens masked), summed, divided by N."""
-
-    def get_loss(dataset, model, batch_size):
-        n = len(dataset["input"])
-        step = n if batch_size is None else min(n, batch_size)
-        total = 0.0
-        for s in range(0, n, step):
-            rows = []
-            for inp, out in zip(dataset["input"][s:s + step], dataset["output"][s:s + step],
-                                strict=True):
-                p = tokenizer(inp)["input_ids"]
-                t = tokenizer(out, add_special_tokens=False)["input_ids"]
-                if append_eos:
-                    t = [*t, tokenizer.eos_token_id]
-                rows.append((p, t))
-            width = max(len(p) + len(t) for p, t in rows)
-            ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-            mask = torch.zeros_like(ids)
-            labels = torch.full_like(ids, -100)
-            for i, (p, t) in enumerate(rows):
-                ids[i, :len(p) + len(t)] = torch.tensor(p + t)
-                mask[i, :len(p) + len(t)] = 1
-                labels[i, len(p):len(p) + len(t)] = torch.tensor(t)
-            with torch.no_grad():
-                total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
-        return total / n
-
-    return get_loss

@@ -9,14 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.lorahub_ref import reference_causal_get_loss, reference_loader
 from compose.composer import Composer, Example, resolve_candidates
 from compose.composer.model import load_base
-from tests.compose_fixtures import (
-    add_tokenizer,
-    make_t5_adapter,
-    reference_causal_get_loss,
-    reference_loader,
-)
+from tests.compose_fixtures import add_tokenizer, make_t5_adapter
 from tests.models import make_peft_adapter
 
 EXAMPLES = [
