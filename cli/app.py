@@ -21,6 +21,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "cli.commands.files",
     "cli.commands.compose",
+    "cli.commands.fusion",
 ]
 
 for _mod in COMMAND_MODULES:

@@ -270,6 +270,7 @@ def merge_into_base(
     dtype: str | torch.dtype | None = None,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    extra_files: dict[str, bytes] | None = None,
 ) -> MergeReport:
     """Write ``base + sum of deltas`` to ``out_dir`` (same shards and index as the base)."""
     out_dir = Path(out_dir)
@@ -297,6 +298,8 @@ def merge_into_base(
             written += _write_shard(ckpt.root / shard, tmp / shard, keys, ckpt, deltas, dev,
                                     out_dtype, on_bytes)
         copied = copy_side_files(ckpt.root, tmp)
+        for rel, data in (extra_files or {}).items():
+            (tmp / rel).write_bytes(data)
         if ckpt.index is not None:
             index = dict(ckpt.index)
             index["metadata"] = {**(index.get("metadata") or {}), "total_size": written}

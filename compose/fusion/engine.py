@@ -16,7 +16,7 @@ import torch
 
 from compose.fusion.budget import allocate_ranks
 from compose.fusion.registry import Method, get_method
-from compose.fusion.terms import Context, Factors, Fused, Term
+from compose.fusion.terms import Context, Dense, Factors, Fused, Term
 from hub.adapter import Adapter, LoraModule
 from hub.devices import resolve_device
 from hub.errors import (
@@ -103,7 +103,11 @@ def fuse(
         first[name] = terms[0].module
         ctx = Context(name, dev, compute_dtype, rank=rank, seed=seed,
                       defer_truncation=rank_budget is not None, n_adapters=len(adapters))
-        fused[name] = m.fn(terms, ctx, **bound)
+        f = m.fn(terms, ctx, **bound)
+        if rank is not None and rank_budget is None and (
+                isinstance(f, Dense) or f.rank > rank):
+            f = f.truncated(rank)  # --rank applies to every method, not only *svd ones
+        fused[name] = f
         if progress:
             progress(name)
     energy: dict[str, float] = {}

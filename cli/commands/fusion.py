@@ -1,0 +1,212 @@
+"""``lorahive fuse``, ``lorahive merge`` and ``lorahive methods``: thin wrappers over compose."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from cli.output import byte_progress, console, human_bytes, print_json
+from compose.fusion import all_methods, fuse
+from compose.merge import merge_into_base
+from hub.errors import InvalidReferenceError, InvalidRequestError
+from hub.lineage import SIDECAR, Lineage, Parent
+from hub.peft_format import WEIGHTS_NAME, load_peft, save_peft
+
+_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*([@:][\w.+-]+)?$")
+
+
+def resolve_adapter_source(source: str) -> Path:
+    """An input adapter as a local directory (registry references are resolved by the registry)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if _REF.match(source):
+        raise InvalidReferenceError(
+            f"{source!r} looks like a registry reference (ns/name@version); fuse and merge take "
+            "adapter directories here: pull it first and pass the directory"
+        )
+    raise InvalidRequestError(f"{source} is not an adapter directory")
+
+
+def parse_weights(text: str | None, n: int) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        w = [float(x) for x in text.replace(" ", ",").split(",") if x]
+    except ValueError:
+        raise InvalidRequestError(f"--weights must be numbers separated by commas; got {text!r}") \
+            from None
+    if len(w) != n:
+        raise InvalidRequestError(f"--weights has {len(w)} numbers for {n} adapters")
+    return w
+
+
+def method_params(density: float | None, majority_sign: str | None,
+                  extra: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"density": density, "majority_sign_method": majority_sign}
+    for item in extra or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidRequestError(f"--param takes KEY=VALUE; got {item!r}")
+        params[key.strip().replace("-", "_")] = value.strip()
+    return params
+
+
+def _sha256(path: Path) -> str | None:
+    f = path / WEIGHTS_NAME
+    if not f.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sidecar(lineage: Lineage, metrics: dict[str, Any] | None = None) -> bytes:
+    data: dict[str, Any] = {"lineage": lineage.as_dict()}
+    if metrics:
+        data["metrics"] = metrics
+    return json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+
+
+DENSITY = typer.Option(None, "--density", help="Share of entries kept (TIES, DARE, pruning).")
+SIGN = typer.Option(None, "--majority-sign", help="TIES sign election: total or frequency.")
+PARAM = typer.Option(None, "--param", help="Other method parameter, KEY=VALUE (repeatable).")
+WEIGHTS = typer.Option(None, "--weights", help="One weight per adapter, comma separated "
+                       "(default 1 each).")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
+
+
+def fuse_cmd(
+    adapters: list[str] = typer.Argument(..., help="Adapter directories to fuse."),
+    out: Path = typer.Option(..., "--out", help="Directory for the fused PEFT adapter."),
+    method: str = typer.Option("task_arithmetic", "--method", "-m",
+                               help="Fusion method (`lorahive methods` lists them)."),
+    weights: str | None = WEIGHTS,
+    density: float | None = DENSITY,
+    majority_sign: str | None = SIGN,
+    param: list[str] | None = PARAM,
+    rank: int | None = typer.Option(None, "--rank", help="Rank of every fused module."),
+    rank_budget: int | None = typer.Option(
+        None, "--rank-budget", help="Total rank shared across modules by singular-value energy."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random pruning (DARE)."),
+    device: str = DEVICE,
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fuse several adapters into one adapter; its lineage is written to lorahive.json."""
+    dirs = [resolve_adapter_source(a) for a in adapters]
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
+    loaded = [load_peft(d) for d in dirs]
+    w = parse_weights(weights, len(dirs))
+    res = fuse(loaded, method, w, method_params(density, majority_sign, param), rank=rank,
+               rank_budget=rank_budget, seed=seed, device=device)
+    lineage = Lineage(
+        method=f"fuse:{res.method}",
+        parents=[Parent(ref=str(d), sha256=_sha256(d), weight=wi)
+                 for d, wi in zip(dirs, res.weights, strict=True)],
+        params={**res.params, "rank": rank, "rank_budget": rank_budget, "seed": seed},
+    )
+    metrics = {"energy_kept": res.energy} if res.energy else None
+    save_peft(res.adapter, out, extra_files={SIDECAR: _sidecar(lineage, metrics)})
+    summary = {"out": str(out), "method": res.method, "params": res.params,
+               "weights": res.weights, "modules": len(res.ranks),
+               "max_rank": max(res.ranks.values(), default=0),
+               "total_rank": sum(res.ranks.values())}
+    if json_out:
+        print_json({**summary, "ranks": res.ranks, "energy_kept": res.energy})
+        return
+    console.print(f"fused {len(dirs)} adapters with {res.method} -> {out} "
+                  f"({summary['modules']} modules, max rank {summary['max_rank']}, "
+                  f"total rank {summary['total_rank']})")
+    if res.energy:
+        table = Table("module", "rank", "energy kept")
+        for n, e in res.energy.items():
+            table.add_row(n, str(res.ranks[n]), f"{e:.4f}")
+        console.print(table)
+
+
+def merge_cmd(
+    base: Path = typer.Option(..., "--base", help="Base model directory (safetensors)."),
+    adapter: list[str] = typer.Option(..., "--adapter", "-a",
+                                      help="Adapter directory (repeat for several)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the merged model."),
+    method: str | None = typer.Option(
+        None, "--method", "-m", help="Fuse the adapters first with this method (default: add "
+        "each adapter's exact delta, weighted; DoRA and rsLoRA merge as PEFT does)."),
+    weights: str | None = WEIGHTS,
+    density: float | None = DENSITY,
+    majority_sign: str | None = SIGN,
+    param: list[str] | None = PARAM,
+    rank: int | None = typer.Option(None, "--rank", help="Truncate the fused delta to a rank."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random pruning (DARE)."),
+    device: str = DEVICE,
+    dtype: str | None = typer.Option(None, "--dtype", help="Output dtype of floating weights "
+                                     "(default: as stored)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Merge adapters into a base model's weights, streaming its shards tensor by tensor."""
+    dirs = [resolve_adapter_source(a) for a in adapter]
+    loaded = [load_peft(d) for d in dirs]
+    w = parse_weights(weights, len(dirs))
+    params = method_params(density, majority_sign, param)
+    if method is None and any(v is not None for v in params.values()):
+        raise InvalidRequestError("method parameters need --method")
+    lineage = Lineage(
+        method=f"merge:{method or 'sum'}",
+        parents=[Parent(ref=str(d), sha256=_sha256(d), weight=(w[i] if w else 1.0))
+                 for i, d in enumerate(dirs)],
+        params={k: v for k, v in {**params, "rank": rank, "seed": seed, "base": str(base),
+                                  "dtype": dtype}.items() if v is not None},
+    )
+    with byte_progress() as bar:
+        task = bar.add_task("merging", total=None)
+        report = merge_into_base(
+            base, loaded, out, weights=w, method=method, params=params if method else None,
+            rank=rank, seed=seed, device=device, dtype=dtype,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            extra_files={SIDECAR: _sidecar(lineage)},
+        )
+    if json_out:
+        print_json({"out": str(report.out), "shards": report.shards, "merged": report.merged,
+                    "bytes_read": report.bytes_read, "bytes_written": report.bytes_written,
+                    "copied": report.copied})
+        return
+    console.print(f"merged {len(dirs)} adapter(s) into {len(report.merged)} weights -> "
+                  f"{report.out} ({len(report.shards)} shard(s), "
+                  f"{human_bytes(report.bytes_written)})")
+
+
+def methods_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON."),
+) -> None:
+    """List fusion methods: name, what it does, parameters with defaults, paper."""
+    ms = all_methods()
+    if json_out:
+        print_json([{"name": m.name, "family": m.family, "description": m.description,
+                     "paper": m.paper, "note": m.note,
+                     "params": [{"name": p.name, "type": p.type.__name__,
+                                 "choices": list(p.choices) if p.choices else None,
+                                 "required": p.required,
+                                 "default": None if p.required else p.default}
+                                for p in m.params]} for m in ms])
+        return
+    table = Table("method", "description", "parameters", show_lines=False)
+    for m in ms:
+        desc = m.description + (f"\n[dim]{m.note}[/dim]" if m.note else "")
+        table.add_row(m.name, desc, "\n".join(p.describe() for p in m.params) or "-")
+    console.print(table)
+    console.print("Every method also takes --weights, --rank or --rank-budget, --seed, --device.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fuse")(fuse_cmd)
+    app.command("merge")(merge_cmd)
+    app.command("methods")(methods_cmd)

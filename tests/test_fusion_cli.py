@@ -1,0 +1,96 @@
+"""``lorahive fuse``, ``merge`` and ``methods`` through the real console entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hub.peft_format import load_peft
+from tests.models import LLAMA_KW, load_base, make_peft_adapter
+
+
+def run(*args):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "cli.app", *map(str, args)],
+                          capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_llama_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuse-cli")
+    return root, [make_peft_adapter(tiny_llama_dir, root / f"a{i}", seed=30 + i)
+                  for i in range(2)]
+
+
+def test_methods_lists_registry():
+    r = run("methods", "--json")
+    assert r.returncode == 0, r.stderr
+    ms = {m["name"]: m for m in json.loads(r.stdout)}
+    assert {"linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties",
+            "dare_linear_svd", "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd",
+            "task_arithmetic"} <= set(ms)
+    ties = {p["name"]: p for p in ms["ties"]["params"]}
+    assert ties["density"]["required"] and ties["majority_sign_method"]["default"] == "total"
+    assert "cross terms" in ms["linear"]["note"]
+    r = run("methods")
+    assert r.returncode == 0 and "cross terms" in r.stdout
+
+
+def test_fuse_writes_adapter_with_lineage(pair, tiny_llama_dir):
+    root, dirs = pair
+    out = root / "fused"
+    r = run("fuse", *dirs, "--method", "ties_svd", "--density", "0.5", "--weights", "0.6,0.4",
+            "--rank", "3", "--device", "cpu", "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["max_rank"] == 3 and info["params"]["density"] == 0.5
+    side = json.loads((out / "lorahive.json").read_text())["lineage"]
+    assert side["method"] == "fuse:ties_svd"
+    assert [p["weight"] for p in side["parents"]] == [0.6, 0.4]
+    assert all(len(p["sha256"]) == 64 for p in side["parents"])
+    from peft import PeftModel  # the fused adapter loads in PEFT
+
+    PeftModel.from_pretrained(load_base(tiny_llama_dir), str(out))
+    ad = load_peft(out)
+    assert all(m.scale == 1.0 and m.rank == 3 for m in ad.modules.values())
+
+
+def test_fuse_user_errors_are_one_line(pair, tmp_path):
+    _, dirs = pair
+    r = run("fuse", *dirs, "--method", "ties", "--out", tmp_path / "x")
+    assert r.returncode == 1 and "needs --density" in r.stderr and "Traceback" not in r.stderr
+    r = run("fuse", dirs[0], "acme/sentiment@3", "--out", tmp_path / "x")
+    assert r.returncode == 1 and "registry reference" in r.stderr
+    r = run("fuse", *dirs, "--method", "nope", "--out", tmp_path / "x")
+    assert r.returncode == 1 and "unknown fusion method" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_merge_cli_and_wrong_base(pair, tiny_llama_dir, tmp_path):
+    _, dirs = pair
+    out = tmp_path / "merged"
+    r = run("merge", "--base", tiny_llama_dir, "--adapter", dirs[0], "--adapter", dirs[1],
+            "--weights", "1,0.5", "--device", "cpu", "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["merged"]
+    assert json.loads((out / "lorahive.json").read_text())["lineage"]["method"] == "merge:sum"
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    base = load_base(tiny_llama_dir).state_dict()
+    a, b = (load_peft(d) for d in dirs)
+    n = "model.layers.1.self_attn.v_proj"
+    assert torch.allclose(merged[f"{n}.weight"],
+                          base[f"{n}.weight"] + a.delta(n) + 0.5 * b.delta(n), atol=1e-6)
+    other = tmp_path / "other"
+    LlamaForCausalLM(LlamaConfig(**{**LLAMA_KW, "intermediate_size": 80})).save_pretrained(other)
+    ad = make_peft_adapter(tiny_llama_dir, tmp_path / "mlp", seed=1, target_modules=["up_proj"])
+    r = run("merge", "--base", other, "--adapter", ad, "--out", tmp_path / "bad")
+    assert r.returncode == 1 and "another base model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
