@@ -1,9 +1,23 @@
-"""lorahive.hub: the adapter object, its file formats and the client side of the registry."""
+"""lorahive.hub: the adapter object, its file formats and the client side of the registry.
 
-from hub.adapter import Adapter, LoraModule, ModuleStats
-from hub.config import AdapterConfig
-from hub.errors import LorahiveError
-from hub.peft_format import convert_residual, load_peft, save_peft
+Exports are resolved lazily so light commands (search, pull, show) never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Adapter": "hub.adapter",
+    "LoraModule": "hub.adapter",
+    "ModuleStats": "hub.adapter",
+    "AdapterConfig": "hub.config",
+    "LorahiveError": "hub.errors",
+    "convert_residual": "hub.peft_format",
+    "load_peft": "hub.peft_format",
+    "save_peft": "hub.peft_format",
+}
 
 __all__ = [
     "Adapter",
@@ -15,3 +29,17 @@ __all__ = [
     "load_peft",
     "save_peft",
 ]
+
+if TYPE_CHECKING:
+    from hub.adapter import Adapter, LoraModule, ModuleStats
+    from hub.config import AdapterConfig
+    from hub.errors import LorahiveError
+    from hub.peft_format import convert_residual, load_peft, save_peft
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'hub' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
