@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "cli.commands.files",
     "cli.commands.compose",
     "cli.commands.fusion",
+    "cli.commands.registry",
+    "cli.commands.registry_admin",
 ]
 
 for _mod in COMMAND_MODULES:

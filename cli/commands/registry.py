@@ -1,0 +1,242 @@
+"""Registry commands on adapters: publish, pull, search, show, versions, alias, delete, gc."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.commands.registry_client import (
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    close,
+    open_registry,
+    progress_bar,
+)
+from cli.output import console, human_bytes, print_json
+from hub.errors import InvalidRequestError
+from hub.registry_api import VersionInfo
+
+
+def _metrics(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidRequestError(f"--metrics is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("--metrics must be a JSON object, e.g. '{\"acc\": 0.91}'")
+    return data
+
+
+def publish(
+    path: Annotated[Path, typer.Argument(help="A PEFT adapter directory.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Where to publish: namespace/name.")],
+    version: Annotated[str | None, typer.Option(help="Version (default: the next number).")] = None,
+    task: Annotated[str | None, typer.Option(help="The task the adapter solves.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
+    private: Annotated[bool | None, typer.Option(
+        "--private/--public", help="Hide the adapter from others (default: keep; new: public).",
+        show_default=False)] = None,
+    description: Annotated[str | None, typer.Option(help="One-paragraph description.")] = None,
+    metrics: Annotated[str | None, typer.Option(help="Evaluation metrics as a JSON object.")] = None,
+    url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Validate a PEFT adapter directory and publish it as a new immutable version."""
+    reg = open_registry(url, token)
+    try:
+        with progress_bar(not json_out) as cb:
+            info = reg.publish(path, name, version, task=task, tags=tag or [], private=private,
+                               description=description, metrics=_metrics(metrics), progress=cb)
+    finally:
+        close(reg)
+    if json_out:
+        print_json(info.model_dump(mode="json"))
+        return
+    console.print(f"published [bold]{info.ref}[/bold] ({len(info.files)} files, "
+                  f"{human_bytes(info.size)}, rank {info.rank}, base {info.base_model})")
+
+
+def pull(
+    ref: Annotated[str, typer.Argument(help="namespace/name[@version|:alias]")],
+    to: Annotated[Path | None, typer.Option("--to", help="Copy the files into this directory.")] = None,
+    url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Download a version into the local cache (resumable, sha256-verified) and print its path."""
+    reg = open_registry(url, token)
+    try:
+        with progress_bar(not json_out) as cb:
+            path = reg.pull(ref, to=to, progress=cb)
+    finally:
+        close(reg)
+    if json_out:
+        print_json({"ref": ref, "path": str(path)})
+    else:
+        print(path)
+
+
+def search(
+    text: Annotated[str | None, typer.Argument(help="Words to find in name/description/task.")] = None,
+    task: Annotated[str | None, typer.Option(help="Exact task.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Exact base model id.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Required tag (repeatable).")] = None,
+    peft_type: Annotated[str | None, typer.Option(help="LORA, ADALORA, ...")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
+    sort: Annotated[str, typer.Option(help="updated | created | downloads | name")] = "updated",
+    limit: Annotated[int, typer.Option(help="Page size.")] = 20,
+    offset: Annotated[int, typer.Option(help="Skip this many results.")] = 0,
+    url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Search adapters (private ones only where your token may read them)."""
+    reg = open_registry(url, token)
+    try:
+        page = reg.search(text, task=task, base_model=base_model, tags=tag or [],
+                          peft_type=peft_type, namespace=namespace, sort=sort,  # type: ignore[arg-type]
+                          offset=offset, limit=limit)
+    finally:
+        close(reg)
+    if json_out:
+        print_json(page.model_dump(mode="json"))
+        return
+    table = Table(title=f"{page.total} adapter(s)")
+    for c in ("adapter", "latest", "task", "base model", "type", "tags", "downloads", "updated"):
+        table.add_column(c, overflow="fold")
+    for a in page.items:
+        table.add_row(a.repo + (" (private)" if a.private else ""), a.latest_version or "-",
+                      a.task or "-", a.base_model or "-", a.peft_type or "-", ", ".join(a.tags),
+                      str(a.downloads), a.updated_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+def show(
+    ref: Annotated[str, typer.Argument(help="namespace/name[@version|:alias]")],
+    url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Show an adapter and one of its versions (files, rank, metrics, lineage)."""
+    reg = open_registry(url, token)
+    try:
+        info = reg.adapter(ref)
+        v = reg.resolve(ref)
+    finally:
+        close(reg)
+    if json_out:
+        print_json({"adapter": info.model_dump(mode="json"), "version": v.model_dump(mode="json")})
+        return
+    console.print(f"[bold]{v.ref}[/bold]{' (private)' if info.private else ''}")
+    rows = {
+        "description": info.description or "-", "task": info.task or "-",
+        "tags": ", ".join(info.tags) or "-", "aliases": ", ".join(f"{k}->{x}" for k, x in info.aliases.items()),
+        "base model": v.base_model, "peft type": v.peft_type, "rank": v.rank,
+        "lora_alpha": v.lora_alpha, "target modules": ", ".join(v.target_modules),
+        "parameters": v.num_parameters, "size": human_bytes(v.size), "sha256": v.sha256,
+        "downloads": f"{v.downloads} (adapter {info.downloads})",
+        "created": v.created_at.isoformat(timespec="seconds"),
+        "metrics": json.dumps(v.metrics) if v.metrics else "-",
+        "lineage": json.dumps(v.lineage) if v.lineage else "-",
+    }
+    for k, val in rows.items():
+        console.print(f"  {k}: {val}")
+    for f in v.files:
+        console.print(f"  file {f.path}  {human_bytes(f.size)}  {f.sha256[:12]}")
+
+
+def versions(
+    ref: Annotated[str, typer.Argument(help="namespace/name")],
+    url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """List an adapter's versions, newest first."""
+    reg = open_registry(url, token)
+    try:
+        vs: list[VersionInfo] = reg.versions(ref)
+    finally:
+        close(reg)
+    if json_out:
+        print_json([v.model_dump(mode="json") for v in vs])
+        return
+    table = Table()
+    for c in ("version", "aliases", "rank", "size", "sha256", "downloads", "created"):
+        table.add_column(c)
+    for v in vs:
+        table.add_row(v.version, ", ".join(v.aliases), str(v.rank), human_bytes(v.size),
+                      v.sha256[:12], str(v.downloads), v.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+alias_app = typer.Typer(help="Move or remove aliases (latest moves by itself).",
+                        no_args_is_help=True)
+
+
+@alias_app.command("set")
+def alias_set(
+    ref: Annotated[str, typer.Argument(help="namespace/name@version (or :alias) to point at")],
+    alias: Annotated[str, typer.Argument(help="Alias name, e.g. prod")],
+    url: UrlOpt = None, token: TokenOpt = None,
+) -> None:
+    """Point ALIAS at a version."""
+    reg = open_registry(url, token)
+    try:
+        v = reg.set_alias(ref, alias)
+    finally:
+        close(reg)
+    console.print(f"{v.namespace}/{v.name}:{alias} -> {v.version}")
+
+
+@alias_app.command("rm")
+def alias_rm(
+    repo: Annotated[str, typer.Argument(help="namespace/name")],
+    alias: Annotated[str, typer.Argument(help="Alias to remove")],
+    url: UrlOpt = None, token: TokenOpt = None,
+) -> None:
+    """Remove an alias."""
+    reg = open_registry(url, token)
+    try:
+        reg.remove_alias(repo, alias)
+    finally:
+        close(reg)
+    console.print(f"removed {repo}:{alias}")
+
+
+def delete(
+    ref: Annotated[str, typer.Argument(help="namespace/name@version, or namespace/name for all")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    url: UrlOpt = None, token: TokenOpt = None,
+) -> None:
+    """Delete one version, or a whole adapter; blobs are freed by `lorahive gc`."""
+    if not yes:
+        typer.confirm(f"delete {ref}?", abort=True)
+    reg = open_registry(url, token)
+    try:
+        reg.delete(ref)
+    finally:
+        close(reg)
+    console.print(f"deleted {ref}")
+
+
+def gc(
+    grace: Annotated[float, typer.Option(help="Keep unreferenced blobs younger than this "
+                                         "many seconds (uploads in progress).")] = 3600.0,
+    url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Delete blobs that no version references (site admin)."""
+    reg = open_registry(url, token)
+    try:
+        report = reg.gc(grace)
+    finally:
+        close(reg)
+    if json_out:
+        print_json(report.model_dump())
+    else:
+        console.print(f"removed {report.blobs_removed} blob(s), "
+                      f"{human_bytes(report.bytes_removed)}; kept {report.blobs_kept}")
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (publish, pull, search, show, versions, delete, gc):
+        app.command()(fn)
+    app.add_typer(alias_app, name="alias")
+

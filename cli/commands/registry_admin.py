@@ -1,0 +1,172 @@
+"""Registry administration: serve, login/logout, whoami, tokens and namespaces."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.commands.registry_client import (
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    close,
+    credentials_file,
+    open_registry,
+    save_credentials,
+)
+from cli.output import console, err_console, print_json
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the registry server (embedded SQLite + blob directory under LORAHIVE_HOME unless
+    LORAHIVE_DATABASE_URL / LORAHIVE_STORAGE_URL say otherwise)."""
+    import uvicorn
+
+    from registry.service import RegistryService
+    from registry.settings import Settings
+
+    settings = Settings()
+    svc = RegistryService(settings)  # migrations run here, once, before workers start
+    secret = svc.bootstrap_admin()
+    svc.close()
+    if secret:
+        err_console.print(
+            f"created user 'admin'; admin token (shown once, also saved to "
+            f"{settings.admin_token_file}):\n{secret}")
+    err_console.print(f"lorahive registry on http://{host}:{port} "
+                      f"(db {settings.public_dict()['database_url']}, storage {settings.storage_url})")
+    uvicorn.run("registry.app:app_factory", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+def login(
+    url: Annotated[str, typer.Option("--url", help="Registry server URL.")],
+    token: Annotated[str, typer.Option("--token", prompt=True, hide_input=True,
+                                       help="An API token (from `lorahive token create`).")],
+) -> None:
+    """Check a token against a server and save both as the default registry."""
+    from hub.client import HttpRegistry
+
+    with HttpRegistry(url, token) as reg:
+        who = reg.whoami()
+    if who.user is None:
+        from hub.errors import AuthenticationError
+
+        raise AuthenticationError("the server did not accept this token")
+    path = save_credentials(url, token)
+    console.print(f"logged in to {url} as {who.user} (scope {who.scope}); saved to {path}")
+
+
+def logout() -> None:
+    """Forget the saved server and token (commands go back to the local registry)."""
+    path = credentials_file()
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    console.print("logged out" if existed else "not logged in")
+
+
+def whoami(url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Show who the current token belongs to."""
+    reg = open_registry(url, token)
+    try:
+        who = reg.whoami()
+    finally:
+        close(reg)
+    if json_out:
+        print_json(who.model_dump())
+    else:
+        console.print(f"{who.user or 'anonymous'} (scope {who.scope}, admin {who.is_admin})")
+
+
+token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="A label for the token.")],
+    scope: Annotated[str, typer.Option(help="read | write | admin")] = "read",
+    namespace: Annotated[list[str] | None, typer.Option(
+        "--namespace", help="Restrict to this namespace (repeatable).")] = None,
+    user: Annotated[str | None, typer.Option(help="Create it for this user (site admin; the "
+                                             "user and a namespace of that name are created).")] = None,
+    expires_days: Annotated[float | None, typer.Option(help="Expire after this many days.")] = None,
+    url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Create a token; its secret is printed once."""
+    reg = open_registry(url, token)
+    try:
+        new = reg.create_token(name, scope, namespace or [], user, expires_days)  # type: ignore[arg-type]
+    finally:
+        close(reg)
+    if json_out:
+        print_json(new.model_dump(mode="json"))
+    else:
+        err_console.print(f"token {new.info.id} for {new.info.user} (scope {new.info.scope}); "
+                          "store it now, it is not shown again:")
+        print(new.token)
+
+
+@token_app.command("list")
+def token_list(url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """List tokens (yours; every token for a site admin)."""
+    reg = open_registry(url, token)
+    try:
+        tokens = reg.list_tokens()
+    finally:
+        close(reg)
+    if json_out:
+        print_json([t.model_dump(mode="json") for t in tokens])
+        return
+    table = Table()
+    for c in ("id", "user", "name", "scope", "namespaces", "expires", "revoked"):
+        table.add_column(c)
+    for t in tokens:
+        table.add_row(str(t.id), t.user, t.name, t.scope, ", ".join(t.namespaces) or "(all owned)",
+                      t.expires_at.isoformat(timespec="minutes") if t.expires_at else "-",
+                      "yes" if t.revoked else "")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The id shown by `lorahive token list`.")],
+    url: UrlOpt = None, token: TokenOpt = None,
+) -> None:
+    """Revoke a token; it stops working at once."""
+    reg = open_registry(url, token)
+    try:
+        reg.revoke_token(token_id)
+    finally:
+        close(reg)
+    console.print(f"revoked token {token_id}")
+
+
+namespace_app = typer.Typer(help="Manage namespaces.", no_args_is_help=True)
+
+
+@namespace_app.command("create")
+def namespace_create(
+    name: Annotated[str, typer.Argument(help="Namespace name.")],
+    url: UrlOpt = None, token: TokenOpt = None,
+) -> None:
+    """Create a namespace owned by you."""
+    reg = open_registry(url, token)
+    try:
+        ns = reg.create_namespace(name)
+    finally:
+        close(reg)
+    console.print(f"created namespace {ns.name} (owner {ns.owner})")
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (serve, login, logout, whoami):
+        app.command()(fn)
+    app.add_typer(token_app, name="token")
+    app.add_typer(namespace_app, name="namespace")

@@ -1,0 +1,90 @@
+"""Which registry a command talks to: a server (``--url``/``LORAHIVE_URL``/``lorahive login``)
+or, by default, the embedded local registry; plus shared options and progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.output import byte_progress
+from hub.atomic import atomic_file
+from hub.registry_api import ProgressFn, Registry
+
+UrlOpt = Annotated[str | None, typer.Option(
+    "--url", help="Registry server URL (default: LORAHIVE_URL, the logged-in server, or the "
+    "local embedded registry).", show_default=False)]
+TokenOpt = Annotated[str | None, typer.Option(
+    "--token", help="API token for the server (default: LORAHIVE_TOKEN or the saved login).",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def home() -> Path:
+    return Path(os.environ.get("LORAHIVE_HOME") or Path.home() / ".lorahive").expanduser()
+
+
+def credentials_file() -> Path:
+    return home() / "credentials.json"
+
+
+def load_credentials() -> dict[str, str]:
+    try:
+        data = json.loads(credentials_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def save_credentials(url: str, token: str) -> Path:
+    path = credentials_file()
+    with atomic_file(path, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        json.dump({"url": url, "token": token}, fh)
+    return path
+
+
+def open_registry(url: str | None = None, token: str | None = None) -> Registry:
+    """The registry selected by flags, environment and saved login (in that order)."""
+    creds = load_credentials()
+    url = url or os.environ.get("LORAHIVE_URL") or creds.get("url")
+    if url:
+        from hub.client import HttpRegistry
+
+        if token is None:
+            token = os.environ.get("LORAHIVE_TOKEN") or (
+                creds.get("token") if creds.get("url", "").rstrip("/") == url.rstrip("/") else None)
+        return HttpRegistry(url, token)
+    from registry.local import LocalRegistry
+
+    return LocalRegistry()
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[ProgressFn | None]:
+    """A byte progress bar on stderr fed by the registry's progress callback."""
+    if not enabled:
+        yield None
+        return
+    with byte_progress() as prog:
+        task = prog.add_task("transfer", total=None)
+
+        def update(advance: int, total: int, label: str) -> None:
+            if total:
+                prog.update(task, total=total, description=label)
+            elif not advance:
+                prog.update(task, description=label)
+            if advance:
+                prog.advance(task, advance)
+
+        yield update
+
+
+def close(reg: Any) -> None:
+    with contextlib.suppress(Exception):
+        reg.close()

@@ -1,0 +1,191 @@
+"""The local pull cache: content-addressed, atomic, resumable, verified, usable offline.
+
+Layout under ``<LORAHIVE_HOME>/cache`` (or ``LORAHIVE_CACHE``)::
+
+    blobs/<sha256>                          verified file bodies (read-only)
+    partial/<sha256>.part                   interrupted downloads, resumed with Range
+    snapshots/<ns>/<name>/<version>/<path>  a version's files (hard links to blobs)
+    manifests/<ns>/<name>/<version>.json    the VersionInfo the snapshot was built from
+    refs/<ns>/<name>/<alias>                the version an alias pointed to when last seen
+
+A blob is renamed into ``blobs/`` only after its sha256 and size match the manifest, and a
+snapshot directory appears in one rename, so a reader never sees a half-pulled version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hub.atomic import atomic_directory, atomic_file, fsync_dir
+from hub.errors import IntegrityError, OfflineError
+from hub.manifest import check_filename
+from hub.refs import DEFAULT_ALIAS, Ref
+from hub.registry_api import FileEntry, ProgressFn, VersionInfo
+
+CHUNK = 1024 * 1024
+# fetch(entry, offset) -> iterator over the file's bytes from ``offset`` on
+Fetcher = Callable[[FileEntry, int], Iterator[bytes]]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("LORAHIVE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    home = os.environ.get("LORAHIVE_HOME") or Path.home() / ".lorahive"
+    return Path(home).expanduser() / "cache"
+
+
+class PullCache:
+    """Pulled versions on local disk, keyed by content."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, workers: int = 4):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.workers = workers
+
+    # -- paths ---------------------------------------------------------------------------
+    def blob_path(self, sha: str) -> Path:
+        return self.root / "blobs" / sha
+
+    def snapshot_dir(self, info: VersionInfo) -> Path:
+        return self.root / "snapshots" / info.namespace / info.name / info.version
+
+    def _manifest_path(self, ns: str, name: str, version: str) -> Path:
+        return self.root / "manifests" / ns / name / f"{version}.json"
+
+    def _ref_path(self, ns: str, name: str, alias: str) -> Path:
+        return self.root / "refs" / ns / name / alias
+
+    # -- offline lookup ------------------------------------------------------------------
+    def lookup(self, ref: Ref) -> VersionInfo | None:
+        """The cached manifest a reference last resolved to, if its snapshot is complete."""
+        version = ref.version
+        if version is None:
+            p = self._ref_path(ref.namespace, ref.name, ref.alias or DEFAULT_ALIAS)
+            if not p.is_file():
+                return None
+            version = p.read_text().strip()
+        mp = self._manifest_path(ref.namespace, ref.name, version)
+        if not mp.is_file():
+            return None
+        info = VersionInfo.model_validate_json(mp.read_text())
+        return info if self.snapshot_dir(info).is_dir() else None
+
+    def offline_pull(self, ref: Ref, reason: str = "") -> Path:
+        info = self.lookup(ref)
+        if info is None:
+            raise OfflineError(
+                f"cannot reach the registry{': ' + reason if reason else ''}, and {ref} is not "
+                "in the local cache; pull it once while online"
+            )
+        return self.snapshot_dir(info)
+
+    def remember(self, ref: Ref, info: VersionInfo) -> None:
+        """Record which version ``ref`` resolved to, for offline use later."""
+        with atomic_file(self._manifest_path(info.namespace, info.name, info.version), "w") as fh:
+            fh.write(info.model_dump_json())
+        alias = ref.alias or (None if ref.version else DEFAULT_ALIAS)
+        if alias:
+            with atomic_file(self._ref_path(info.namespace, info.name, alias), "w") as fh:
+                fh.write(info.version)
+
+    # -- download ------------------------------------------------------------------------
+    def materialize(self, ref: Ref, info: VersionInfo, fetch: Fetcher,
+                    progress: ProgressFn | None = None) -> Path:
+        """Make sure every file of ``info`` is cached and verified; return its snapshot dir."""
+        for f in info.files:
+            check_filename(f.path)  # a hostile manifest must not write outside the snapshot
+        snap = self.snapshot_dir(info)
+        todo = [f for f in info.files if not self._have(f)]
+        if progress is not None:
+            progress(0, sum(f.size for f in todo), f"{info.ref}")
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo)))) as pool:
+                for fut in [pool.submit(self._download, f, fetch, progress) for f in todo]:
+                    fut.result()
+        if not snap.is_dir():
+            with contextlib.suppress(FileExistsError), atomic_directory(snap) as tmp:
+                for f in info.files:
+                    dest = tmp / f.path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    _link_or_copy(self.blob_path(f.sha256), dest)
+        self.remember(ref, info)
+        return snap
+
+    def _have(self, f: FileEntry) -> bool:
+        p = self.blob_path(f.sha256)
+        return p.is_file() and p.stat().st_size == f.size
+
+    def _download(self, f: FileEntry, fetch: Fetcher, progress: ProgressFn | None) -> None:
+        """Download one blob, resuming a partial file, verifying before it becomes visible."""
+        part_dir = self.root / "partial"
+        part_dir.mkdir(parents=True, exist_ok=True)
+        part = part_dir / f"{f.sha256}.part"
+        with open(part, "ab+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # one writer per blob across processes
+            try:
+                if self._have(f):
+                    return
+                for attempt in range(2):
+                    fh.seek(0, os.SEEK_END)
+                    offset = fh.tell()
+                    if offset > f.size:
+                        fh.truncate(0)
+                        offset = 0
+                    if progress is not None and offset:
+                        progress(offset, 0, f.path)
+                    if offset < f.size:
+                        for chunk in fetch(f, offset):
+                            fh.write(chunk)
+                            if progress is not None:
+                                progress(len(chunk), 0, f.path)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    if _sha256_of(part) == f.sha256 and part.stat().st_size == f.size:
+                        break
+                    fh.truncate(0)  # corrupt partial data: start once more from zero
+                    if attempt == 1:
+                        raise IntegrityError(
+                            f"{f.path}: downloaded content does not match sha256 {f.sha256}; "
+                            "nothing was kept, retry the pull"
+                        )
+                dest = self.blob_path(f.sha256)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(part, 0o444)
+                os.replace(part, dest)
+                fsync_dir(dest.parent)
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # -- export --------------------------------------------------------------------------
+    def export(self, info: VersionInfo, to: str | os.PathLike[str]) -> Path:
+        """Copy a cached version's files into ``to`` (each file written atomically)."""
+        out = Path(to)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in info.files:
+            dest = out / f.path
+            with atomic_file(dest, "wb") as fh, open(self.blob_path(f.sha256), "rb") as src:
+                shutil.copyfileobj(src, fh, CHUNK)
+                os.fchmod(fh.fileno(), 0o644)
+        return out
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)

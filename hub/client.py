@@ -1,0 +1,244 @@
+"""``HttpRegistry``: the ``Registry`` interface over the REST API (the client SDK).
+
+Errors the server reports come back as the same ``hub.errors`` classes the in-process
+registry raises. Publishing validates the adapter locally first (nothing is uploaded for a
+bad adapter), uploads only the blobs the server lacks, then commits the manifest. Pulling
+goes through the local ``PullCache`` and falls back to it when the server is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from hub.cache import PullCache
+from hub.errors import (
+    IntegrityError,
+    InvalidAdapterError,
+    InvalidReferenceError,
+    LorahiveError,
+    OfflineError,
+    error_from_code,
+)
+from hub.manifest import WEIGHTS_NAME, build_manifest
+from hub.refs import Ref, parse_ref
+from hub.registry_api import (
+    AdapterInfo,
+    FileEntry,
+    GcReport,
+    NamespaceInfo,
+    NewToken,
+    ProgressFn,
+    Scope,
+    SearchPage,
+    SortKey,
+    TokenInfo,
+    VersionInfo,
+    WhoAmI,
+)
+
+API = "/api/v1"
+CHUNK = 1024 * 1024
+
+
+class HttpRegistry:
+    """A registry server reached over HTTP(S)."""
+
+    def __init__(self, url: str, token: str | None = None, cache: PullCache | None = None,
+                 timeout: float = 120.0, upload_workers: int = 4):
+        self.url = url.rstrip("/")
+        self.token = token
+        headers = {"User-Agent": "lorahive-client/1"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(base_url=self.url, headers=headers,
+                                 timeout=httpx.Timeout(timeout, connect=10.0))
+        self.cache = cache or PullCache()
+        self.upload_workers = upload_workers
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> HttpRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, API + path, **kw)
+        except httpx.TransportError as e:
+            raise OfflineError(f"cannot reach the registry at {self.url}: {e}") from None
+        if resp.status_code >= 400:
+            raise _error_of(resp)
+        return resp
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return self._request(method, path, **kw).json()
+
+    @staticmethod
+    def _repo_path(ref: Ref) -> str:
+        return f"/adapters/{ref.namespace}/{ref.name}"
+
+    # -- interface -----------------------------------------------------------------------
+    def whoami(self) -> WhoAmI:
+        return WhoAmI.model_validate(self._json("GET", "/whoami"))
+
+    def publish(self, path: str | Path, name: str, version: str | None = None, *,
+                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
+                description: str | None = None, metrics: dict[str, Any] | None = None,
+                progress: ProgressFn | None = None) -> VersionInfo:
+        ref = parse_ref(name)
+        entries, local = build_manifest(path)
+        if WEIGHTS_NAME not in local:
+            raise InvalidAdapterError(f"no {WEIGHTS_NAME} in {path}; is this a PEFT adapter?")
+        from hub.peft_format import load_peft  # torch: only when publishing
+
+        load_peft(path)  # same checks as the server, before a byte is uploaded
+        missing = set(self._json("POST", "/blobs/missing",
+                                 json={"sha256": [e.sha256 for e in entries]})["missing"])
+        todo = list({e.sha256: e for e in entries if e.sha256 in missing}.values())
+        if progress is not None:
+            progress(0, sum(e.size for e in todo), f"upload {name}")
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(self.upload_workers, len(todo))) as pool:
+                for fut in [pool.submit(self._upload, e, local[e.path], progress) for e in todo]:
+                    fut.result()
+        body = {"version": version, "files": [e.model_dump() for e in entries], "task": task,
+                "tags": list(tags), "private": private, "description": description,
+                "metrics": dict(metrics or {})}
+        return VersionInfo.model_validate(
+            self._json("POST", self._repo_path(ref) + "/versions", json=body))
+
+    def _upload(self, entry: FileEntry, path: Path, progress: ProgressFn | None) -> None:
+        def body() -> Iterator[bytes]:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(CHUNK), b""):
+                    if progress is not None:
+                        progress(len(chunk), 0, entry.path)
+                    yield chunk
+
+        self._request("PUT", f"/blobs/{entry.sha256}", content=body(),
+                      headers={"Content-Length": str(entry.size),
+                               "Content-Type": "application/octet-stream"})
+
+    def _resolve(self, ref: Ref) -> VersionInfo:
+        sub = f"/versions/{ref.version}" if ref.version else f"/aliases/{ref.revision}"
+        return VersionInfo.model_validate(self._json("GET", self._repo_path(ref) + sub))
+
+    def resolve(self, ref: str) -> VersionInfo:
+        return self._resolve(parse_ref(ref))
+
+    def adapter(self, ref: str) -> AdapterInfo:
+        return AdapterInfo.model_validate(self._json("GET", self._repo_path(parse_ref(ref))))
+
+    def versions(self, ref: str) -> list[VersionInfo]:
+        data = self._json("GET", self._repo_path(parse_ref(ref)) + "/versions")
+        return [VersionInfo.model_validate(v) for v in data]
+
+    def search(self, text: str | None = None, *, task: str | None = None,
+               base_model: str | None = None, tags: Sequence[str] = (),
+               peft_type: str | None = None, namespace: str | None = None,
+               sort: SortKey = "updated", offset: int = 0, limit: int = 20) -> SearchPage:
+        params: list[tuple[str, str | int]] = [("sort", sort), ("offset", offset),
+                                               ("limit", limit)]
+        for key, val in (("q", text), ("task", task), ("base_model", base_model),
+                         ("peft_type", peft_type), ("namespace", namespace)):
+            if val:
+                params.append((key, val))
+        params += [("tag", t) for t in tags]
+        return SearchPage.model_validate(self._json("GET", "/adapters", params=params))
+
+    def pull(self, ref: str, to: str | Path | None = None,
+             progress: ProgressFn | None = None) -> Path:
+        """Download a version into the cache (resuming, verified) and return its directory,
+        or copy it to ``to``. Offline, a version pulled before is served from the cache."""
+        r = parse_ref(ref)
+        if os.environ.get("LORAHIVE_OFFLINE") == "1":
+            snap = self.cache.offline_pull(r, "LORAHIVE_OFFLINE=1")
+            return self._export_snapshot(r, to) if to is not None else snap
+        try:
+            info = self._resolve(r)
+        except OfflineError as e:
+            snap = self.cache.offline_pull(r, str(e))
+            return self._export_snapshot(r, to) if to is not None else snap
+        snap = self.cache.materialize(r, info, lambda f, off: self._fetch(info, f, off), progress)
+        return self.cache.export(info, to) if to is not None else snap
+
+    def _export_snapshot(self, r: Ref, to: str | Path) -> Path:
+        info = self.cache.lookup(r)
+        assert info is not None
+        return self.cache.export(info, to)
+
+    def _fetch(self, info: VersionInfo, f: FileEntry, offset: int) -> Iterator[bytes]:
+        url = (f"{API}/adapters/{info.namespace}/{info.name}/versions/{info.version}/files/"
+               f"{quote(f.path, safe='/')}")
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with self.http.stream("GET", url, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error_of(resp)
+                if offset and resp.status_code != 206:
+                    raise IntegrityError(f"{f.path}: the server ignored the Range request")
+                etag = resp.headers.get("etag", "").strip('"')
+                if etag and etag != f.sha256:
+                    raise IntegrityError(f"{f.path}: served content is {etag}, not {f.sha256}")
+                yield from resp.iter_bytes(CHUNK)
+        except httpx.TransportError as e:
+            raise OfflineError(f"download of {f.path} from {self.url} failed: {e}") from None
+
+    def set_alias(self, ref: str, alias: str) -> VersionInfo:
+        r = parse_ref(ref)
+        version = r.version or self._resolve(r).version
+        return VersionInfo.model_validate(self._json(
+            "PUT", self._repo_path(r) + f"/aliases/{alias}", json={"version": version}))
+
+    def remove_alias(self, repo: str, alias: str) -> None:
+        self._request("DELETE", self._repo_path(parse_ref(repo)) + f"/aliases/{alias}")
+
+    def delete(self, ref: str) -> None:
+        r = parse_ref(ref)
+        if r.alias:
+            raise InvalidReferenceError(
+                "delete takes ns/name@version (one version) or ns/name (the whole adapter)")
+        sub = f"/versions/{r.version}" if r.version else ""
+        self._request("DELETE", self._repo_path(r) + sub)
+
+    def gc(self, grace_seconds: float = 3600.0) -> GcReport:
+        return GcReport.model_validate(
+            self._json("POST", "/gc", params={"grace_seconds": grace_seconds}))
+
+    def create_namespace(self, name: str) -> NamespaceInfo:
+        return NamespaceInfo.model_validate(self._json("POST", "/namespaces", json={"name": name}))
+
+    def create_token(self, name: str, scope: Scope = "read", namespaces: Sequence[str] = (),
+                     user: str | None = None, expires_in_days: float | None = None) -> NewToken:
+        body = {"name": name, "scope": scope, "namespaces": list(namespaces), "user": user,
+                "expires_in_days": expires_in_days}
+        return NewToken.model_validate(self._json("POST", "/tokens", json=body))
+
+    def list_tokens(self) -> list[TokenInfo]:
+        return [TokenInfo.model_validate(t) for t in self._json("GET", "/tokens")]
+
+    def revoke_token(self, token_id: int) -> None:
+        self._request("DELETE", f"/tokens/{int(token_id)}")
+
+
+def _error_of(resp: httpx.Response) -> LorahiveError:
+    """The ``hub.errors`` instance a server's error response stands for."""
+    try:
+        err = resp.json()["error"]
+        e = error_from_code(str(err["code"]), str(err["message"]))
+    except Exception:
+        e = LorahiveError(f"HTTP {resp.status_code} from the registry: {resp.text[:200]}")
+    e.status = resp.status_code
+    return e

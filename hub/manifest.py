@@ -1,0 +1,91 @@
+"""What a published version is made of: its files' relative names, sha256 and sizes.
+
+The same name rules run on the client (before anything is uploaded) and on the server (before
+anything is committed): plain relative POSIX paths only, and no pickle-format files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+from hub.atomic import TEMP_PREFIX
+from hub.errors import InvalidAdapterError, InvalidRequestError, UnsafeFileError
+from hub.registry_api import FileEntry
+
+# The same names as hub.peft_format's; repeated so light clients need not import torch.
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+FORBIDDEN_DIRS = frozenset({".git", ".cache"})
+_DRIVE = re.compile(r"^[A-Za-z]:")
+CHUNK = 1024 * 1024
+
+
+def check_filename(path: str, max_length: int = 255) -> str:
+    """Return ``path`` if it is a safe relative file name inside a version, else raise.
+
+    Rejected: empty or too long, control/format characters, backslashes, absolute, drive or
+    home paths, ``.``/``..``/empty segments, ``.git``/``.cache`` folders, pickle suffixes.
+    """
+
+    def bad(why: str) -> InvalidRequestError:
+        return InvalidRequestError(f"invalid file name {path!r}: {why}")
+
+    if not isinstance(path, str) or not path or len(path) > max_length:
+        raise bad(f"must be 1-{max_length} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in path):
+        raise bad("control characters are not allowed")
+    if "\\" in path:
+        raise bad("backslashes are not allowed; use '/'")
+    if path.startswith("/") or _DRIVE.match(path) or path.startswith("~"):
+        raise bad("must be relative to the adapter directory")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise bad("'.', '..' and empty segments are not allowed")
+    if any(p in FORBIDDEN_DIRS for p in parts[:-1]):
+        raise bad(f"folders {sorted(FORBIDDEN_DIRS)} are not allowed")
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        raise UnsafeFileError(
+            f"{path} is a pickle-format file, which can run code when loaded; lorahive "
+            "publishes safetensors only. Remove it from the directory (convert adapter weights "
+            "with `lorahive convert DIR --allow-pickle --out NEW`)"
+        )
+    return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def collect_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """Every regular file under ``directory`` as ``(relative posix name, path)``, checked.
+
+    Temp files of interrupted writers and hidden top-level entries (``.git``) are skipped.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise InvalidAdapterError(f"{root} is not a directory; pass the adapter's directory")
+    out: list[tuple[str, Path]] = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if any(part.startswith((TEMP_PREFIX, ".")) for part in rel.split("/")):
+            continue
+        if p.is_file():
+            out.append((check_filename(rel), p))
+    return out
+
+
+def build_manifest(directory: str | os.PathLike[str]) -> tuple[list[FileEntry], dict[str, Path]]:
+    """Hash every file of an adapter directory; ``(entries, {name: local path})``."""
+    files = collect_files(directory)
+    entries = [FileEntry(path=rel, sha256=file_sha256(p), size=p.stat().st_size)
+               for rel, p in files]
+    return entries, dict(files)

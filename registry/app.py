@@ -1,0 +1,106 @@
+"""The REST app: ``/api/v1`` routers, JSON errors, ``/healthz`` and ``/metrics``.
+
+Every ``LorahiveError`` becomes ``{"error": {"code", "message"}}`` with its own status;
+malformed requests are 400s; only a bug is a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hub.errors import LorahiveError
+from registry.metrics import Metrics
+from registry.routes import accounts, adapters, files
+from registry.service import RegistryService, counts
+from registry.settings import Settings
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger("lorahive.registry")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(settings: Settings | None = None, service: RegistryService | None = None) -> FastAPI:
+    """Build the app; migrations run when the service is created (at start-up)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if getattr(app.state, "service", None) is None:
+            app.state.service = RegistryService(settings)
+        yield
+        app.state.service.close()
+
+    app = FastAPI(title="lorahive registry", version="1", lifespan=lifespan,
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
+                  redoc_url=None)
+    app.state.service = service
+    app.state.metrics = Metrics()
+
+    @app.exception_handler(LorahiveError)
+    async def _lorahive_error(_: Request, e: LorahiveError) -> JSONResponse:
+        return _error(e.status, e.code, e.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        errs = e.errors()
+        where = ".".join(str(x) for x in errs[0].get("loc", ())) if errs else ""
+        msg = errs[0].get("msg", "invalid request") if errs else "invalid request"
+        return _error(400, "invalid_request", f"{where}: {msg}" if where else msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return _error(e.status_code, code, str(e.detail))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, e: OperationalError) -> JSONResponse:
+        log.error("database error: %s", e)
+        return _error(503, "service_unavailable", "the database is unavailable; retry later")
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        app.state.metrics.observe(request.method, path, response.status_code,
+                                  time.perf_counter() - t0)
+        return response
+
+    for r in (adapters.router, files.router, accounts.router):
+        app.include_router(r, prefix=API_PREFIX)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz(request: Request) -> JSONResponse:
+        svc: RegistryService = request.app.state.service
+        try:
+            with svc.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError:
+            return _error(503, "service_unavailable", "database unreachable")
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> PlainTextResponse:
+        svc: RegistryService = request.app.state.service
+        return PlainTextResponse(request.app.state.metrics.render(counts(svc)),
+                                 media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for ``uvicorn --factory`` (each worker builds its own app from settings)."""
+    return create_app()

@@ -1,0 +1,104 @@
+"""API tokens and who may do what.
+
+A token is ``lh_`` + 32 random bytes (urlsafe); only its sha256 is stored, looked up by hash
+and compared in constant time. Scopes are ordered ``read < write < admin``; a token may be
+restricted to some namespaces. A user may act on namespaces they own; site admins on all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+
+from sqlmodel import Session, select
+
+from hub.errors import AuthenticationError, PermissionDeniedError
+from registry.tables import Namespace, Token, User, utcnow
+
+TOKEN_PREFIX = "lh_"
+SCOPES = ("read", "write", "admin")
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def scope_rank(scope: str) -> int:
+    return SCOPES.index(scope) if scope in SCOPES else -1
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: anonymous (``user_id is None``) or a user acting through one token."""
+
+    user_id: int | None = None
+    user: str | None = None
+    is_admin: bool = False
+    scope: str | None = None
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    token_id: int | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.user_id is None
+
+    def has_scope(self, level: str) -> bool:
+        return self.scope is not None and scope_rank(self.scope) >= scope_rank(level)
+
+    def can(self, ns: Namespace, level: str) -> bool:
+        """May this caller act at ``level`` on namespace ``ns``?"""
+        if self.anonymous or not self.has_scope(level):
+            return False
+        if self.namespaces and ns.name not in self.namespaces:
+            return False
+        return self.is_admin or ns.owner_id == self.user_id
+
+    def require(self, ns: Namespace, level: str) -> None:
+        if self.anonymous:
+            raise AuthenticationError(
+                f"{level} access to namespace {ns.name!r} needs a token: run `lorahive login` "
+                "or set LORAHIVE_TOKEN"
+            )
+        if not self.can(ns, level):
+            raise PermissionDeniedError(
+                f"this token has no {level} access to namespace {ns.name!r}; ask its owner "
+                f"for a token with scope {level!r} on it"
+            )
+
+    def require_admin(self, what: str) -> None:
+        if self.anonymous:
+            raise AuthenticationError(f"{what} needs an admin token")
+        if not (self.is_admin and self.has_scope("admin")):
+            raise PermissionDeniedError(f"{what} needs a site admin's token with scope 'admin'")
+
+
+ANONYMOUS = Principal()
+
+
+def authenticate(session: Session, secret: str | None) -> Principal:
+    """The principal for a bearer secret (anonymous when none); 401 for unknown/expired/revoked."""
+    if not secret:
+        return ANONYMOUS
+    digest = hash_token(secret)
+    row = session.exec(select(Token).where(Token.token_hash == digest)).first()
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        raise AuthenticationError("unknown token; check LORAHIVE_TOKEN or run `lorahive login`")
+    if row.revoked:
+        raise AuthenticationError("this token was revoked; create a new one")
+    if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
+        raise AuthenticationError("this token has expired; create a new one")
+    user = session.get(User, row.user_id)
+    if user is None:
+        raise AuthenticationError("the token's user no longer exists")
+    return Principal(user.id, user.name, user.is_admin, row.scope, tuple(row.namespaces), row.id)
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)

@@ -1,0 +1,42 @@
+"""FastAPI dependencies: the service (one per process) and the caller from the bearer token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from hub.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
+from registry.auth import Principal
+from registry.service import RegistryService
+
+
+def get_service(request: Request) -> RegistryService:
+    return request.app.state.service
+
+
+def get_principal(
+    service: Annotated[RegistryService, Depends(get_service)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """Anonymous without a header; 401 for a malformed header or a bad token."""
+    if not authorization:
+        return service.authenticate(None)
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthenticationError("use the header 'Authorization: Bearer <token>'")
+    return service.authenticate(secret.strip())
+
+
+def limit_json_body(request: Request) -> None:
+    """Refuse oversized JSON bodies before they are read."""
+    n = request.headers.get("content-length")
+    limit = request.app.state.service.settings.max_manifest_bytes
+    if n is not None and n.isdigit() and int(n) > limit:
+        raise PayloadTooLargeError(f"request body over {limit} bytes")
+    if n is not None and not n.isdigit():
+        raise InvalidRequestError("invalid Content-Length")
+
+
+Service = Annotated[RegistryService, Depends(get_service)]
+Caller = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,448 @@
+"""Hugging Face Hub-compatible routes, so unmodified ``huggingface_hub``/PEFT/transformers
+clients pointed at lorahive with ``HF_ENDPOINT`` pull, search and push adapters.
+
+Revisions: ``main`` is the ``latest`` alias; any version or alias name is a revision too; the
+commit id of a version is a stable hash of its manifest (``hf_protocol.commit_sha``). A commit
+to ``main`` publishes a new version. Errors carry the ``X-Error-Code`` headers the client maps to
+``RepositoryNotFoundError``, ``RevisionNotFoundError`` and ``EntryNotFoundError``; a private
+adapter answers ``RepoNotFound`` to anyone who may not see it. The routes stay thin: the
+registry work happens in ``hf_backend``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from hub.errors import (
+    AdapterNotFoundError,
+    AuthenticationError,
+    EntryNotFoundError,
+    InvalidRequestError,
+    LorahiveError,
+    NamespaceNotFoundError,
+    PayloadTooLargeError,
+    VersionNotFoundError,
+)
+from hub.registry_api import FileEntry
+from registry import hf_protocol as proto
+from registry.hf_backend import HfBackend, Resolved, hf_backend
+from registry.hf_upload import (
+    SIGNED_URL_TTL,
+    apply_commit,
+    check_upload_sig,
+    inline_max_bytes,
+    parse_commit,
+    sign_upload,
+    upload_mode,
+)
+
+router = APIRouter(tags=["huggingface"])
+LFS_JSON = "application/vnd.git-lfs+json"
+
+
+def _error(e: LorahiveError, commit: str | None = None) -> JSONResponse:
+    """A lorahive error in the shape the HF client turns into its own exception types."""
+    if isinstance(e, AdapterNotFoundError | NamespaceNotFoundError):
+        return proto.hf_error(404, proto.REPO_NOT_FOUND, str(e))
+    if isinstance(e, VersionNotFoundError):
+        return proto.hf_error(404, proto.REVISION_NOT_FOUND, str(e))
+    if isinstance(e, EntryNotFoundError):
+        return proto.hf_error(404, proto.ENTRY_NOT_FOUND, str(e), commit)
+    if isinstance(e, AuthenticationError):
+        # this exact message makes the client report a bad token, not a missing repo
+        r = proto.hf_error(401, None, "Invalid credentials in Authorization header")
+        r.headers["X-Lorahive-Error"] = proto._header_safe(str(e))
+        return r
+    return proto.hf_error(e.status, None, str(e))
+
+
+def hf_errors(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Answer lorahive errors raised by a route in the Hub's error format."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await fn(*args, **kwargs)
+        except LorahiveError as e:
+            return _error(e)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- read side
+
+
+@router.get("/api/whoami-v2")
+@hf_errors
+async def whoami(be: HfBackend = Depends(hf_backend)) -> Response:
+    me = await run_in_threadpool(be.whoami)
+    if me.user is None:
+        return proto.hf_error(401, None, "Invalid credentials in Authorization header")
+    role = "write" if me.scope in ("write", "admin") else "read"
+    return JSONResponse({
+        "type": "user",
+        "id": me.user,
+        "name": me.user,
+        "fullname": me.user,
+        "isPro": False,
+        "orgs": [{"type": "org", "name": ns, "fullname": ns} for ns in me.namespaces
+                 if ns != me.user],
+        "auth": {"type": "access_token",
+                 "accessToken": {"displayName": "lorahive", "role": role}},
+        "lorahive": {"scope": me.scope, "is_admin": me.is_admin, "namespaces": me.namespaces},
+    })
+
+
+@router.get("/api/models")
+@hf_errors
+async def list_models(
+    request: Request,
+    search: str | None = None,
+    author: str | None = None,
+    filter: list[str] = Query(default=[]),
+    pipeline_tag: str | None = None,
+    sort: str | None = None,
+    limit: int | None = Query(default=None, ge=1, le=1000),
+    cursor: int = Query(default=0, ge=0),
+    full: bool = False,
+    cardData: bool = False,
+    be: HfBackend = Depends(hf_backend),
+) -> Response:
+    page = limit or 100
+    items, next_cursor = await run_in_threadpool(
+        be.search_models, search, author, filter, pipeline_tag, sort, cursor, page)
+    body = [be.model_summary(a, full=full or cardData) for a in items]
+    headers = {}
+    if next_cursor is not None:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+        params.append(("cursor", str(next_cursor)))
+        headers["Link"] = f'<{_base(request)}/api/models?{urlencode(params)}>; rel="next"'
+    return JSONResponse(body, headers=headers)
+
+
+@router.get("/api/models/{ns}/{name}")
+@hf_errors
+async def model_info(ns: str, name: str, blobs: bool = False,
+                     be: HfBackend = Depends(hf_backend)) -> Response:
+    return await _model_info(be, f"{ns}/{name}", proto.MAIN, blobs)
+
+
+@router.get("/api/models/{ns}/{name}/revision/{rev:path}")
+@hf_errors
+async def model_info_at(ns: str, name: str, rev: str, blobs: bool = False,
+                        be: HfBackend = Depends(hf_backend)) -> Response:
+    return await _model_info(be, f"{ns}/{name}", rev, blobs)
+
+
+async def _model_info(be: HfBackend, repo: str, rev: str, blobs: bool) -> Response:
+    r = await run_in_threadpool(be.resolve_revision, repo, rev)
+    card = await run_in_threadpool(be.card_data, r)
+    return JSONResponse(be.model_info_json(r, card, blobs))
+
+
+@router.get("/api/models/{ns}/{name}/tree/{rev}")
+@router.get("/api/models/{ns}/{name}/tree/{rev}/{path:path}")
+@hf_errors
+async def tree(
+    request: Request, ns: str, name: str, rev: str, path: str = "",
+    recursive: str = "false", cursor: int = Query(default=0, ge=0),
+    limit: int = Query(default=proto.TREE_PAGE, ge=1, le=proto.TREE_PAGE),
+    be: HfBackend = Depends(hf_backend),
+) -> Response:
+    r = await run_in_threadpool(be.resolve_revision, f"{ns}/{name}", rev)
+    try:
+        entries = proto.tree_entries(r.files, path, recursive.lower() in ("1", "true"))
+    except proto.TreeError:
+        return proto.hf_error(404, proto.ENTRY_NOT_FOUND,
+                              f"{path!r} is not a folder in {r.repo} at {rev}", r.commit)
+    page = entries[cursor:cursor + limit]
+    headers = {"X-Repo-Commit": r.commit}
+    link = proto.next_link(f"{_base(request)}{request.url.path}",
+                           dict(request.query_params), cursor, len(entries), limit)
+    if link:
+        headers["Link"] = link
+    return JSONResponse(page, headers=headers)
+
+
+@router.get("/api/models/{ns}/{name}/refs")
+@hf_errors
+async def refs(ns: str, name: str, be: HfBackend = Depends(hf_backend)) -> Response:
+    return JSONResponse(await run_in_threadpool(be.refs, f"{ns}/{name}"))
+
+
+@router.api_route("/{ns}/{name}/resolve/{rev}/{path:path}", methods=["GET", "HEAD"])
+@hf_errors
+async def resolve_file(request: Request, ns: str, name: str, rev: str, path: str,
+                       be: HfBackend = Depends(hf_backend)) -> Response:
+    r = await run_in_threadpool(be.resolve_revision, f"{ns}/{name}", rev)
+    entry = next((f for f in r.files if f.path == path), None)
+    if entry is None:
+        return proto.hf_error(404, proto.ENTRY_NOT_FOUND,
+                              f"{path} does not exist in {r.repo} at {rev}", r.commit)
+    headers = {
+        "X-Repo-Commit": r.commit,
+        "ETag": f'"{entry.sha256}"',
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(path.rsplit('/', 1)[-1])}",
+    }
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(entry.size)
+        return Response(status_code=200, headers=headers)
+    try:
+        rng = proto.parse_range(request.headers.get("range"), entry.size)
+    except ValueError:
+        headers["Content-Range"] = f"bytes */{entry.size}"
+        return Response(status_code=416, headers=headers)
+    if entry.size == 0:
+        headers["Content-Length"] = "0"
+        return Response(b"", headers=headers)
+    start, end = rng if rng else (0, entry.size - 1)
+    chunks = await run_in_threadpool(be.open_blob, entry.sha256, start, end)
+    if rng is None:
+        await run_in_threadpool(be.count_download, r, path)
+    headers["Content-Length"] = str(end - start + 1)
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
+    return StreamingResponse(chunks, status_code=status, headers=headers)
+
+
+# --------------------------------------------------------------------------- write side
+
+
+@router.post("/api/validate-yaml")
+async def validate_yaml(request: Request) -> Response:
+    """The client asks before committing a README; a card lorahive cannot parse is reported
+    as a warning, since publishing regenerates nothing the user supplied."""
+    from hub.modelcard import parse_card
+
+    try:
+        content = str((await request.json()).get("content", ""))
+    except ValueError:
+        return JSONResponse({"errors": [{"message": "body must be JSON"}]}, status_code=400)
+    warnings = []
+    if content.startswith("---") and not parse_card(content):
+        warnings.append({"message": "the YAML front matter could not be parsed"})
+    return JSONResponse({"errors": [], "warnings": warnings})
+
+
+@router.post("/api/repos/create")
+@hf_errors
+async def create_repo(request: Request, be: HfBackend = Depends(hf_backend)) -> Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequestError("body must be JSON: {name, organization, visibility}") from None
+    if body.get("type", "model") not in ("model", None):
+        raise InvalidRequestError("lorahive hosts adapters as model repos only")
+    name = str(body.get("name") or "")
+    ns = body.get("organization") or (await run_in_threadpool(be.whoami)).user
+    if not ns:
+        raise AuthenticationError("creating a repo needs a token with write scope")
+    private = body.get("visibility") == "private" or body.get("private") is True
+    repo = f"{ns}/{name}"
+    created = await run_in_threadpool(be.create_repo, repo, private)
+    url = f"{_base(request)}/{repo}"
+    if not created:
+        return JSONResponse({"error": f"You already created this model repo: {repo}",
+                             "url": url}, status_code=409)
+    return JSONResponse({"url": url, "name": repo, "id": repo})
+
+
+@router.post("/api/models/{ns}/{name}/preupload/{rev}")
+@hf_errors
+async def preupload(request: Request, ns: str, name: str, rev: str,
+                    be: HfBackend = Depends(hf_backend)) -> Response:
+    repo = f"{ns}/{name}"
+    body = await request.json()
+    files = body.get("files")
+    if not isinstance(files, list):
+        raise InvalidRequestError("expected {files: [{path, size, sample}]}")
+    r = await run_in_threadpool(be.writable_revision, repo, rev)
+    current = {f.path: f for f in r.files}
+    limit = inline_max_bytes()
+    out = []
+    for f in files:
+        path, size = str(f.get("path", "")), int(f.get("size", 0))
+        mode = upload_mode(size, limit)
+        old = current.get(path)
+        oid = None
+        if old is not None and old.size == size:
+            oid = old.sha256 if mode == "lfs" else await run_in_threadpool(be.git_oid, old)
+        out.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+    return JSONResponse({"files": out, "commitOid": r.commit})
+
+
+@router.post("/{ns}/{repo_git}/info/lfs/objects/batch")
+@hf_errors
+async def lfs_batch(request: Request, ns: str, repo_git: str,
+                    be: HfBackend = Depends(hf_backend)) -> Response:
+    if not repo_git.endswith(".git"):
+        return proto.hf_error(404, None, "not found")
+    repo = f"{ns}/{repo_git[:-4]}"
+    body = await request.json()
+    if body.get("operation") != "upload":
+        raise InvalidRequestError("lorahive's LFS endpoint takes uploads only; download with "
+                                  "/resolve")
+    user = await run_in_threadpool(be.require_write, repo)
+    key = be.signing_key()
+    base = _base(request)
+    expires = int(time.time()) + SIGNED_URL_TTL
+    objects = []
+    for obj in body.get("objects") or []:
+        oid, size = str(obj.get("oid", "")), int(obj.get("size", -1))
+        if not _is_sha256(oid) or size < 0:
+            objects.append({"oid": oid, "size": max(size, 0),
+                            "error": {"code": 422, "message": "oid must be a sha256"}})
+            continue
+        if size > be.max_file_bytes:
+            objects.append({"oid": oid, "size": size, "error": {
+                "code": 413, "message": f"over the limit of {be.max_file_bytes} bytes per file"}})
+            continue
+        entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
+        if not await run_in_threadpool(be.has_blob, oid, size):
+            sig = sign_upload(key, repo, oid, size, user, expires)
+            href = (f"{base}/api/lorahive-lfs/{repo}/{oid}?size={size}&user={quote(user)}"
+                    f"&expires={expires}&sig={sig}")
+            entry["actions"] = {
+                "upload": {"href": href, "expires_in": SIGNED_URL_TTL},
+                "verify": {"href": f"{base}/{repo}.git/info/lfs/objects/verify",
+                           "expires_in": SIGNED_URL_TTL},
+            }
+        objects.append(entry)
+    return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                        media_type=LFS_JSON)
+
+
+@router.put("/api/lorahive-lfs/{ns}/{name}/{oid}")
+@hf_errors
+async def lfs_upload(request: Request, ns: str, name: str, oid: str, size: int, user: str,
+                     expires: int, sig: str, be: HfBackend = Depends(hf_backend)) -> Response:
+    """The signed URL the batch call hands out: the client PUTs here without credentials
+    (as it would to S3), so the signature is the authorisation."""
+    repo = f"{ns}/{name}"
+    if not check_upload_sig(be.signing_key(), repo, oid, size, user, expires, sig):
+        return proto.hf_error(403, None, "upload URL is invalid or expired; ask the batch "
+                                         "endpoint for a new one")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) != size:
+        raise InvalidRequestError(f"Content-Length {declared} does not match the declared size {size}")
+    await be.ingest_stream(request.stream(), oid, size)
+    return Response(status_code=200, headers={"ETag": f'"{oid}"'})
+
+
+@router.post("/{ns}/{repo_git}/info/lfs/objects/verify")
+@hf_errors
+async def lfs_verify(request: Request, ns: str, repo_git: str,
+                     be: HfBackend = Depends(hf_backend)) -> Response:
+    repo = f"{ns}/{repo_git.removesuffix('.git')}"
+    await run_in_threadpool(be.require_write, repo)
+    body = await request.json()
+    oid, size = str(body.get("oid", "")), int(body.get("size", -1))
+    if not await run_in_threadpool(be.has_blob, oid, size):
+        return proto.hf_error(404, None, f"object {oid} ({size} bytes) was not uploaded")
+    return JSONResponse({"oid": oid, "size": size}, media_type=LFS_JSON)
+
+
+@router.post("/api/models/{ns}/{name}/commit/{rev}")
+@hf_errors
+async def commit(request: Request, ns: str, name: str, rev: str,
+                 be: HfBackend = Depends(hf_backend)) -> Response:
+    repo = f"{ns}/{name}"
+    if request.query_params.get("create_pr") in ("1", "true", "True"):
+        raise InvalidRequestError("lorahive has no pull requests; commit to main to publish a "
+                                  "new version")
+    await run_in_threadpool(be.require_write, repo)
+    cap = int(be.max_file_bytes * 1.4) + 16 * 1024 * 1024
+    with _spooled_body() as body_path:
+        await _save_body(request, body_path, cap)
+        info = await run_in_threadpool(_do_commit, be, repo, rev, body_path)
+    base = _base(request)
+    return JSONResponse({
+        "success": True,
+        "commitOid": info.commit,
+        "commitUrl": f"{base}/{repo}/commit/{info.commit}",
+        "hookOutput": "",
+        "pullRequestUrl": None,
+        "lorahive": {"version": info.version.version if info.version else None, "ref": info.ref},
+    })
+
+
+def _do_commit(be: HfBackend, repo: str, rev: str, body_path: Path) -> Resolved:
+    r = be.writable_revision(repo, rev)
+    c = parse_commit(body_path, be.store, be.max_file_bytes)
+    if c.parent and c.parent != r.commit:
+        raise _Conflict(f"parentCommit {c.parent} is not the head of {rev} ({r.commit}); "
+                        "pull and retry")
+    lfs_entries = {}
+    for path, (oid, size) in c.lfs.items():
+        stored = be.blob_size(oid) if _is_sha256(oid) else None
+        if stored is None or (size is not None and stored != size):
+            raise EntryNotFoundError(f"LFS object {oid} for {path} was never uploaded; upload "
+                                     "it through the LFS batch endpoint first")
+        lfs_entries[path] = FileEntry(path=path, sha256=oid, size=stored)
+    files = apply_commit(list(r.files), c, lfs_entries, be.max_files)
+    return be.publish_files(repo, files, c.summary, c.description)
+
+
+class _Conflict(LorahiveError):
+    code = "conflict"
+    status = 412
+
+
+@router.api_route("/api/models/{ns}/{name}/xet-write-token/{rev}", methods=["GET", "POST"])
+@router.api_route("/api/models/{ns}/{name}/xet-read-token/{rev}", methods=["GET", "POST"])
+async def xet_token(ns: str, name: str, rev: str) -> Response:
+    """lorahive has no Xet storage; say what to do instead of a bare 404."""
+    return proto.hf_error(
+        501, None,
+        "lorahive does not implement Xet storage: files up to LORAHIVE_HF_INLINE_MAX_BYTES are "
+        "accepted inline; for larger files set HF_HUB_DISABLE_XET=1 on the client",
+    )
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _is_sha256(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+
+
+@contextlib.contextmanager
+def _spooled_body():  # type: ignore[no-untyped-def]
+    fd, tmp = tempfile.mkstemp(prefix=".lorahive-hf-commit-")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+async def _save_body(request: Request, dest: Path, cap: int) -> None:
+    n = 0
+    with open(dest, "wb") as fh:
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > cap:
+                raise PayloadTooLargeError(f"commit body over {cap} bytes; upload big files "
+                                           "through LFS (HF_HUB_DISABLE_XET=1)")
+            fh.write(chunk)

@@ -1,0 +1,162 @@
+"""``LocalRegistry``: the ``Registry`` interface in-process, on the embedded database and
+blob store (what the CLI uses when no server URL is given).
+
+It authenticates its token exactly as the server does; with no token it uses the admin token
+that the first start bootstrapped into the data directory, so the local owner can do
+everything with zero set-up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from hub.cache import PullCache
+from hub.errors import InvalidAdapterError, InvalidRequestError
+from hub.manifest import WEIGHTS_NAME, build_manifest
+from hub.refs import parse_ref
+from hub.registry_api import (
+    AdapterInfo,
+    FileEntry,
+    GcReport,
+    NamespaceInfo,
+    NewToken,
+    ProgressFn,
+    Scope,
+    SearchPage,
+    SortKey,
+    TokenInfo,
+    VersionInfo,
+    WhoAmI,
+)
+from registry.blobs import ingest
+from registry.service import PublishOptions, RegistryService
+from registry.settings import Settings
+
+CHUNK = 1024 * 1024
+
+
+class LocalRegistry:
+    """In-process registry; same behaviour and errors as ``hub.client.HttpRegistry``."""
+
+    def __init__(self, settings: Settings | None = None, token: str | None = None,
+                 service: RegistryService | None = None, cache: PullCache | None = None):
+        self.service = service or RegistryService(settings)
+        st = self.service.settings
+        if token is None:
+            self.service.bootstrap_admin()
+            if st.admin_token_file.is_file():
+                token = st.admin_token_file.read_text().strip()
+        self.token = token
+        self.principal = self.service.authenticate(token)
+        self.cache = cache or PullCache(st.home / "cache")
+
+    def close(self) -> None:
+        self.service.close()
+
+    def whoami(self) -> WhoAmI:
+        return self.service.whoami(self.principal)
+
+    def publish(self, path: str | Path, name: str, version: str | None = None, *,
+                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
+                description: str | None = None, metrics: dict[str, Any] | None = None,
+                progress: ProgressFn | None = None) -> VersionInfo:
+        """Store a PEFT adapter directory's files (deduplicated) and commit a version."""
+        parse_ref(name)
+        entries, local = build_manifest(path)
+        if WEIGHTS_NAME not in local:
+            raise InvalidAdapterError(f"no {WEIGHTS_NAME} in {path}; is this a PEFT adapter?")
+        svc = self.service
+        svc.require_uploader(self.principal)
+        missing = set(svc.missing_blobs(e.sha256 for e in entries))
+        todo = [e for e in entries if e.sha256 in missing]
+        if progress is not None:
+            progress(0, sum(e.size for e in todo), f"upload {name}")
+        for e in todo:
+            if e.sha256 not in missing:
+                continue
+            missing.discard(e.sha256)
+            ingest(svc.store, _read_chunks(local[e.path], progress), e.sha256, e.size,
+                   svc.settings.max_upload_bytes)
+        opts = PublishOptions(task=task, tags=list(tags), private=private,
+                              description=description, metrics=dict(metrics or {}))
+        return svc.commit(self.principal, name, entries, version, opts)
+
+    def resolve(self, ref: str) -> VersionInfo:
+        return self.service.resolve(self.principal, ref)
+
+    def adapter(self, ref: str) -> AdapterInfo:
+        return self.service.adapter(self.principal, ref)
+
+    def versions(self, ref: str) -> list[VersionInfo]:
+        return self.service.versions(self.principal, ref)
+
+    def search(self, text: str | None = None, *, task: str | None = None,
+               base_model: str | None = None, tags: Sequence[str] = (),
+               peft_type: str | None = None, namespace: str | None = None,
+               sort: SortKey = "updated", offset: int = 0, limit: int = 20) -> SearchPage:
+        return self.service.search(self.principal, text, task=task, base_model=base_model,
+                                   tags=tags, peft_type=peft_type, namespace=namespace,
+                                   sort=sort, offset=offset, limit=limit)
+
+    def pull(self, ref: str, to: str | Path | None = None,
+             progress: ProgressFn | None = None) -> Path:
+        r = parse_ref(ref)
+        info = self.resolve(ref)
+        store = self.service.store
+
+        def fetch(f: FileEntry, offset: int) -> Iterator[bytes]:
+            return store.open_range(f.sha256, offset)
+
+        snap = self.cache.materialize(r, info, fetch, progress)
+        self.service.record_download(self.principal, info.ref)
+        return self.cache.export(info, to) if to is not None else snap
+
+    def set_alias(self, ref: str, alias: str) -> VersionInfo:
+        return self.service.set_alias(self.principal, ref, alias)
+
+    def remove_alias(self, repo: str, alias: str) -> None:
+        self.service.remove_alias(self.principal, repo, alias)
+
+    def delete(self, ref: str) -> None:
+        self.service.delete(self.principal, ref)
+
+    def gc(self, grace_seconds: float = 3600.0) -> GcReport:
+        return self.service.gc(self.principal, grace_seconds)
+
+    def create_namespace(self, name: str) -> NamespaceInfo:
+        return self.service.create_namespace(self.principal, name)
+
+    def create_token(self, name: str, scope: Scope = "read", namespaces: Sequence[str] = (),
+                     user: str | None = None, expires_in_days: float | None = None) -> NewToken:
+        return self.service.create_token(self.principal, name, scope, namespaces, user,
+                                         expires_in_days)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        return self.service.list_tokens(self.principal)
+
+    def revoke_token(self, token_id: int) -> None:
+        self.service.revoke_token(self.principal, token_id)
+
+
+def _read_chunks(path: Path, progress: ProgressFn | None) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            if progress is not None:
+                progress(len(chunk), 0, path.name)
+            yield chunk
+
+
+def parse_metrics(text: str | None) -> dict[str, Any]:
+    """``--metrics`` JSON (an object) from the command line."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidRequestError(f"--metrics is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("--metrics must be a JSON object, e.g. '{\"acc\": 0.91}'")
+    return data

@@ -1,0 +1,1 @@
+"""Thin routers: parse the request, call ``RegistryService``, shape the response."""

@@ -1,0 +1,90 @@
+"""Adapters, versions, aliases and the commit step of a publish."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from hub.refs import Ref, check_name, check_version
+from hub.registry_api import AdapterInfo, SearchPage, SortKey, VersionInfo
+from registry.deps import Caller, Service, limit_json_body
+from registry.schemas import AliasRequest, CommitRequest
+from registry.service import PublishOptions
+
+router = APIRouter(prefix="/adapters", tags=["adapters"])
+
+
+def _ref(ns: str, name: str, version: str | None = None, alias: str | None = None) -> Ref:
+    check_name(ns, "namespace")
+    check_name(name, "adapter name")
+    if version is not None:
+        check_version(version)
+    if alias is not None:
+        check_name(alias, "alias")
+    return Ref(ns, name, version, alias)
+
+
+@router.get("", response_model=SearchPage)
+def search(
+    svc: Service, caller: Caller,
+    q: str | None = None, task: str | None = None, base_model: str | None = None,
+    tag: Annotated[list[str], Query()] = [],  # noqa: B006  (FastAPI reads the default)
+    peft_type: str | None = None, namespace: str | None = None,
+    sort: SortKey = "updated", offset: int = 0, limit: int = 20,
+) -> SearchPage:
+    """Search adapters visible to the caller by text, task, base model, tags and PEFT type."""
+    return svc.search(caller, q, task=task, base_model=base_model, tags=tag,
+                      peft_type=peft_type, namespace=namespace, sort=sort, offset=offset,
+                      limit=limit)
+
+
+@router.get("/{ns}/{name}", response_model=AdapterInfo)
+def get_adapter(ns: str, name: str, svc: Service, caller: Caller) -> AdapterInfo:
+    return svc.adapter(caller, _ref(ns, name))
+
+
+@router.delete("/{ns}/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_adapter(ns: str, name: str, svc: Service, caller: Caller) -> None:
+    """Delete an adapter with all its versions (admin scope on the namespace)."""
+    svc.delete(caller, str(_ref(ns, name)))
+
+
+@router.get("/{ns}/{name}/versions", response_model=list[VersionInfo])
+def list_versions(ns: str, name: str, svc: Service, caller: Caller) -> list[VersionInfo]:
+    return svc.versions(caller, _ref(ns, name))
+
+
+@router.post("/{ns}/{name}/versions", response_model=VersionInfo,
+             status_code=status.HTTP_201_CREATED, dependencies=[Depends(limit_json_body)])
+def commit(ns: str, name: str, body: CommitRequest, svc: Service, caller: Caller) -> VersionInfo:
+    """Commit a version from uploaded blobs (phase two of a publish), in one transaction."""
+    opts = PublishOptions(task=body.task, tags=body.tags, private=body.private,
+                          description=body.description, metrics=body.metrics)
+    return svc.commit(caller, str(_ref(ns, name)), body.files, body.version, opts)
+
+
+@router.get("/{ns}/{name}/versions/{version}", response_model=VersionInfo)
+def get_version(ns: str, name: str, version: str, svc: Service, caller: Caller) -> VersionInfo:
+    return svc.resolve(caller, _ref(ns, name, version=version))
+
+
+@router.delete("/{ns}/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_version(ns: str, name: str, version: str, svc: Service, caller: Caller) -> None:
+    svc.delete(caller, str(_ref(ns, name, version=version)))
+
+
+@router.get("/{ns}/{name}/aliases/{alias}", response_model=VersionInfo)
+def get_alias(ns: str, name: str, alias: str, svc: Service, caller: Caller) -> VersionInfo:
+    return svc.resolve(caller, _ref(ns, name, alias=alias))
+
+
+@router.put("/{ns}/{name}/aliases/{alias}", response_model=VersionInfo)
+def set_alias(ns: str, name: str, alias: str, body: AliasRequest, svc: Service,
+              caller: Caller) -> VersionInfo:
+    return svc.set_alias(caller, str(_ref(ns, name, version=body.version)), alias)
+
+
+@router.delete("/{ns}/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_alias(ns: str, name: str, alias: str, svc: Service, caller: Caller) -> None:
+    svc.remove_alias(caller, str(_ref(ns, name)), alias)

@@ -1,0 +1,671 @@
+"""The registry's behaviour, independent of transport: publish (commit), resolve, search,
+aliases, delete, gc, namespaces and tokens.
+
+Each method takes the calling ``Principal`` and opens its own transaction, so the in-process
+registry and the REST app share every rule. A commit validates the adapter from the stored
+blobs *before* its transaction and writes the version, its files, tags and the ``latest``
+alias in one transaction: readers see a whole version or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlmodel import Session, col, select
+
+from hub.errors import (
+    AdapterNotFoundError,
+    AuthenticationError,
+    ConflictError,
+    EntryNotFoundError,
+    IntegrityError,
+    InvalidAdapterError,
+    InvalidReferenceError,
+    InvalidRequestError,
+    NamespaceNotFoundError,
+    NotFoundError,
+    PermissionDeniedError,
+    VersionNotFoundError,
+)
+from hub.lineage import SIDECAR, read_sidecar
+from hub.manifest import CONFIG_NAME, WEIGHTS_NAME
+from hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
+from hub.registry_api import (
+    AdapterInfo,
+    FileEntry,
+    GcReport,
+    NamespaceInfo,
+    NewToken,
+    SearchPage,
+    TokenInfo,
+    VersionInfo,
+    WhoAmI,
+)
+from registry import blobs as blobmod
+from registry.auth import (
+    SCOPES,
+    Principal,
+    authenticate,
+    hash_token,
+    new_secret,
+    scope_rank,
+)
+from registry.db import ensure_schema, make_engine, session_scope
+from registry.settings import Settings
+from registry.tables import (
+    AdapterRow,
+    AdapterTag,
+    AliasRow,
+    FileRow,
+    Namespace,
+    Token,
+    User,
+    VersionRow,
+    utcnow,
+)
+from registry.validation import check_manifest
+
+SORTS = {
+    "updated": (col(AdapterRow.updated_at).desc(),),
+    "created": (col(AdapterRow.created_at).desc(),),
+    "downloads": (col(AdapterRow.downloads).desc(), col(AdapterRow.updated_at).desc()),
+    "name": (col(Namespace.name).asc(), col(AdapterRow.name).asc()),
+}
+MAX_PAGE = 200
+
+
+@dataclass
+class PublishOptions:
+    """Adapter-level metadata sent with a commit; ``None`` keeps what the adapter has."""
+
+    task: str | None = None
+    tags: list[str] = field(default_factory=list)
+    private: bool | None = None
+    description: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Validated:
+    summary: dict[str, Any]
+    stats: list[dict[str, Any]]
+    lineage: dict[str, Any] | None
+    metrics: dict[str, Any]
+    extra: dict[str, Any]
+
+
+class RegistryService:
+    """Transport-free registry over one database engine and one blob store."""
+
+    def __init__(self, settings: Settings | None = None, migrate: bool = True):
+        self.settings = settings or Settings()
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(self.settings.database_url, self.settings.db_pool_size)
+        if migrate:
+            ensure_schema(self.engine)
+        self.store = blobmod.open_store(self.settings.storage_url, self.settings.home,
+                                        self.settings.s3_endpoint_url, self.settings.s3_region)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- identity ------------------------------------------------------------------------
+    def authenticate(self, secret: str | None) -> Principal:
+        with session_scope(self.engine) as s:
+            return authenticate(s, secret)
+
+    def bootstrap_admin(self) -> str | None:
+        """On an empty database: create user ``admin`` and an admin token, saved (0600) in
+        the data directory for the local CLI. Returns the secret when one was created."""
+        with session_scope(self.engine, write=True) as s:
+            if s.exec(select(User.id)).first() is not None:
+                return None
+            user = User(name="admin", is_admin=True)
+            s.add(user)
+            s.flush()
+            s.add(Namespace(name="admin", owner_id=user.id))
+            secret = new_secret()
+            s.add(Token(user_id=user.id, name="bootstrap", token_hash=hash_token(secret),
+                        scope="admin"))
+        path = self.settings.admin_token_file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret + "\n")
+        return secret
+
+    def whoami(self, p: Principal) -> WhoAmI:
+        return WhoAmI(user=p.user, is_admin=p.is_admin, scope=p.scope,  # type: ignore[arg-type]
+                      namespaces=list(p.namespaces))
+
+    # -- lookups -------------------------------------------------------------------------
+    def _namespace(self, s: Session, name: str) -> Namespace:
+        ns = s.exec(select(Namespace).where(Namespace.name == name)).first()
+        if ns is None:
+            raise NamespaceNotFoundError(
+                f"namespace {name!r} does not exist; create it with `lorahive namespace create {name}`"
+            )
+        return ns
+
+    def _adapter(self, s: Session, p: Principal, ref: Ref, lock: bool = False
+                 ) -> tuple[AdapterRow, Namespace]:
+        """The adapter, or 404 when it is absent or private and invisible to ``p``."""
+        q = (select(AdapterRow, Namespace).join(Namespace)
+             .where(Namespace.name == ref.namespace, AdapterRow.name == ref.name))
+        if lock:
+            q = q.with_for_update(of=AdapterRow)  # type: ignore[arg-type]
+        row = s.exec(q).first()
+        if row is None or (row[0].private and not p.can(row[1], "read")):
+            raise AdapterNotFoundError(
+                f"adapter {ref.repo} not found (or private); check the name with `lorahive search`"
+            )
+        return row
+
+    def _version(self, s: Session, a: AdapterRow, ref: Ref) -> VersionRow:
+        if ref.version:
+            v = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id,
+                                                VersionRow.version == ref.version)).first()
+        else:
+            alias = ref.alias or DEFAULT_ALIAS
+            v = s.exec(select(VersionRow).join(AliasRow, col(AliasRow.version_id) == VersionRow.id)
+                       .where(AliasRow.adapter_id == a.id, AliasRow.name == alias)).first()
+        if v is None:
+            raise _version_not_found(ref)
+        return v
+
+    def _version_info(self, s: Session, ns: Namespace, a: AdapterRow, v: VersionRow) -> VersionInfo:
+        files = s.exec(select(FileRow).where(FileRow.version_id == v.id).order_by(FileRow.path)).all()
+        aliases = s.exec(select(AliasRow.name).where(AliasRow.version_id == v.id)).all()
+        return VersionInfo(
+            namespace=ns.name, name=a.name, version=v.version, created_at=v.created_at,
+            files=[FileEntry(path=f.path, sha256=f.sha256, size=f.size) for f in files],
+            size=v.size, sha256=v.sha256, peft_type=v.peft_type, base_model=v.base_model,
+            rank=v.rank, lora_alpha=v.lora_alpha, target_modules=list(v.target_modules),
+            num_parameters=v.num_parameters, summary=dict(v.summary), stats=list(v.stats),
+            metrics=dict(v.metrics), metadata=dict(v.meta), lineage=v.lineage,
+            downloads=v.downloads, aliases=sorted(aliases),
+        )
+
+    def _adapter_infos(self, s: Session, rows: Sequence[tuple[AdapterRow, Namespace]]
+                       ) -> list[AdapterInfo]:
+        ids = [a.id for a, _ in rows]
+        tags: dict[int, list[str]] = {}
+        aliases: dict[int, dict[str, str]] = {}
+        if ids:
+            for t in s.exec(select(AdapterTag).where(col(AdapterTag.adapter_id).in_(ids))
+                            .order_by(AdapterTag.tag)).all():
+                tags.setdefault(t.adapter_id, []).append(t.tag)
+            for al, ver in s.exec(select(AliasRow, VersionRow.version)
+                                  .join(VersionRow, col(AliasRow.version_id) == VersionRow.id)
+                                  .where(col(AliasRow.adapter_id).in_(ids))).all():
+                aliases.setdefault(al.adapter_id, {})[al.name] = ver
+        return [
+            AdapterInfo(
+                namespace=ns.name, name=a.name, description=a.description, task=a.task,
+                base_model=a.base_model, peft_type=a.peft_type, tags=tags.get(a.id, []),  # type: ignore[arg-type]
+                private=a.private, downloads=a.downloads, created_at=a.created_at,
+                updated_at=a.updated_at, aliases=aliases.get(a.id, {}),  # type: ignore[arg-type]
+                latest_version=aliases.get(a.id, {}).get(DEFAULT_ALIAS),  # type: ignore[arg-type]
+            )
+            for a, ns in rows
+        ]
+
+    # -- reads ---------------------------------------------------------------------------
+    def resolve(self, p: Principal, ref: str | Ref) -> VersionInfo:
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        with session_scope(self.engine) as s:
+            a, ns = self._adapter(s, p, r)
+            return self._version_info(s, ns, a, self._version(s, a, r))
+
+    def adapter(self, p: Principal, ref: str | Ref) -> AdapterInfo:
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        with session_scope(self.engine) as s:
+            return self._adapter_infos(s, [self._adapter(s, p, r)])[0]
+
+    def versions(self, p: Principal, ref: str | Ref) -> list[VersionInfo]:
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        with session_scope(self.engine) as s:
+            a, ns = self._adapter(s, p, r)
+            rows = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id)
+                          .order_by(col(VersionRow.seq).desc())).all()
+            return [self._version_info(s, ns, a, v) for v in rows]
+
+    def search(self, p: Principal, text: str | None = None, *, task: str | None = None,
+               base_model: str | None = None, tags: Sequence[str] = (),
+               peft_type: str | None = None, namespace: str | None = None,
+               sort: str = "updated", offset: int = 0, limit: int = 20) -> SearchPage:
+        if sort not in SORTS:
+            raise InvalidRequestError(f"unknown sort {sort!r}; use one of {sorted(SORTS)}")
+        if offset < 0 or not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequestError(f"offset must be >= 0 and limit 1..{MAX_PAGE}")
+        q = select(AdapterRow, Namespace).join(Namespace)
+        if not (p.is_admin and p.has_scope("read") and not p.namespaces):
+            visible = [AdapterRow.private == False]  # noqa: E712
+            if not p.anonymous and p.has_scope("read"):
+                owned = Namespace.owner_id == p.user_id
+                if p.is_admin:
+                    owned = col(Namespace.id).is_not(None)
+                if p.namespaces:
+                    owned = owned & col(Namespace.name).in_(p.namespaces)  # type: ignore[assignment]
+                visible.append(owned)  # type: ignore[arg-type]
+            q = q.where(or_(*visible))
+        for word in (text or "").lower().split():
+            pat = f"%{_escape_like(word)}%"
+            q = q.where(or_(*(func.lower(c).like(pat, escape="\\") for c in (
+                AdapterRow.name, AdapterRow.description, AdapterRow.task, Namespace.name,
+                AdapterRow.base_model))))
+        if task:
+            q = q.where(AdapterRow.task == task)
+        if base_model:
+            q = q.where(AdapterRow.base_model == base_model)
+        if peft_type:
+            q = q.where(AdapterRow.peft_type == peft_type.upper())
+        if namespace:
+            q = q.where(Namespace.name == namespace)
+        for t in tags:
+            q = q.where(col(AdapterRow.id).in_(select(AdapterTag.adapter_id)
+                                                .where(AdapterTag.tag == t)))
+        with session_scope(self.engine) as s:
+            total = s.exec(select(func.count()).select_from(q.subquery())).one()
+            rows = s.exec(q.order_by(*SORTS[sort], col(AdapterRow.id).asc())
+                          .offset(offset).limit(limit)).all()
+            return SearchPage(total=total, offset=offset, limit=limit,
+                              items=self._adapter_infos(s, rows))
+
+    def file_entry(self, p: Principal, ref: str | Ref, path: str) -> FileEntry:
+        """A file of a visible version (what a download serves)."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        info = self.resolve(p, r)
+        for f in info.files:
+            if f.path == path:
+                return f
+        raise EntryNotFoundError(f"{info.ref} has no file {path!r}")
+
+    def record_download(self, p: Principal, ref: str | Ref) -> None:
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        with session_scope(self.engine, write=True) as s:
+            a, _ = self._adapter(s, p, r)
+            v = self._version(s, a, r)
+            s.exec(update(AdapterRow).where(col(AdapterRow.id) == a.id)  # type: ignore[call-overload]
+                   .values(downloads=AdapterRow.downloads + 1))
+            s.exec(update(VersionRow).where(col(VersionRow.id) == v.id)  # type: ignore[call-overload]
+                   .values(downloads=VersionRow.downloads + 1))
+
+    # -- blobs -------------------------------------------------------------------------------
+    def require_uploader(self, p: Principal) -> None:
+        """Blob uploads need a token with write scope (blobs are unreadable until committed)."""
+        if p.anonymous:
+            raise AuthenticationError("uploads need a token with write scope; run `lorahive login`")
+        if not p.has_scope("write"):
+            raise PermissionDeniedError("uploads need a token with write scope")
+
+    def missing_blobs(self, shas: Iterable[str]) -> list[str]:
+        return [s for s in dict.fromkeys(shas) if not self.store.exists(blobmod.check_sha256(s))]
+
+    def put_blob(self, p: Principal, chunks: Iterable[bytes], sha: str, size: int | None) -> None:
+        self.require_uploader(p)
+        if self.store.exists(blobmod.check_sha256(sha)):
+            for _ in chunks:  # drain: the content is already stored
+                pass
+            return
+        blobmod.ingest(self.store, chunks, sha, size, self.settings.max_upload_bytes)
+
+    # -- publish -------------------------------------------------------------------------
+    def _validate(self, files: Sequence[FileEntry]) -> _Validated:
+        """Load the adapter from its stored blobs with ``hub`` (safetensors only, config and
+        tensors consistent, base model declared) and compute its statistics."""
+        by_path = {f.path: f for f in files}
+        for f in files:
+            got = self.store.size(f.sha256)
+            if got is None:
+                raise EntryNotFoundError(
+                    f"blob {f.sha256} for {f.path} was not uploaded; upload it before committing"
+                )
+            if got != f.size:
+                raise IntegrityError(f"{f.path}: declared {f.size} bytes but the blob has {got}")
+        tmp = Path(tempfile.mkdtemp(prefix=".lorahive-tmp-validate-", dir=self.settings.home))
+        try:
+            for name in (CONFIG_NAME, WEIGHTS_NAME, SIDECAR):
+                if name in by_path:
+                    sha = by_path[name].sha256
+                    src = self.store.local_path(sha)
+                    if src is not None:
+                        os.symlink(src, tmp / name)
+                    else:
+                        blobmod.copy_blob(self.store, sha, tmp / name)
+            from hub.peft_format import load_peft  # torch: only when committing
+
+            adapter = load_peft(tmp)
+            summary = adapter.summary()
+            if not summary.get("base_model"):
+                raise InvalidAdapterError(
+                    f"{CONFIG_NAME} declares no base_model_name_or_path; set it to the base "
+                    "model's Hub id or path"
+                )
+            stats = [_stat_dict(st) for st in adapter.stats()] if adapter.is_lora else []
+            side = read_sidecar(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        lineage = side.get("lineage")
+        if lineage is not None and not isinstance(lineage, dict):
+            raise InvalidAdapterError(f"{SIDECAR}: 'lineage' must be an object")
+        metrics = side.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise InvalidAdapterError(f"{SIDECAR}: 'metrics' must be an object")
+        extra = {k: v for k, v in side.items() if k not in ("lineage", "metrics")}
+        return _Validated(summary, stats, lineage, metrics, extra)
+
+    def commit(self, p: Principal, repo: str, files: Sequence[FileEntry],
+               version: str | None = None, options: PublishOptions | None = None) -> VersionInfo:
+        """Create version ``version`` (or the next number) of ``repo`` from uploaded blobs."""
+        opts = options or PublishOptions()
+        r = parse_ref(repo)
+        if r.version or r.alias:
+            raise InvalidReferenceError("publish to namespace/name; pass the version separately")
+        if version is not None:
+            check_version(version)
+        tags = sorted({check_name(t, "tag") for t in opts.tags})
+        if opts.task is not None and len(opts.task) > 128:
+            raise InvalidRequestError("task must be at most 128 characters")
+        st = self.settings
+        check_manifest(files, st.max_files, st.max_upload_bytes, st.max_filename_length)
+        with session_scope(self.engine) as s:
+            self._namespace(s, r.namespace)  # 404 before 401/403 would leak nothing new
+            p.require(self._namespace(s, r.namespace), "write")
+        checked = self._validate(files)
+        for attempt in range(3):
+            try:
+                return self._commit_tx(p, r, files, version, opts, tags, checked)
+            except SqlIntegrityError:
+                if attempt == 2:
+                    raise ConflictError(
+                        f"{r.repo}: a concurrent publish won the race; retry") from None
+        raise AssertionError("unreachable")
+
+    def _commit_tx(self, p: Principal, r: Ref, files: Sequence[FileEntry], version: str | None,
+                   opts: PublishOptions, tags: list[str], checked: _Validated) -> VersionInfo:
+        summary = checked.summary
+        now = utcnow()
+        with session_scope(self.engine, write=True) as s:
+            ns = self._namespace(s, r.namespace)
+            p.require(ns, "write")
+            a = s.exec(select(AdapterRow).where(AdapterRow.namespace_id == ns.id,
+                                                AdapterRow.name == r.name)
+                       .with_for_update()).first()
+            if a is None:
+                a = AdapterRow(namespace_id=ns.id, name=r.name, private=bool(opts.private),  # type: ignore[arg-type]
+                               created_at=now)
+                s.add(a)
+                s.flush()
+            wanted = {f.path: f.sha256 for f in files}
+            if version is not None:
+                old = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id,
+                                                      VersionRow.version == version)).first()
+                if old is not None:
+                    have = {f.path: f.sha256 for f in s.exec(
+                        select(FileRow).where(FileRow.version_id == old.id)).all()}
+                    if have != wanted:
+                        raise ConflictError(
+                            f"{r.repo}@{version} exists with different content; versions are "
+                            "immutable: publish a new version (omit --version for the next number)"
+                        )
+                    return self._version_info(s, ns, a, old)
+            seq = a.next_seq
+            existing = set(s.exec(select(VersionRow.version)
+                                  .where(VersionRow.adapter_id == a.id)).all())
+            if version is None:
+                while str(seq) in existing:
+                    seq += 1
+                version = str(seq)
+            a.next_seq = seq + 1
+            weights = next(f for f in files if f.path == WEIGHTS_NAME)
+            metrics = {**checked.metrics, **(opts.metrics or {})}
+            v = VersionRow(
+                adapter_id=a.id, version=version, seq=seq, created_at=now,  # type: ignore[arg-type]
+                size=sum(f.size for f in files), sha256=weights.sha256,
+                peft_type=summary.get("peft_type"), base_model=summary.get("base_model"),
+                rank=summary.get("rank"), lora_alpha=summary.get("lora_alpha"),
+                num_parameters=int(summary.get("num_parameters") or 0),
+                target_modules=list(summary.get("target_modules") or []), summary=summary,
+                stats=checked.stats, metrics=metrics, meta=checked.extra, lineage=checked.lineage,
+            )
+            s.add(v)
+            s.flush()
+            for f in files:
+                s.add(FileRow(version_id=v.id, path=f.path, sha256=f.sha256, size=f.size))  # type: ignore[arg-type]
+            latest = s.get(AliasRow, (a.id, DEFAULT_ALIAS))
+            if latest is None:
+                s.add(AliasRow(adapter_id=a.id, name=DEFAULT_ALIAS, version_id=v.id))  # type: ignore[arg-type]
+            else:
+                latest.version_id = v.id  # type: ignore[assignment]
+            a.peft_type = summary.get("peft_type")
+            a.base_model = summary.get("base_model")
+            if opts.task is not None:
+                a.task = opts.task or None
+            if opts.description is not None:
+                a.description = opts.description
+            if opts.private is not None:
+                a.private = opts.private
+            if tags:
+                have_tags = set(s.exec(select(AdapterTag.tag)
+                                       .where(AdapterTag.adapter_id == a.id)).all())
+                for t in tags:
+                    if t not in have_tags:
+                        s.add(AdapterTag(adapter_id=a.id, tag=t))  # type: ignore[arg-type]
+            a.updated_at = now
+            s.add(a)
+            s.flush()
+            return self._version_info(s, ns, a, v)
+
+    # -- aliases and deletion ------------------------------------------------------------
+    def set_alias(self, p: Principal, ref: str, alias: str) -> VersionInfo:
+        r = parse_ref(ref)
+        check_name(alias, "alias")
+        with session_scope(self.engine, write=True) as s:
+            a, ns = self._adapter(s, p, r, lock=True)
+            p.require(ns, "write")
+            v = self._version(s, a, r)
+            row = s.get(AliasRow, (a.id, alias))
+            if row is None:
+                s.add(AliasRow(adapter_id=a.id, name=alias, version_id=v.id))  # type: ignore[arg-type]
+            else:
+                row.version_id = v.id  # type: ignore[assignment]
+                s.add(row)
+            s.flush()
+            return self._version_info(s, ns, a, v)
+
+    def remove_alias(self, p: Principal, repo: str, alias: str) -> None:
+        r = parse_ref(repo)
+        check_name(alias, "alias")
+        with session_scope(self.engine, write=True) as s:
+            a, ns = self._adapter(s, p, r, lock=True)
+            p.require(ns, "write")
+            row = s.get(AliasRow, (a.id, alias))
+            if row is None:
+                raise _version_not_found(Ref(r.namespace, r.name, alias=alias))
+            if alias == DEFAULT_ALIAS:
+                raise InvalidRequestError("'latest' moves by itself and cannot be removed")
+            s.delete(row)
+
+    def delete(self, p: Principal, ref: str) -> None:
+        """``ns/name@version`` deletes one version (write scope); ``ns/name`` the whole
+        adapter (admin scope). Blobs stay until ``gc``."""
+        r = parse_ref(ref)
+        if r.alias:
+            raise InvalidReferenceError(
+                "delete takes ns/name@version (one version) or ns/name (the whole adapter)")
+        with session_scope(self.engine, write=True) as s:
+            a, ns = self._adapter(s, p, r, lock=True)
+            if r.version:
+                p.require(ns, "write")
+                v = self._version(s, a, r)
+                self._delete_versions(s, [v])
+                rest = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id)
+                              .order_by(col(VersionRow.seq).desc())).first()
+                if rest is not None and s.get(AliasRow, (a.id, DEFAULT_ALIAS)) is None:
+                    s.add(AliasRow(adapter_id=a.id, name=DEFAULT_ALIAS, version_id=rest.id))  # type: ignore[arg-type]
+                a.updated_at = utcnow()
+                s.add(a)
+                return
+            p.require(ns, "admin")
+            self._delete_versions(s, list(s.exec(select(VersionRow)
+                                                 .where(VersionRow.adapter_id == a.id)).all()))
+            for t in s.exec(select(AdapterTag).where(AdapterTag.adapter_id == a.id)).all():
+                s.delete(t)
+            s.flush()
+            s.delete(a)
+
+    def _delete_versions(self, s: Session, versions: Sequence[VersionRow]) -> None:
+        ids = [v.id for v in versions]
+        if not ids:
+            return
+        for al in s.exec(select(AliasRow).where(col(AliasRow.version_id).in_(ids))).all():
+            s.delete(al)
+        for f in s.exec(select(FileRow).where(col(FileRow.version_id).in_(ids))).all():
+            s.delete(f)
+        s.flush()
+        for v in versions:
+            s.delete(v)
+        s.flush()
+
+    def gc(self, p: Principal, grace_seconds: float | None = None) -> GcReport:
+        """Delete blobs no version references, older than the grace period (uploads of a
+        publish in progress are younger and stay)."""
+        p.require_admin("garbage collection")
+        grace = self.settings.gc_grace_seconds if grace_seconds is None else grace_seconds
+        cutoff = utcnow() - dt.timedelta(seconds=grace)
+        with session_scope(self.engine) as s:
+            referenced = set(s.exec(select(FileRow.sha256).distinct()).all())
+        removed = freed = kept = 0
+        for b in list(self.store.iter_blobs()):
+            if b.sha256 in referenced or b.modified > cutoff:
+                kept += 1
+                continue
+            self.store.delete(b.sha256)
+            removed += 1
+            freed += b.size
+        with contextlib.suppress(AttributeError):
+            self.store.remove_stale()  # type: ignore[attr-defined]
+        return GcReport(blobs_removed=removed, bytes_removed=freed, blobs_kept=kept)
+
+    # -- namespaces, users, tokens -------------------------------------------------------
+    def create_namespace(self, p: Principal, name: str) -> NamespaceInfo:
+        check_name(name, "namespace")
+        if p.anonymous:
+            raise AuthenticationError("creating a namespace needs a token; run `lorahive login`")
+        if not p.has_scope("write") or p.namespaces:
+            raise PermissionDeniedError(
+                "creating a namespace needs an unrestricted token with write scope")
+        try:
+            with session_scope(self.engine, write=True) as s:
+                if s.exec(select(Namespace).where(Namespace.name == name)).first() is not None:
+                    raise ConflictError(f"namespace {name!r} exists already")
+                ns = Namespace(name=name, owner_id=p.user_id)  # type: ignore[arg-type]
+                s.add(ns)
+                s.flush()
+                return NamespaceInfo(name=ns.name, owner=p.user or "", created_at=ns.created_at)
+        except SqlIntegrityError:
+            raise ConflictError(f"namespace {name!r} exists already") from None
+
+    def create_token(self, p: Principal, name: str, scope: str = "read",
+                     namespaces: Sequence[str] = (), user: str | None = None,
+                     expires_in_days: float | None = None) -> NewToken:
+        """A token for the caller (never above the caller's own scope or namespaces), or, for
+        a site admin, for ``user`` (created with a namespace of the same name if new)."""
+        if scope not in SCOPES:
+            raise InvalidRequestError(f"unknown scope {scope!r}; use one of {list(SCOPES)}")
+        if not name or len(name) > 128:
+            raise InvalidRequestError("token name must be 1-128 characters")
+        if p.anonymous:
+            raise AuthenticationError("creating a token needs a token; run `lorahive login`")
+        for n in namespaces:
+            check_name(n, "namespace")
+        if expires_in_days is not None and expires_in_days <= 0:
+            raise InvalidRequestError("expires_in_days must be positive")
+        expires = (utcnow() + dt.timedelta(days=expires_in_days)) if expires_in_days else None
+        other = user is not None and user != p.user
+        if other:
+            p.require_admin("creating a token for another user")
+        elif scope_rank(scope) > scope_rank(p.scope or "") or (
+                p.namespaces and not set(namespaces or ["*"]) <= set(p.namespaces)):
+            raise PermissionDeniedError(
+                "a token cannot grant more than the token that creates it (scope or namespaces)")
+        secret = new_secret()
+        with session_scope(self.engine, write=True) as s:
+            if other:
+                check_name(user or "", "user")
+                u = s.exec(select(User).where(User.name == user)).first()
+                if u is None:
+                    u = User(name=user or "")
+                    s.add(u)
+                    s.flush()
+                    if s.exec(select(Namespace).where(Namespace.name == u.name)).first() is None:
+                        s.add(Namespace(name=u.name, owner_id=u.id))  # type: ignore[arg-type]
+            else:
+                u = s.get(User, p.user_id)
+            assert u is not None
+            t = Token(user_id=u.id, name=name, token_hash=hash_token(secret), scope=scope,  # type: ignore[arg-type]
+                      namespaces=list(namespaces), expires_at=expires)
+            s.add(t)
+            s.flush()
+            return NewToken(token=secret, info=_token_info(t, u.name))
+
+    def list_tokens(self, p: Principal) -> list[TokenInfo]:
+        if p.anonymous:
+            raise AuthenticationError("listing tokens needs a token")
+        with session_scope(self.engine) as s:
+            q = select(Token, User.name).join(User, col(Token.user_id) == User.id)
+            if not (p.is_admin and p.has_scope("admin")):
+                q = q.where(Token.user_id == p.user_id)
+            return [_token_info(t, n) for t, n in s.exec(q.order_by(Token.id)).all()]
+
+    def revoke_token(self, p: Principal, token_id: int) -> None:
+        if p.anonymous:
+            raise AuthenticationError("revoking a token needs a token")
+        with session_scope(self.engine, write=True) as s:
+            t = s.get(Token, token_id)
+            if t is None or (t.user_id != p.user_id and not (p.is_admin and p.has_scope("admin"))):
+                raise NotFoundError(f"no token with id {token_id}; see `lorahive token list`")
+            t.revoked = True
+            s.add(t)
+
+
+def _version_not_found(ref: Ref) -> VersionNotFoundError:
+    what = f"version {ref.version}" if ref.version else f"alias {ref.alias or DEFAULT_ALIAS!r}"
+    return VersionNotFoundError(
+        f"{ref.repo} has no {what}; list versions with `lorahive versions {ref.repo}`")
+
+
+def _token_info(t: Token, user: str) -> TokenInfo:
+    return TokenInfo(id=t.id, user=user, name=t.name, scope=t.scope,  # type: ignore[arg-type]
+                     namespaces=list(t.namespaces), created_at=t.created_at,
+                     expires_at=t.expires_at, revoked=t.revoked)
+
+
+def _stat_dict(st: Any) -> dict[str, Any]:
+    d = st.as_dict()
+    d["singular_values"] = [round(x, 6) for x in d["singular_values"][:64]]
+    return d
+
+
+def _escape_like(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def counts(service: RegistryService) -> dict[str, float]:
+    """Gauges for /metrics: adapters, versions and files in the database."""
+    with session_scope(service.engine) as s:
+        return {
+            "adapters": s.exec(select(func.count()).select_from(AdapterRow)).one(),
+            "versions": s.exec(select(func.count()).select_from(VersionRow)).one(),
+            "files": s.exec(select(func.count()).select_from(FileRow)).one(),
+        }

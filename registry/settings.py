@@ -1,0 +1,82 @@
+"""Registry settings: one pydantic-settings object read from ``LORAHIVE_*`` env vars and an
+optional ``config.toml`` in the data directory (env wins), with zero-set-up defaults under
+``~/.lorahive``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LORAHIVE_HOME") or Path.home() / ".lorahive").expanduser()
+
+
+class Settings(BaseSettings):
+    """Where metadata and blobs live, and the limits the service enforces."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAHIVE_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str = ""  # default: sqlite file under home
+    storage_url: str = ""  # default: file://<home>/blobs ; or s3://bucket/prefix
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    max_upload_bytes: int = 8 * 1024**3
+    max_files: int = 64
+    max_filename_length: int = 255
+    max_manifest_bytes: int = 1024**2
+    gc_grace_seconds: float = 3600.0
+    db_pool_size: int = 5
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        self.home = Path(self.home).expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'registry.db'}"
+        if not self.storage_url:
+            self.storage_url = f"file://{self.home / 'blobs'}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=default_home() / "config.toml")
+        return init_settings, env_settings, toml
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.home / "admin-token"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to print (no credentials in URLs)."""
+        d = self.model_dump()
+        d["database_url"] = _redact(self.database_url)
+        return d
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def get_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)
