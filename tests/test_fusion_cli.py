@@ -58,6 +58,15 @@ def test_fuse_writes_adapter_with_lineage(pair, tiny_llama_dir):
     PeftModel.from_pretrained(load_base(tiny_llama_dir), str(out))
     ad = load_peft(out)
     assert all(m.scale == 1.0 and m.rank == 3 for m in ad.modules.values())
+    out2 = root / "budget"
+    r = run("fuse", *dirs, "--method", "iso_cts", "--param", "common_fraction=0.5",
+            "--rank-budget", "20", "--device", "cpu", "--out", out2)
+    assert r.returncode == 0, r.stderr
+    assert "energy kept" in r.stdout
+    side = json.loads((out2 / "lorahive.json").read_text())
+    assert side["lineage"]["params"]["common_fraction"] == 0.5
+    assert sum(load_peft(out2).ranks.values()) == 20
+    assert set(side["metrics"]["energy_kept"]) == set(load_peft(out2).modules)
 
 
 def test_fuse_user_errors_are_one_line(pair, tmp_path):

@@ -142,11 +142,21 @@ def get_method(name: str) -> Method:
         ) from None
 
 
+FAMILY_ORDER = ("peft", "arithmetic", "core space", "spectral")
+
+
 def all_methods() -> list[Method]:
+    """Every method, PEFT's first, then exact arithmetic, core space and spectral ones."""
     _load_all()
-    return list(METHODS.values())
+    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    return sorted(METHODS.values(), key=lambda m: order.get(m.family, len(order)))
 
 
 def _load_all() -> None:
     """Import every method family so its decorators run (one file per family)."""
-    from compose.fusion import arithmetic, peft_methods  # noqa: F401
+    from compose.fusion import (  # noqa: F401
+        arithmetic,
+        core_space,
+        peft_methods,
+        spectral,
+    )
