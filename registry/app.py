@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.errors import LorahiveError
+from registry import hf_api
 from registry.metrics import Metrics
 from registry.routes import accounts, adapters, files
 from registry.service import RegistryService, counts
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
 
     for r in (adapters.router, files.router, accounts.router):
         app.include_router(r, prefix=API_PREFIX)
+    app.include_router(hf_api.router)  # Hugging Face Hub-compatible routes (HF_ENDPOINT)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> JSONResponse:

@@ -155,7 +155,10 @@ def parse_commit(body: Path, store: BlobStore, max_bytes: int, max_name: int = 2
                 commit.description = str(value.get("description") or "")
                 commit.parent = value.get("parentCommit")
                 continue
-            path = check_filename(str(value.get("path", "")), max_name)
+            raw_path = str(value.get("path", ""))
+            if key == "deletedFolder":
+                raw_path = raw_path.rstrip("/")
+            path = check_filename(raw_path, max_name)
             if key == "file":
                 if value.get("encoding", "base64") != "base64":
                     raise InvalidRequestError(f"{path}: only base64 file contents are accepted")
@@ -174,7 +177,7 @@ def parse_commit(body: Path, store: BlobStore, max_bytes: int, max_name: int = 2
             elif key == "deletedFile":
                 commit.deleted_files.append(path)
             elif key == "deletedFolder":
-                commit.deleted_folders.append(path.rstrip("/"))
+                commit.deleted_folders.append(path)
             else:
                 raise InvalidRequestError(f"unsupported commit operation {key!r}")
     return commit

@@ -31,6 +31,7 @@ from hub.registry_api import (
     VersionInfo,
     WhoAmI,
 )
+from registry.auth import Principal
 from registry.blobs import ingest
 from registry.service import PublishOptions, RegistryService
 from registry.settings import Settings
@@ -43,6 +44,7 @@ class LocalRegistry:
 
     def __init__(self, settings: Settings | None = None, token: str | None = None,
                  service: RegistryService | None = None, cache: PullCache | None = None):
+        self._owns_service = service is None
         self.service = service or RegistryService(settings)
         st = self.service.settings
         if token is None:
@@ -50,11 +52,16 @@ class LocalRegistry:
             if st.admin_token_file.is_file():
                 token = st.admin_token_file.read_text().strip()
         self.token = token
-        self.principal = self.service.authenticate(token)
         self.cache = cache or PullCache(st.home / "cache")
 
+    @property
+    def principal(self) -> Principal:
+        """Checked on every call, as the server does per request (revocation, expiry)."""
+        return self.service.authenticate(self.token)
+
     def close(self) -> None:
-        self.service.close()
+        if self._owns_service:
+            self.service.close()
 
     def whoami(self) -> WhoAmI:
         return self.service.whoami(self.principal)
@@ -68,8 +75,12 @@ class LocalRegistry:
         entries, local = build_manifest(path)
         if WEIGHTS_NAME not in local:
             raise InvalidAdapterError(f"no {WEIGHTS_NAME} in {path}; is this a PEFT adapter?")
+        from hub.peft_format import load_peft  # torch: only when publishing
+
+        load_peft(path)  # nothing is stored for an adapter the commit would refuse
         svc = self.service
-        svc.require_uploader(self.principal)
+        caller = self.principal
+        svc.require_uploader(caller)
         missing = set(svc.missing_blobs(e.sha256 for e in entries))
         todo = [e for e in entries if e.sha256 in missing]
         if progress is not None:
@@ -82,7 +93,7 @@ class LocalRegistry:
                    svc.settings.max_upload_bytes)
         opts = PublishOptions(task=task, tags=list(tags), private=private,
                               description=description, metrics=dict(metrics or {}))
-        return svc.commit(self.principal, name, entries, version, opts)
+        return svc.commit(caller, name, entries, version, opts)
 
     def resolve(self, ref: str) -> VersionInfo:
         return self.service.resolve(self.principal, ref)
@@ -104,14 +115,16 @@ class LocalRegistry:
     def pull(self, ref: str, to: str | Path | None = None,
              progress: ProgressFn | None = None) -> Path:
         r = parse_ref(ref)
-        info = self.resolve(ref)
+        caller = self.principal
+        info = self.service.resolve(caller, r)
         store = self.service.store
 
         def fetch(f: FileEntry, offset: int) -> Iterator[bytes]:
+            if f.path == WEIGHTS_NAME and offset == 0:  # counted as the server counts
+                self.service.record_download(caller, info.ref)
             return store.open_range(f.sha256, offset)
 
         snap = self.cache.materialize(r, info, fetch, progress)
-        self.service.record_download(self.principal, info.ref)
         return self.cache.export(info, to) if to is not None else snap
 
     def set_alias(self, ref: str, alias: str) -> VersionInfo:

@@ -419,14 +419,18 @@ class RegistryService:
                             "immutable: publish a new version (omit --version for the next number)"
                         )
                     return self._version_info(s, ns, a, old)
-            seq = a.next_seq
             existing = set(s.exec(select(VersionRow.version)
                                   .where(VersionRow.adapter_id == a.id)).all())
+            # auto numbers never reuse a number, even one whose version was deleted
             if version is None:
-                while str(seq) in existing:
-                    seq += 1
-                version = str(seq)
-            a.next_seq = seq + 1
+                n = a.next_seq
+                while str(n) in existing:
+                    n += 1
+                version = str(n)
+            if version.isdigit():
+                a.next_seq = max(a.next_seq, int(version) + 1)
+            seq = (s.exec(select(func.max(VersionRow.seq))
+                          .where(VersionRow.adapter_id == a.id)).one() or 0) + 1
             weights = next(f for f in files if f.path == WEIGHTS_NAME)
             metrics = {**checked.metrics, **(opts.metrics or {})}
             v = VersionRow(

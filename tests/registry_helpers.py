@@ -1,0 +1,199 @@
+"""Helpers for the registry tests: a real ``lorahive serve`` subprocess on loopback, a
+throwaway PostgreSQL cluster, a moto S3 server, and backends for the contract tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Server:
+    """A ``lorahive serve`` process; stopped by pid, never by name."""
+
+    home: Path
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.home / "admin-token").read_text().strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LORAHIVE_") or k == "LORAHIVE_TEST_KEEP"}
+    env.update(LORAHIVE_HOME=str(home), HF_HUB_OFFLINE="1", COLUMNS="200", **extra)
+    return env
+
+
+def start_server(home: Path, workers: int = 1, env: dict[str, str] | None = None,
+                 timeout: float = 60.0) -> Server:
+    """Start ``lorahive serve`` on a free loopback port and wait for /healthz."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = home / f"serve-{port}.log"
+    fh = open(log, "wb")  # noqa: SIM115 (owned by the process for its lifetime)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.app", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--log-level", "warning"],
+        env=cli_env(home, **(env or {})), stdout=fh, stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    server = Server(home, port, proc, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
+                return server
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
+
+
+def run_cli(home: Path, *args: str, env: dict[str, str] | None = None,
+            check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real ``lorahive`` CLI in a subprocess."""
+    cp = subprocess.run([sys.executable, "-m", "cli.app", *args], env=cli_env(home, **(env or {})),
+                        capture_output=True, text=True, timeout=timeout,
+                        cwd=Path(__file__).resolve().parent.parent)
+    if check and cp.returncode != 0:
+        raise AssertionError(f"lorahive {' '.join(args)} failed ({cp.returncode}):\n"
+                             f"{cp.stdout}\n{cp.stderr}")
+    return cp
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+@dataclass
+class PgCluster:
+    root: Path
+    port: int
+    dbs: list[str] = field(default_factory=list)
+
+    def url(self, db: str) -> str:
+        return f"postgresql+psycopg://postgres@/{db}?host={self.root}&port={self.port}"
+
+    def create_db(self) -> str:
+        import psycopg
+
+        name = unique("db")
+        with psycopg.connect(host=str(self.root), port=self.port, user="postgres",
+                             dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.dbs.append(name)
+        return name
+
+
+def pg_unavailable_reason() -> str | None:
+    if not (PG_BIN / "initdb").exists():
+        return f"PostgreSQL binaries not found in {PG_BIN}"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser to start PostgreSQL as 'postgres'"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed"
+    return None
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@contextlib.contextmanager
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway cluster listening only on a unix socket in its own temp dir."""
+    root = Path(tempfile.mkdtemp(prefix="lorahive-pg-"))
+    os.chmod(root, 0o777)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    data = root / "data"
+    port = free_port()
+    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
+                                 "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                   check=True, capture_output=True)
+    opts = (f"-p {port} -k {root} -c listen_addresses='' -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-w",
+                                 "-l", str(root / "pg.log"), "start"]),
+                   check=True, capture_output=True)
+    try:
+        yield PgCluster(root, port)
+    finally:
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                                     "-w", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg():
+    reason = pg_unavailable_reason()
+    if reason:
+        print(f"skipping PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    with pg_cluster() as cluster:
+        yield cluster
+
+
+# -- S3 (moto server mode) -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on a loopback port (threaded, in this process)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def aws_env(monkeypatch):
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
