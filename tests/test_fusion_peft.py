@@ -58,8 +58,13 @@ def peft_fused(base_dir, dirs, combination_type, weights, monkeypatch=None, **kw
         if hasattr(mod, "lora_A") and "fused" in mod.lora_A:
             A = mod.lora_A["fused"].weight.detach()
             B = mod.lora_B["fused"].weight.detach()
-            scaling = mod.scaling["fused"]
-            out[n[len(PREFIX):]] = (B @ A) * scaling
+        elif hasattr(mod, "lora_embedding_A") and "fused" in mod.lora_embedding_A:
+            A = mod.lora_embedding_A["fused"].detach()  # r x vocab: our (out x in) frame
+            B = mod.lora_embedding_B["fused"].detach()
+        else:
+            continue
+        scaling = mod.scaling["fused"]
+        out[n[len(PREFIX):]] = (B @ A) * scaling
     return out, scaling
 
 
@@ -158,3 +163,15 @@ def test_modules_present_in_some_adapters(tiny_llama_dir, tmp_path):
     assert {n.rsplit(".", 1)[1] for n in ad.modules} == {"q_proj", "k_proj"}
     for n in got:
         assert torch.allclose(got[n], ref[n], atol=1e-6)
+
+
+@pytest.mark.parametrize("ctype", ["ties_svd", "dare_linear_svd", "dare_ties", "cat"])
+def test_embedding_layout_matches_peft(tiny_llama_dir, tmp_path, ctype, monkeypatch):
+    """Element-wise methods prune embeddings in the weight's (vocab x dim) layout, as PEFT."""
+    dirs = [make_peft_adapter(tiny_llama_dir, tmp_path / f"e{i}", seed=40 + i,
+                              target_modules=["embed_tokens", "q_proj"]) for i in range(2)]
+    kw = {} if ctype == "cat" else {"density": 0.5}
+    ref, _ = peft_fused(tiny_llama_dir, dirs, ctype, [1.0, 0.6], monkeypatch=monkeypatch, **kw)
+    ad, got = ours(dirs, ctype, [1.0, 0.6], params=kw or None)
+    assert ad.modules["model.embed_tokens"].kind == "embedding"
+    assert_close(got, ref)
