@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "cli.commands.fusion",
     "cli.commands.registry",
     "cli.commands.registry_admin",
+    "cli.commands.hf",
 ]
 
 for _mod in COMMAND_MODULES:

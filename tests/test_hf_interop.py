@@ -1,0 +1,449 @@
+"""Unmodified huggingface_hub / PEFT clients against a real lorahive server on loopback.
+
+The server is the registry's own app (``registry.app.create_app``) under uvicorn in a thread;
+clients are the installed ``huggingface_hub``, PEFT and the ``lorahive`` CLI, with
+``HF_ENDPOINT`` pointing at the server (in subprocesses where the client reads it at import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from registry.app import create_app
+from registry.local import LocalRegistry
+from registry.service import RegistryService
+from registry.settings import Settings
+from tests.models import BASE_ID, make_peft_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(120)
+
+
+class Server:
+    """A lorahive server in a thread, its admin registry handle and URL."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.service = RegistryService(Settings(home=home))
+        self.admin = LocalRegistry(service=self.service)  # bootstraps user admin + token
+        self.token = self.admin.token
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = uvicorn.Server(uvicorn.Config(
+            create_app(service=self.service), host="127.0.0.1", port=port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def online() -> Iterator[None]:
+    """The suite's conftest sets HF_HUB_OFFLINE=1; these tests talk to loopback only."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(constants, "HF_HUB_OFFLINE", False)
+    mp.delenv("HF_HUB_OFFLINE", raising=False)
+    mp.delenv("HF_TOKEN", raising=False)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, online) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("hf-server"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def published(server, lora_dir) -> dict:
+    v = server.admin.publish(lora_dir, "admin/tiny-lora", tags=["demo"], task="text-generation")
+    server.admin.set_alias("admin/tiny-lora@1", "prod")
+    return {"repo": "admin/tiny-lora", "version": v}
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def tree_digest(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): sha(p) for p in sorted(d.rglob("*"))
+            if p.is_file() and ".cache" not in p.parts}
+
+
+def hf_env(server: Server, tmp: Path, token: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "LORAHIVE_"))}
+    env.update(HF_ENDPOINT=server.url, HF_HOME=str(tmp / "hf-home"), HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT),
+               TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+# ----------------------------------------------------------------------------- downloads
+
+
+def test_snapshot_and_file_downloads_are_byte_identical(server, published, lora_dir, tmp_path):
+    repo = published["repo"]
+    path = Path(snapshot_download(repo, endpoint=server.url, cache_dir=tmp_path / "c"))
+    assert tree_digest(path) == tree_digest(lora_dir)
+    v = published["version"]
+    # the snapshot folder is the stable commit id, and `main` is recorded as a ref to it
+    commit = path.name
+    assert len(commit) == 40
+    assert (tmp_path / "c" / "models--admin--tiny-lora" / "refs" / "main").read_text() == commit
+    for rev in ("main", "1", "prod", "latest", commit):
+        f = hf_hub_download(repo, "adapter_model.safetensors", revision=rev,
+                            endpoint=server.url, cache_dir=tmp_path / f"c-{rev}")
+        assert sha(Path(f)) == next(x.sha256 for x in v.files
+                                    if x.path == "adapter_model.safetensors")
+    info = HfApi(endpoint=server.url).model_info(repo, files_metadata=True)
+    assert info.sha == commit
+    assert sorted(s.rfilename for s in info.siblings) == sorted(tree_digest(lora_dir))
+    assert {s.rfilename: s.lfs.sha256 for s in info.siblings} == tree_digest(lora_dir)
+    assert info.library_name == "peft" and info.private is False
+    assert f"base_model:adapter:{BASE_ID}" in info.tags and "demo" in info.tags
+    assert info.card_data.library_name == "peft"  # the README's own front matter
+    assert HfApi(endpoint=server.url).list_repo_files(repo) == sorted(tree_digest(lora_dir))
+    refs = HfApi(endpoint=server.url).list_repo_refs(repo)
+    assert refs.branches[0].target_commit == commit
+    assert {t.name for t in refs.tags} == {"1", "prod"}
+
+
+def test_resolve_headers_and_ranges(server, published):
+    repo = published["repo"]
+    w = next(f for f in published["version"].files if f.path == "adapter_model.safetensors")
+    url = f"{server.url}/{repo}/resolve/main/adapter_model.safetensors"
+    with httpx.Client() as c:
+        h = c.head(url)
+        assert h.status_code == 200
+        assert h.headers["etag"].strip('"') == w.sha256
+        assert int(h.headers["content-length"]) == w.size
+        assert len(h.headers["x-repo-commit"]) == 40
+        full = c.get(url).content
+        assert hashlib.sha256(full).hexdigest() == w.sha256
+        part = c.get(url, headers={"Range": "bytes=10-19"})
+        assert part.status_code == 206 and part.content == full[10:20]
+        assert part.headers["content-range"] == f"bytes 10-19/{w.size}"
+        assert c.get(url, headers={"Range": "bytes=-5"}).content == full[-5:]
+        assert c.get(url, headers={"Range": f"bytes={w.size}-"}).status_code == 416
+        miss = c.head(f"{server.url}/{repo}/resolve/main/nope.txt")
+        assert miss.status_code == 404 and miss.headers["x-error-code"] == "EntryNotFound"
+        assert miss.headers["x-repo-commit"] == h.headers["x-repo-commit"]
+
+
+def test_errors_are_the_clients_own_types(server, published, tmp_path):
+    api = HfApi(endpoint=server.url)
+    repo = published["repo"]
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("admin/does-not-exist")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("admin/does-not-exist", "README.md", endpoint=server.url,
+                        cache_dir=tmp_path)
+    with pytest.raises(RevisionNotFoundError):
+        api.model_info(repo, revision="v99")
+    with pytest.raises(RevisionNotFoundError):
+        snapshot_download(repo, revision="0" * 40, endpoint=server.url, cache_dir=tmp_path)
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download(repo, "missing.json", endpoint=server.url, cache_dir=tmp_path)
+    assert api.file_exists(repo, "adapter_config.json")
+    assert not api.file_exists(repo, "missing.json")
+    assert api.repo_exists(repo) and not api.repo_exists("admin/does-not-exist")
+    with pytest.raises(HfHubHTTPError) as e:
+        HfApi(endpoint=server.url, token="lh_not-a-real-token").model_info(repo)
+    assert e.value.response.status_code == 401
+
+
+def test_private_repos_answer_repo_not_found_to_others(server, lora_dir, tmp_path):
+    server.admin.publish(lora_dir, "admin/secret-lora", private=True)
+    bob = server.admin.create_token("bob-write", scope="write", user="bob").token
+    owner = HfApi(endpoint=server.url, token=server.token)
+    assert owner.model_info("admin/secret-lora").private is True
+    for api in (HfApi(endpoint=server.url), HfApi(endpoint=server.url, token=bob)):
+        with pytest.raises(RepositoryNotFoundError):
+            api.model_info("admin/secret-lora")
+        with pytest.raises(RepositoryNotFoundError):
+            hf_hub_download("admin/secret-lora", "adapter_config.json", endpoint=server.url,
+                            token=api.token or False, cache_dir=tmp_path)
+        assert "admin/secret-lora" not in {m.id for m in api.list_models(author="admin")}
+    assert "admin/secret-lora" in {m.id for m in owner.list_models(author="admin")}
+
+
+def test_list_models_by_tag_and_pagination(server, published, lora_dir):
+    api = HfApi(endpoint=server.url)
+    by_tag = [m.id for m in api.list_models(filter=f"base_model:adapter:{BASE_ID}")]
+    assert published["repo"] in by_tag
+    assert [m.id for m in api.list_models(filter=["peft", "lora", "demo"])] == [published["repo"]]
+    assert [m.id for m in api.list_models(filter="no-such-tag")] == []
+    assert published["repo"] in [m.id for m in api.list_models(search="tiny", author="admin")]
+    assert [m.id for m in api.list_models(author="nobody")] == []
+    for i in range(3):
+        server.admin.publish(lora_dir, f"admin/page-{i}", tags=["paged"])
+    # the client follows Link headers; pages of one item must still yield everything once
+    seen: list[str] = []
+    url: str | None = f"{server.url}/api/models?filter=paged&limit=1"
+    with httpx.Client() as c:
+        while url:
+            r = c.get(url)
+            seen += [m["id"] for m in r.json()]
+            url = r.links.get("next", {}).get("url")
+    assert sorted(seen) == ["admin/page-0", "admin/page-1", "admin/page-2"]
+    assert len(list(api.list_models(filter="paged", limit=2))) == 2
+    me = HfApi(endpoint=server.url, token=server.token).whoami()
+    assert me["name"] == "admin" and me["auth"]["accessToken"]["role"] == "write"
+
+
+# ------------------------------------------------------------------------------- uploads
+
+
+def test_upload_folder_publishes_a_version_pull_returns(server, lora_dir, tmp_path):
+    api = HfApi(endpoint=server.url, token=server.token)
+    url = api.create_repo("admin/pushed", private=True)
+    assert url.repo_id == "admin/pushed"
+    api.create_repo("admin/pushed", exist_ok=True)
+    # an empty repo exists (private) before its first commit, like on the Hub
+    assert api.list_repo_files("admin/pushed") == []
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=server.url).model_info("admin/pushed")
+    ci = api.upload_folder(folder_path=str(lora_dir), repo_id="admin/pushed",
+                           commit_message="first")
+    pulled = server.admin.pull("admin/pushed", to=tmp_path / "pulled")
+    assert tree_digest(Path(pulled)) == tree_digest(lora_dir)
+    assert api.model_info("admin/pushed").sha == ci.oid
+    assert server.admin.resolve("admin/pushed").version == "1"
+    # a second commit keeps the files it does not touch (git semantics) -> version 2
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "notes.txt").write_text("trained for 3 epochs\n")
+    ci2 = api.upload_folder(folder_path=str(extra), repo_id="admin/pushed")
+    v2 = server.admin.resolve("admin/pushed")
+    assert v2.version == "2" and ci2.oid != ci.oid
+    assert sorted(f.path for f in v2.files) == sorted([*tree_digest(lora_dir), "notes.txt"])
+    # re-uploading identical content is a no-op on the client side: no version 3
+    api.upload_folder(folder_path=str(extra), repo_id="admin/pushed")
+    assert server.admin.resolve("admin/pushed").version == "2"
+    api.delete_file("notes.txt", "admin/pushed")
+    assert sorted(f.path for f in server.admin.resolve("admin/pushed").files) == \
+        sorted(tree_digest(lora_dir))
+    # versions stay addressable by revision
+    assert hf_hub_download("admin/pushed", "notes.txt", revision="2", endpoint=server.url,
+                           token=server.token, cache_dir=tmp_path / "c")
+
+
+def test_upload_refusals(server, lora_dir, tmp_path):
+    bob = server.admin.create_token("bob-w2", scope="write", user="bob2").token
+    with pytest.raises(HfHubHTTPError) as e:
+        HfApi(endpoint=server.url, token=bob).create_repo("admin/bobs")
+    assert e.value.response.status_code == 403
+    with pytest.raises(HfHubHTTPError):
+        HfApi(endpoint=server.url).upload_folder(folder_path=str(lora_dir), repo_id="admin/x")
+    # a pickle file is refused and nothing is published
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in lora_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
+    api = HfApi(endpoint=server.url, token=server.token)
+    api.create_repo("admin/pickled")
+    with pytest.raises(HfHubHTTPError) as e:
+        api.upload_folder(folder_path=str(bad), repo_id="admin/pickled")
+    assert e.value.response.status_code == 422
+    assert api.list_repo_files("admin/pickled") == []
+
+
+def test_lfs_protocol_when_xet_is_off(server, lora_dir, tmp_path, monkeypatch):
+    """Files over the inline limit go through LFS batch + signed PUT + verify (clients with
+    HF_HUB_DISABLE_XET=1); the commit then references them by sha256."""
+    monkeypatch.setenv("LORAHIVE_HF_INLINE_MAX_BYTES", "2000")  # the safetensors is bigger
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    api = HfApi(endpoint=server.url, token=server.token)
+    api.create_repo("admin/via-lfs")
+    ci = api.upload_folder(folder_path=str(lora_dir), repo_id="admin/via-lfs")
+    v = server.admin.resolve("admin/via-lfs")
+    assert {f.path: f.sha256 for f in v.files} == tree_digest(lora_dir)
+    assert api.model_info("admin/via-lfs").sha == ci.oid
+    # the signed upload URL is bound to its object: tampering is refused
+    w = next(f for f in v.files if f.path == "adapter_model.safetensors")
+    with httpx.Client() as c:
+        batch = c.post(f"{server.url}/admin/via-lfs.git/info/lfs/objects/batch",
+                       headers={"Authorization": f"Bearer {server.token}"},
+                       json={"operation": "upload", "transfers": ["basic"], "hash_algo": "sha256",
+                             "objects": [{"oid": "ab" * 32, "size": 4},
+                                         {"oid": w.sha256, "size": w.size}]}).json()
+        new, known = batch["objects"]
+        assert "actions" not in known  # already stored: nothing to upload
+        href = new["actions"]["upload"]["href"]
+        assert c.put(href.replace("size=4", "size=5"), content=b"abcde").status_code == 403
+        r = c.put(href, content=b"abcd")  # wrong content for the oid: refused, nothing stored
+        assert r.status_code == 422
+        assert c.post(new["actions"]["verify"]["href"], json={"oid": "ab" * 32, "size": 4},
+                      headers={"Authorization": f"Bearer {server.token}"}).status_code == 404
+        anon = c.post(f"{server.url}/admin/via-lfs.git/info/lfs/objects/batch",
+                      json={"operation": "upload", "objects": []})
+        assert anon.status_code == 401
+    # a commit naming an LFS object that was never uploaded is refused
+    body = "\n".join(json.dumps(x) for x in [
+        {"key": "header", "value": {"summary": "x"}},
+        {"key": "lfsFile", "value": {"path": "adapter_model.safetensors", "algo": "sha256",
+                                     "oid": "cd" * 32, "size": 3}}]) + "\n"
+    r = httpx.post(f"{server.url}/api/models/admin/via-lfs/commit/main", content=body,
+                   headers={"Authorization": f"Bearer {server.token}",
+                            "Content-Type": "application/x-ndjson"})
+    assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"
+    assert server.admin.resolve("admin/via-lfs").version == "1"
+
+
+# ---------------------------------------------------------- PEFT / CLI in subprocesses
+
+
+PEFT_LOAD = r"""
+import json, sys, torch
+from peft import PeftModel
+from tests.models import load_base
+base_dir, repo, local = sys.argv[1:4]
+x = torch.arange(12).reshape(1, 12) % 100
+out = {}
+for src in (repo, local):
+    model = PeftModel.from_pretrained(load_base(base_dir), src).eval()
+    with torch.no_grad():
+        out[src] = model(x).logits.flatten().tolist()
+print(json.dumps({"same": out[repo] == out[local], "n": len(out[repo])}))
+"""
+
+PEFT_PUSH = r"""
+import sys, torch
+from peft import LoraConfig, get_peft_model
+from tests.models import BASE_ID, load_base
+base_dir, repo, out = sys.argv[1:4]
+torch.manual_seed(7)
+cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)
+cfg.base_model_name_or_path = BASE_ID
+model = get_peft_model(load_base(base_dir), cfg)
+model.push_to_hub(repo, private=False)
+model.save_pretrained(out)
+"""
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    r = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=100)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+def test_peft_from_pretrained_through_hf_endpoint(server, published, tiny_llama_dir, lora_dir,
+                                                  tmp_path):
+    r = _run([sys.executable, "-c", PEFT_LOAD, str(tiny_llama_dir), published["repo"],
+              str(lora_dir)], hf_env(server, tmp_path))
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["same"] and res["n"] > 0
+
+
+def test_peft_push_to_hub_then_lorahive_pull(server, tiny_llama_dir, tmp_path):
+    out = tmp_path / "saved"
+    _run([sys.executable, "-c", PEFT_PUSH, str(tiny_llama_dir), "admin/peft-pushed", str(out)],
+         hf_env(server, tmp_path, server.token))
+    v = server.admin.resolve("admin/peft-pushed")
+    pulled = Path(server.admin.pull("admin/peft-pushed", to=tmp_path / "pulled"))
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert sha(pulled / name) == sha(out / name)
+    assert (pulled / "README.md").is_file()
+    assert v.base_model == json.loads((out / "adapter_config.json").read_text())[
+        "base_model_name_or_path"]
+
+
+def test_import_hf_round_trip_between_two_instances(server, published, lora_dir, tmp_path):
+    env = hf_env(server, tmp_path)
+    env["LORAHIVE_HOME"] = str(tmp_path / "second")
+    lh = [sys.executable, "-m", "cli.app"]
+    r = _run([*lh, "import-hf", published["repo"], "--revision", "prod", "--name",
+              "admin/imported", "--json"], env)
+    info = json.loads(r.stdout)
+    assert info["ref"] == "admin/imported@1"
+    r = _run([*lh, "pull", "admin/imported", "--to", str(tmp_path / "back"), "--json"], env)
+    assert tree_digest(tmp_path / "back") == tree_digest(lora_dir)
+    second = LocalRegistry(Settings(home=tmp_path / "second"))
+    try:
+        a = second.adapter("admin/imported")
+    finally:
+        second.close()
+    assert "demo" in a.tags and a.task == "text-generation"
+    # and back: export the imported version to the first instance under a new name
+    env["HF_TOKEN"] = server.token
+    r = _run([*lh, "export-hf", "admin/imported@1", "admin/exported", "--json"], env)
+    assert len(json.loads(r.stdout)["commit"]) == 40
+    assert {f.path: f.sha256 for f in server.admin.resolve("admin/exported").files} == \
+        tree_digest(lora_dir)
+    # offline: the HF cache of the first import is enough; a missing repo is a one-line error
+    env["HF_HUB_OFFLINE"] = "1"
+    _run([*lh, "import-hf", published["repo"], "--revision", "prod", "--name",
+          "admin/offline-copy"], env)
+    bad = subprocess.run([*lh, "import-hf", "admin/not-there"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("error:")
+    assert "Traceback" not in bad.stderr
+
+
+def test_import_hf_pickle_needs_opt_in_from_the_offline_cache(server, tiny_llama_dir, tmp_path):
+    """A pickle-only adapter sitting in the HF cache (HF_HUB_OFFLINE=1): refused by default,
+    converted to safetensors with --allow-pickle, and the result loads with the same tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    d = make_peft_adapter(tiny_llama_dir, tmp_path / "pkl", seed=3)
+    tensors = load_file(d / "adapter_model.safetensors")
+    env = hf_env(server, tmp_path)
+    env.update(HF_HUB_OFFLINE="1", LORAHIVE_HOME=str(tmp_path / "third"))
+    commit = "1" * 40
+    repo_dir = Path(env["HF_HOME"]) / "hub" / "models--someorg--pickled-lora"
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    (snap / "adapter_config.json").write_bytes((d / "adapter_config.json").read_bytes())
+    torch.save(tensors, snap / "adapter_model.bin")
+    lh = [sys.executable, "-m", "cli.app", "import-hf", "someorg/pickled-lora", "--name",
+          "admin/pickled-lora"]
+    bad = subprocess.run(lh, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--allow-pickle" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    r = _run([*lh, "--allow-pickle", "--json"], env)
+    files = {f["path"] for f in json.loads(r.stdout)["files"]}
+    assert files == {"adapter_config.json", "adapter_model.safetensors"}
+    third = LocalRegistry(Settings(home=tmp_path / "third"))
+    try:
+        pulled = Path(third.pull("admin/pickled-lora", to=tmp_path / "out"))
+    finally:
+        third.close()
+    got = load_file(pulled / "adapter_model.safetensors")
+    assert got.keys() == tensors.keys()
+    assert all(torch.equal(got[k], tensors[k]) for k in got)
