@@ -1,0 +1,142 @@
+"""Where commands that consume adapters get them, and where they send their results.
+
+``fuse``, ``merge`` and ``compose`` take either local adapter directories or registry references
+(``ns/name``, ``ns/name@version``, ``ns/name:alias``); references are pulled through the
+selected registry (local by default, a server with ``--url``/``LORAHIVE_URL``) into the pull
+cache, and resolved to the exact version so lineage records what was really used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hub.errors import InvalidRequestError
+from hub.lineage import read_sidecar
+from hub.peft_format import WEIGHTS_NAME, is_adapter_dir
+from hub.refs import parse_ref
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input adapter on local disk, with what lineage needs to know about it."""
+
+    path: Path
+    ref: str  # ns/name@version for registry inputs, the directory otherwise
+    version: str | None
+    sha256: str | None
+
+
+def _file_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def looks_like_ref(text: str) -> bool:
+    if Path(text).expanduser().exists():
+        return False
+    try:
+        parse_ref(text)
+    except Exception:
+        return False
+    return True
+
+
+def resolve_sources(items: list[str], url: str | None = None, token: str | None = None,
+                    progress: Any = None) -> list[Source]:
+    """Local directories as they are; registry references pulled (one registry for all)."""
+    if not items:
+        raise InvalidRequestError("no adapters given")
+    out: list[Source] = []
+    registry = None
+    try:
+        for item in items:
+            path = Path(item).expanduser()
+            if path.is_dir():
+                if not is_adapter_dir(path):
+                    raise InvalidRequestError(f"{item} is a directory without adapter_config.json")
+                out.append(Source(path, str(path), None, _file_sha256(path / WEIGHTS_NAME)))
+                continue
+            if not looks_like_ref(item):
+                raise InvalidRequestError(
+                    f"{item} is neither an adapter directory nor a registry reference "
+                    "(ns/name, ns/name@version, ns/name:alias)"
+                )
+            if registry is None:
+                from cli.commands.registry_client import open_registry
+
+                registry = open_registry(url, token)
+            info = registry.resolve(item)
+            local = registry.pull(info.ref, progress=progress)
+            out.append(Source(Path(local), info.ref, info.version, info.sha256))
+    finally:
+        if registry is not None:
+            from cli.commands.registry_client import close
+
+            close(registry)
+    return out
+
+
+def select_refs(filter_text: str, url: str | None = None, token: str | None = None,
+                limit: int = 20) -> list[str]:
+    """Registry references matching ``key=value[,key=value]`` (base_model, task, tag, text,
+    namespace, peft_type) — the latest version of each, newest first, at most ``limit``."""
+    keys = {"base_model", "task", "tag", "text", "namespace", "peft_type"}
+    query: dict[str, Any] = {"tags": []}
+    for part in filter(None, (p.strip() for p in filter_text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in keys or not value.strip():
+            raise InvalidRequestError(
+                f"--select takes key=value pairs separated by commas with keys "
+                f"{', '.join(sorted(keys))}; got {part!r}"
+            )
+        if key == "tag":
+            query["tags"].append(value.strip())
+        else:
+            query[key] = value.strip()
+    from cli.commands.registry_client import close, open_registry
+
+    registry = open_registry(url, token)
+    try:
+        text = query.pop("text", None)
+        page = registry.search(text, limit=limit, **query)
+    finally:
+        close(registry)
+    refs = [f"{a.namespace}/{a.name}@{a.latest_version}" for a in page.items if a.latest_version]
+    if not refs:
+        raise InvalidRequestError(f"no adapter in the registry matches --select {filter_text!r}")
+    return refs
+
+
+def publish_output(path: Path, name: str, url: str | None = None, token: str | None = None,
+                   task: str | None = None, tags: list[str] | None = None,
+                   description: str | None = None, progress: Any = None) -> str:
+    """Publish a freshly written adapter directory (its lorahive.json carries the lineage)."""
+    from cli.commands.registry_client import close, open_registry
+
+    sidecar = read_sidecar(path)
+    registry = open_registry(url, token)
+    try:
+        info = registry.publish(path, name, task=task, tags=tags or [], description=description,
+                                metrics=sidecar.get("metrics"), progress=progress)
+    finally:
+        close(registry)
+    return info.ref
+
+
+def lineage_parents(sources: list[Source], weights: list[float] | None) -> list[dict[str, Any]]:
+    """Parent records for ``hub.lineage`` in input order."""
+    return [
+        {"ref": s.ref, "version": s.version, "sha256": s.sha256,
+         "weight": None if weights is None else float(weights[i])}
+        for i, s in enumerate(sources)
+    ]
+
