@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.output import byte_progress
+from cli.output import byte_progress, err_console
 from hub.atomic import atomic_file
 from hub.registry_api import ProgressFn, Registry
 
@@ -68,7 +68,7 @@ def open_registry(url: str | None = None, token: str | None = None) -> Registry:
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[ProgressFn | None]:
     """A byte progress bar on stderr fed by the registry's progress callback."""
-    if not enabled:
+    if not enabled or not err_console.is_terminal:  # no bar (nor stray newline) in pipes
         yield None
         return
     with byte_progress() as prog:
