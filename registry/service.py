@@ -73,7 +73,7 @@ from registry.tables import (
     VersionRow,
     utcnow,
 )
-from registry.validation import check_manifest
+from registry.validation import check_config_targets, check_manifest
 
 SORTS = {
     "updated": (col(AdapterRow.updated_at).desc(),),
@@ -345,6 +345,7 @@ class RegistryService:
             from hub.peft_format import load_peft  # torch: only when committing
 
             adapter = load_peft(tmp)
+            check_config_targets(adapter)
             summary = adapter.summary()
             if not summary.get("base_model"):
                 raise InvalidAdapterError(
