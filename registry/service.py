@@ -61,6 +61,7 @@ from registry.auth import (
     scope_rank,
 )
 from registry.db import ensure_schema, make_engine, session_scope
+from registry.hf_card import with_model_card
 from registry.settings import Settings
 from registry.tables import (
     AdapterRow,
@@ -383,6 +384,9 @@ class RegistryService:
             self._namespace(s, r.namespace)  # 404 before 401/403 would leak nothing new
             p.require(self._namespace(s, r.namespace), "write")
         checked = self._validate(files)
+        files = with_model_card(self.store, r.repo, files, summary=checked.summary, task=opts.task,
+                                description=opts.description, tags=tags, lineage=checked.lineage,
+                                metrics={**checked.metrics, **(opts.metrics or {})})
         for attempt in range(3):
             try:
                 return self._commit_tx(p, r, files, version, opts, tags, checked)

@@ -447,3 +447,29 @@ def test_import_hf_pickle_needs_opt_in_from_the_offline_cache(server, tiny_llama
     got = load_file(pulled / "adapter_model.safetensors")
     assert got.keys() == tensors.keys()
     assert all(torch.equal(got[k], tensors[k]) for k in got)
+
+
+def test_every_version_has_a_model_card(server, lora_dir, tmp_path):
+    """A version published without README.md gets a generated card with the Hub's adapter
+    front matter; re-publishing the same content is still idempotent."""
+    from hub.modelcard import parse_card
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (bare / name).write_bytes((lora_dir / name).read_bytes())
+    kw = dict(task="summarization", tags=["news"], description="Summarises news.",
+              metrics={"rouge": 0.3})
+    v = server.admin.publish(bare, "admin/carded", version="1.0", **kw)
+    assert server.admin.publish(bare, "admin/carded", version="1.0", **kw).files == v.files
+    assert sorted(f.path for f in v.files) == ["README.md", *sorted(tree_digest(bare))]
+    card = Path(hf_hub_download("admin/carded", "README.md", endpoint=server.url,
+                                cache_dir=tmp_path / "c")).read_text()
+    front = parse_card(card)
+    assert front["library_name"] == "peft" and front["base_model"] == BASE_ID
+    assert front["base_model_relation"] == "adapter"
+    assert {"lora", "peft", f"base_model:adapter:{BASE_ID}", "news"} <= set(front["tags"])
+    assert front["pipeline_tag"] == "summarization" and front["lorahive_metrics"] == {"rouge": 0.3}
+    assert "Summarises news." in card
+    info = HfApi(endpoint=server.url).model_info("admin/carded")
+    assert info.pipeline_tag == "summarization" and info.card_data.base_model == BASE_ID
