@@ -78,6 +78,11 @@ def collect_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
         rel = p.relative_to(root).as_posix()
         if any(part.startswith((TEMP_PREFIX, ".")) for part in rel.split("/")):
             continue
+        if p.is_symlink():
+            raise InvalidRequestError(
+                f"{rel} in {root} is a symbolic link; lorahive publishes regular files only "
+                "(it could point anywhere on this machine): copy the file in its place"
+            )
         if p.is_file():
             out.append((check_filename(rel), p))
     return out
