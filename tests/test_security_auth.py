@@ -1,0 +1,293 @@
+"""Auth: every route of the OpenAPI schema x {anonymous, read, write-other-namespace, write,
+admin} answers the status the table says; private adapters are 404 to the unauthorised on every
+route; tokens are random, stored hashed and compared in constant time; failed auth attempts
+are rate limited (429 + Retry-After)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+
+import pytest
+from sqlmodel import Session, select
+
+from tests.malicious.corpus import CONFIG, WEIGHTS, read_dir
+from tests.malicious.harness import API, Harness, open_harness
+from tests.registry_helpers import unique
+
+ROLES = ("anon", "read", "other", "write", "admin")
+OK = "ok"  # any 2xx
+
+
+@pytest.fixture(scope="module")
+def hx(tmp_path_factory):
+    yield from open_harness(tmp_path_factory.mktemp("auth-home"))
+
+
+@pytest.fixture(scope="module")
+def good(lora_dir):
+    return read_dir(lora_dir)
+
+
+@pytest.fixture(scope="module")
+def world(hx: Harness, good):
+    """Namespace ``own`` (user own: write + read tokens), user ``oth`` with its own namespace,
+    the site admin; ``own/pub`` (public) and ``own/priv`` (private), each with version 1."""
+    own, oth = unique("own"), unique("oth")
+    toks = {"anon": None, "write": hx.user_token(own, "write"), "other": hx.user_token(oth),
+            "admin": hx.admin}
+    r = hx.client.post(f"{API}/tokens", headers=hx.headers(toks["write"]),
+                       json={"name": "ro", "scope": "read"})
+    toks["read"] = r.json()["token"]
+    for name, private in (("pub", False), ("priv", True)):
+        files = [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
+                 for p, b in good.items()]
+        for b in good.values():
+            hx.put_blob(b, toks["write"])
+        r = hx.client.post(f"{API}/adapters/{own}/{name}/versions",
+                           headers=hx.headers(toks["write"]),
+                           json={"files": files, "private": private})
+        assert r.status_code == 201, r.text
+    return {"own": own, "oth": oth, "tokens": toks, "good": good}
+
+
+def _fresh_version(hx: Harness, w: dict, name: str) -> str:
+    """Publish one more version of ``own/name`` (for routes that delete)."""
+    files = [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
+             for p, b in w["good"].items()]
+    r = hx.client.post(f"{API}/adapters/{w['own']}/{name}/versions",
+                       headers=hx.headers(w["tokens"]["write"]), json={"files": files})
+    assert r.status_code == 201, r.text
+    return r.json()["version"]
+
+
+def _request(hx: Harness, w: dict, method: str, path: str, role: str,
+             name: str = "pub", prepare: bool = True) -> int:
+    """Fill the route's parameters with real objects and send it as ``role``; with
+    ``prepare``, routes that delete get a fresh object to delete first."""
+    tok = w["tokens"][role]
+    own = w["own"]
+    sha = hashlib.sha256(w["good"][WEIGHTS]).hexdigest()
+    version = "1"
+    if prepare and method == "DELETE" and "{version}" in path:
+        version = _fresh_version(hx, w, name)
+    if prepare and method == "DELETE" and path.endswith("/{name}"):
+        name = f"gone{unique()}"
+        _fresh_version(hx, w, name)
+    if prepare and method == "DELETE" and "{alias}" in path:
+        r = hx.client.put(f"{API}/adapters/{own}/{name}/aliases/prod",
+                          headers=hx.headers(w["tokens"]["write"]), json={"version": "1"})
+        assert r.status_code == 200, r.text
+    token_id = None
+    if "{token_id}" in path:
+        r = hx.client.post(f"{API}/tokens", headers=hx.headers(w["tokens"]["write"]),
+                           json={"name": "victim", "scope": "read"})
+        token_id = r.json()["info"]["id"]
+    values = {"ns": own, "name": name, "version": version,
+              "alias": "latest" if method == "GET" else "prod",
+              "path": CONFIG, "sha": sha, "token_id": token_id, "rev": "main",
+              "repo_git": f"{name}.git", "oid": sha}
+    url = re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), path)
+    kw: dict = {"headers": hx.headers(tok)}
+    body = BODIES.get((method, path))
+    if body is not None:
+        kw["json"] = body(w, name) if callable(body) else body
+    if (method, path) == ("PUT", "/api/v1/blobs/{sha}"):
+        kw["content"] = w["good"][WEIGHTS]
+    if (method, path) == ("PUT", "/api/v1/adapters/{ns}/{name}/aliases/{alias}"):
+        kw["json"] = {"version": "1"}
+    return hx.client.request(method, url, **kw).status_code
+
+
+def _files(w: dict) -> list[dict]:
+    return [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
+            for p, b in w["good"].items()]
+
+
+BODIES: dict = {
+    ("POST", "/api/v1/adapters/{ns}/{name}/versions"): lambda w, n: {"files": _files(w)},
+    ("POST", "/api/v1/blobs/missing"): {"sha256": ["0" * 64]},
+    ("POST", "/api/v1/namespaces"): lambda w, n: {"name": unique("nsx")},
+    ("POST", "/api/v1/tokens"): {"name": "t", "scope": "read"},
+    ("POST", "/api/repos/create"): lambda w, n: {"name": unique("r"), "organization": w["own"]},
+    ("POST", "/api/models/{ns}/{name}/preupload/{rev}"): {"files": [{"path": "x.json",
+                                                                       "size": 2,
+                                                                       "sample": "e30="}]},
+    ("POST", "/{ns}/{repo_git}/info/lfs/objects/batch"): lambda w, n: {
+        "operation": "upload", "transfers": ["basic"],
+        "objects": [{"oid": hashlib.sha256(w["good"][WEIGHTS]).hexdigest(),
+                     "size": len(w["good"][WEIGHTS])}]},
+    ("POST", "/{ns}/{repo_git}/info/lfs/objects/verify"): lambda w, n: {
+        "oid": hashlib.sha256(w["good"][WEIGHTS]).hexdigest(), "size": len(w["good"][WEIGHTS])},
+    ("POST", "/api/validate-yaml"): {"content": "---\nlicense: mit\n---\n", "repoType": "model"},
+}
+
+
+def routes(app) -> list[tuple[str, str]]:
+    schema = app.openapi()
+    return [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops]
+
+
+# expected status per route and role (anon, read, other, write, admin) on the public adapter
+# own/pub; "read" is a read-scope token of the namespace's owner, "other" a write token of
+# another user on their own namespace, "write" the owner's write token, "admin" the site admin.
+R = (200, 200, 200, 200, 200)
+TABLE: dict[tuple[str, str], tuple[int, ...]] = {
+    ("GET", "/api/v1/adapters"): R,
+    ("GET", "/api/v1/adapters/{ns}/{name}"): R,
+    ("DELETE", "/api/v1/adapters/{ns}/{name}"): (401, 403, 403, 403, 204),
+    ("GET", "/api/v1/adapters/{ns}/{name}/versions"): R,
+    ("POST", "/api/v1/adapters/{ns}/{name}/versions"): (401, 403, 403, 201, 201),
+    ("GET", "/api/v1/adapters/{ns}/{name}/versions/{version}"): R,
+    ("DELETE", "/api/v1/adapters/{ns}/{name}/versions/{version}"): (401, 403, 403, 204, 204),
+    ("GET", "/api/v1/adapters/{ns}/{name}/aliases/{alias}"): R,
+    ("PUT", "/api/v1/adapters/{ns}/{name}/aliases/{alias}"): (401, 403, 403, 200, 200),
+    ("DELETE", "/api/v1/adapters/{ns}/{name}/aliases/{alias}"): (401, 403, 403, 204, 204),
+    ("POST", "/api/v1/blobs/missing"): (401, 403, 200, 200, 200),
+    ("HEAD", "/api/v1/blobs/{sha}"): (401, 403, 200, 200, 200),
+    ("PUT", "/api/v1/blobs/{sha}"): (401, 403, 200, 200, 200),
+    ("GET", "/api/v1/adapters/{ns}/{name}/versions/{version}/files/{path}"): R,
+    ("HEAD", "/api/v1/adapters/{ns}/{name}/versions/{version}/files/{path}"): R,
+    ("GET", "/api/v1/whoami"): R,
+    ("POST", "/api/v1/namespaces"): (401, 403, 201, 201, 201),
+    ("POST", "/api/v1/tokens"): (401, 201, 201, 201, 201),  # never above the caller's scope
+    ("GET", "/api/v1/tokens"): (401, 200, 200, 200, 200),  # each user sees their own
+    ("DELETE", "/api/v1/tokens/{token_id}"): (401, 204, 404, 204, 204),  # owner's token
+    ("POST", "/api/v1/gc"): (401, 403, 403, 403, 200),
+    ("GET", "/api/whoami-v2"): (401, 200, 200, 200, 200),
+    ("GET", "/api/models"): R,
+    ("GET", "/api/models/{ns}/{name}"): R,
+    ("GET", "/api/models/{ns}/{name}/revision/{rev}"): R,
+    ("GET", "/api/models/{ns}/{name}/tree/{rev}/{path}"): (404,) * 5,  # a file, not a folder
+    ("GET", "/api/models/{ns}/{name}/tree/{rev}"): R,
+    ("GET", "/api/models/{ns}/{name}/refs"): R,
+    ("GET", "/{ns}/{name}/resolve/{rev}/{path}"): R,
+    ("HEAD", "/{ns}/{name}/resolve/{rev}/{path}"): R,
+    ("POST", "/api/validate-yaml"): R,
+    ("POST", "/api/repos/create"): (401, 403, 403, 200, 200),
+    ("POST", "/api/models/{ns}/{name}/preupload/{rev}"): (401, 403, 403, 200, 200),
+    ("POST", "/{ns}/{repo_git}/info/lfs/objects/batch"): (401, 403, 403, 200, 200),
+    ("PUT", "/api/lorahive-lfs/{ns}/{name}/{oid}"): (400,) * 5,  # needs a signed URL
+    ("POST", "/{ns}/{repo_git}/info/lfs/objects/verify"): (401, 403, 403, 200, 200),
+    ("POST", "/api/models/{ns}/{name}/commit/{rev}"): (401, 403, 403, 400, 400),  # no body
+    ("GET", "/api/models/{ns}/{name}/xet-read-token/{rev}"): (501,) * 5,
+    ("POST", "/api/models/{ns}/{name}/xet-read-token/{rev}"): (501,) * 5,
+    ("GET", "/api/models/{ns}/{name}/xet-write-token/{rev}"): (501,) * 5,
+    ("POST", "/api/models/{ns}/{name}/xet-write-token/{rev}"): (501,) * 5,
+}
+
+
+def test_table_covers_every_route_of_the_schema(hx: Harness):
+    assert set(routes(hx.client.app)) == set(TABLE), "a route was added: extend TABLE"
+
+
+def test_every_route_times_every_role(hx: Harness, world):
+    bad = []
+    for method, path in routes(hx.client.app):
+        got = tuple(_request(hx, world, method, path, role) for role in ROLES)
+        if got != TABLE[(method, path)]:
+            bad.append(f"{method} {path}: expected {TABLE[(method, path)]}, got {got}")
+    assert not bad, "\n".join(bad)
+
+
+def test_private_adapters_are_indistinguishable_from_missing_ones(hx: Harness, world):
+    """For the unauthorised (anonymous, another user), every route with an adapter in it
+    answers for ``own/priv`` exactly as for a name that does not exist (404 on reads), and the
+    owner's tokens and the admin see it."""
+    leaks = []
+    for method, path in routes(hx.client.app):
+        if "{name}" not in path and "{repo_git}" not in path:
+            continue
+        for role in ("anon", "other"):
+            priv = _request(hx, world, method, path, role, name="priv", prepare=False)
+            missing = _request(hx, world, method, path, role, name=unique("nope"),
+                               prepare=False)
+            if priv != missing or 200 <= priv < 300:
+                leaks.append(f"{role} {method} {path}: private {priv}, missing {missing}")
+            if method in ("GET", "HEAD") and "xet" not in path and priv != 404:
+                leaks.append(f"{role} {method} {path}: private gives {priv}, not 404")
+    assert not leaks, "\n".join(leaks)
+    for role in ("read", "write", "admin"):
+        for path in ("/api/v1/adapters/{ns}/{name}", "/api/v1/adapters/{ns}/{name}/versions/"
+                     "{version}/files/{path}", "/api/models/{ns}/{name}",
+                     "/{ns}/{name}/resolve/{rev}/{path}"):
+            assert _request(hx, world, "GET", path, role, name="priv", prepare=False) == 200
+
+
+def test_search_and_listings_hide_private_adapters(hx: Harness, world):
+    own = world["own"]
+    for role in ROLES:
+        h = hx.headers(world["tokens"][role])
+        names = {a["name"] for a in hx.client.get(f"{API}/adapters", params={
+            "namespace": own, "limit": 200}, headers=h).json()["items"]}
+        hf = {m["id"] for m in hx.client.get("/api/models", params={"author": own},
+                                             headers=h).json()}
+        text = {a["name"] for a in hx.client.get(f"{API}/adapters", params={
+            "q": "priv", "limit": 200}, headers=h).json()["items"]}
+        sees = role in ("read", "write", "admin")
+        assert ("priv" in names) is sees and (f"{own}/priv" in hf) is sees, (role, names, hf)
+        assert ("priv" in text) is sees
+        assert "pub" in names
+
+
+def test_tokens_are_random_stored_hashed_and_compared_in_constant_time(hx: Harness, world,
+                                                                      monkeypatch):
+    from registry import auth
+    from registry.tables import Token
+
+    secrets_ = [hx.client.post(f"{API}/tokens", headers=hx.headers(hx.admin),
+                               json={"name": f"r{i}", "scope": "read"}).json()["token"]
+                for i in range(32)]
+    assert len(set(secrets_)) == 32
+    for s in secrets_:
+        assert s.startswith("lh_") and len(s) >= 43  # 32 random bytes, urlsafe
+    # no two tokens share a long prefix: the randomness is in every position
+    assert len({s[3:9] for s in secrets_}) == 32
+    with Session(hx.service.engine) as db:
+        stored = {t.token_hash: t for t in db.exec(select(Token)).all()}
+        rows = [json.dumps(t.model_dump(), default=str) for t in stored.values()]
+    for s in secrets_:
+        assert hashlib.sha256(s.encode()).hexdigest() in stored
+        assert not any(s in r or s[3:] in r for r in rows)  # the secret itself is nowhere
+    calls = []
+    real = auth.hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    r = hx.client.get(f"{API}/whoami", headers=hx.headers(secrets_[0]))
+    assert r.status_code == 200
+    assert calls and calls[-1] == (hashlib.sha256(secrets_[0].encode()).hexdigest(),) * 2
+
+
+def test_failed_auth_is_rate_limited_with_retry_after(tmp_path, world):
+    """A client sending bad tokens gets 429 + Retry-After once over the limit (even with a
+    good token, until the window passes); other clients are unaffected."""
+    from registry.ratelimit import FailedAuthLimiter
+
+    gen = open_harness(tmp_path / "rl")
+    h = next(gen)
+    try:
+        limiter: FailedAuthLimiter = h.client.app.state.auth_limiter
+        limiter.limit, limiter.window = 5, 2.0
+        statuses = [h.client.get(f"{API}/whoami", headers=h.headers(f"lh_guess{i}")).status_code
+                    for i in range(7)]
+        assert statuses == [401] * 5 + [429] * 2
+        r = h.client.get(f"{API}/whoami", headers=h.headers(h.admin))
+        assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 2
+        assert r.json()["error"]["code"] == "rate_limited"
+        hf = h.client.get("/api/whoami-v2", headers=h.headers("lh_guess"))
+        assert hf.status_code == 429  # HF routes are behind the same limiter
+        # anonymous requests to token-only routes are not counted as guesses
+        assert limiter.retry_after("other-client") is None
+        time.sleep(2.1)
+        assert h.client.get(f"{API}/whoami", headers=h.headers(h.admin)).status_code == 200
+        for _ in range(10):
+            assert h.client.post(f"{API}/gc").status_code == 401
+        assert h.client.get(f"{API}/whoami", headers=h.headers(h.admin)).status_code == 200
+    finally:
+        gen.close()
