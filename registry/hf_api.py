@@ -16,7 +16,7 @@ import functools
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -368,7 +368,7 @@ async def commit(request: Request, ns: str, name: str, rev: str,
                                   "new version")
     await run_in_threadpool(be.require_write, repo)
     cap = int(be.max_file_bytes * 1.4) + 16 * 1024 * 1024
-    with _spooled_body() as body_path:
+    with _spooled_body(be.service.settings.home) as body_path:
         await _save_body(request, body_path, cap)
         info = await run_in_threadpool(_do_commit, be, repo, rev, body_path)
     base = _base(request)
@@ -427,8 +427,10 @@ def _is_sha256(s: str) -> bool:
 
 
 @contextlib.contextmanager
-def _spooled_body():  # type: ignore[no-untyped-def]
-    fd, tmp = tempfile.mkstemp(prefix=".lorahive-hf-commit-")
+def _spooled_body(directory: Path) -> Iterator[Path]:
+    """A temp file for a commit body, on the data disk rather than a small /tmp."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lorahive-tmp-hf-commit-", dir=directory)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -389,13 +389,13 @@ def test_import_hf_round_trip_between_two_instances(server, published, lora_dir,
               "admin/imported", "--json"], env)
     info = json.loads(r.stdout)
     assert info["ref"] == "admin/imported@1"
-    r = _run([*lh, "pull", "admin/imported", "--to", str(tmp_path / "back"), "--json"], env)
-    assert tree_digest(tmp_path / "back") == tree_digest(lora_dir)
     second = LocalRegistry(Settings(home=tmp_path / "second"))
     try:
+        back = Path(second.pull("admin/imported", to=tmp_path / "back"))
         a = second.adapter("admin/imported")
     finally:
         second.close()
+    assert tree_digest(back) == tree_digest(lora_dir)
     assert "demo" in a.tags and a.task == "text-generation"
     # and back: export the imported version to the first instance under a new name
     env["HF_TOKEN"] = server.token
@@ -438,7 +438,7 @@ def test_import_hf_pickle_needs_opt_in_from_the_offline_cache(server, tiny_llama
     assert "Traceback" not in bad.stderr
     r = _run([*lh, "--allow-pickle", "--json"], env)
     files = {f["path"] for f in json.loads(r.stdout)["files"]}
-    assert files == {"adapter_config.json", "adapter_model.safetensors"}
+    assert files == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
     third = LocalRegistry(Settings(home=tmp_path / "third"))
     try:
         pulled = Path(third.pull("admin/pickled-lora", to=tmp_path / "out"))
@@ -473,3 +473,18 @@ def test_every_version_has_a_model_card(server, lora_dir, tmp_path):
     assert "Summarises news." in card
     info = HfApi(endpoint=server.url).model_info("admin/carded")
     assert info.pipeline_tag == "summarization" and info.card_data.base_model == BASE_ID
+
+
+def test_commit_preconditions(server, published):
+    """A stale parentCommit is refused (412) and pull requests are not a lorahive concept."""
+    from huggingface_hub import CommitOperationAdd
+
+    api = HfApi(endpoint=server.url, token=server.token)
+    op = CommitOperationAdd(path_in_repo="notes.md", path_or_fileobj=b"hello")
+    with pytest.raises(HfHubHTTPError) as e:
+        api.create_commit(published["repo"], [op], commit_message="x", parent_commit="0" * 40)
+    assert e.value.response.status_code == 412
+    with pytest.raises(HfHubHTTPError) as e:
+        api.create_commit(published["repo"], [op], commit_message="x", create_pr=True)
+    assert e.value.response.status_code == 400
+    assert server.admin.resolve(published["repo"]).version == published["version"].version
