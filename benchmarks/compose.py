@@ -31,7 +31,7 @@ from compose.composer import Composer, SearchConfig, resolve_candidates
 from compose.composer.evaluate import label_set
 from compose.composer.model import load_base
 
-DEFAULT_TASKS = "news_sport_yesno,review_liked_yesno,question_domain"
+DEFAULT_TASKS = "news_sport_yesno,review_liked_yesno,question_domain,last_word_upper"
 
 
 def _row(task: str, method: str, acc: float, obj: float, per_eval: float | None = None,
@@ -59,6 +59,46 @@ def overhead_per_eval(comp: Composer, ref_model, cache, n: int, reps: int = 20
         get_score(w, ref_model, cache, None, None, lambda *_: 0.0, default_l1_regularization)
     ref = (time.perf_counter() - t) / reps
     return ours, ref
+
+
+def speed(task: str, bm, dirs: list[str], loaded, args) -> dict:
+    """Median ms per evaluation, measured interleaved so machine load hits every method alike:
+    LoRAHub's get_score, ours in each mode with K=1 and K=4 vectors per pass, and the floor —
+    one plain forward of the base model over the same examples."""
+    from lorahub.algorithm import default_l1_regularization, get_score
+
+    from benchmarks.lorahub_ref import reference_causal_get_loss
+    from compose.composer.objective import token_nll
+
+    shots, _ = few_shot_split(task, args.shots, args.n_eval, args.seed)
+    n = len(dirs)
+    model, tok, cache = loaded
+    ds = {"input": [e.input for e in shots], "output": [e.output for e in shots]}
+    get_loss = reference_causal_get_loss(tok)
+    W = np.random.default_rng(1).uniform(-1.5, 1.5, (4, n))
+    times: dict[str, list[float]] = {}
+
+    def clock(key: str, fn, evals: int) -> None:
+        t = time.perf_counter()
+        fn()
+        times.setdefault(key, []).append((time.perf_counter() - t) / evals * 1000)
+
+    for mode in ("ab", "delta"):
+        with Composer(bm, resolve_candidates(dirs), shots, mode=mode) as comp:
+            comp.score(W)
+            for _ in range(args.speed_reps):
+                clock("lorahub get_score", lambda: [get_score(
+                    w, model, cache, ds, None, get_loss, default_l1_regularization) for w in W], 4)
+                clock(f"{mode} K=1", lambda c=comp: [c.score(w[None]) for w in W], 4)
+                clock(f"{mode} K=4", lambda c=comp: c.score(W), 4)
+            enc = comp.encoded
+    with torch.inference_mode():
+        for _ in range(args.speed_reps):
+            clock("base forward", lambda: token_nll(bm.model, enc), 1)
+    out = {k: float(np.median(v)) for k, v in times.items()}
+    out["tokens"] = int(enc.attention_mask.sum())
+    out["task"] = task
+    return out
 
 
 def run_task(task: str, bm, dirs: list[str], loaded, args) -> list[dict]:
@@ -114,6 +154,20 @@ def run_task(task: str, bm, dirs: list[str], loaded, args) -> list[dict]:
     return rows
 
 
+SPEED_COLS = ("lorahub get_score", "ab K=1", "ab K=4", "delta K=1", "delta K=4", "base forward")
+
+
+def print_speed(rows: list[dict]) -> str:
+    lines = ["| task | tokens | " + " | ".join(f"{c} ms" for c in SPEED_COLS) + " |",
+             "|" + "---|" * (len(SPEED_COLS) + 2)]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['tokens']} | "
+                     + " | ".join(f"{r[c]:.0f}" for c in SPEED_COLS) + " |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
 def print_table(rows: list[dict]) -> str:
     head = "| task | method | held-out acc | objective | ms / eval | search s |"
     lines = [head, "|" + "---|" * 6]
@@ -132,9 +186,11 @@ def main() -> None:
     ap.add_argument("--tasks", default=DEFAULT_TASKS, help=f"of {', '.join(HELD_OUT)}")
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--shots", type=int, default=5)
-    ap.add_argument("--n-eval", type=int, default=40)
+    ap.add_argument("--n-eval", type=int, default=30)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 avoids oversubscription on a shared machine)")
+    ap.add_argument("--speed-reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=CACHE / "compose_results.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,17 +203,28 @@ def main() -> None:
     bm = load_base(base, "cpu", "float32")
     loaded = reference_loader(dirs, str(base), causal=True)
     rows: list[dict] = []
+    speeds: list[dict] = []
     t0 = time.time()
     for task in args.tasks.split(","):
         rows += run_task(task, bm, dirs, loaded, args)
         print_table([r for r in rows if r["task"] == task])
-    table = print_table(rows)
+        speeds.append(speed(task, bm, dirs, loaded, args))
+        print_speed(speeds[-1:])
+        _save(args.out, args, dirs, t0, rows, speeds, "")  # partial results survive a stop
+    table = print_table(rows) + "\n\n" + print_speed(speeds)
+    meta = _save(args.out, args, dirs, t0, rows, speeds, table)
+    print(f"\n{meta}\nwrote {args.out}")
+
+
+def _save(out: Path, args, dirs: list[str], t0: float, rows: list[dict], speeds: list[dict],
+          table: str) -> dict:
     meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
                        f"{args.threads}, no GPU", "budget": args.budget, "shots": args.shots,
             "seed": args.seed, "candidates": [Path(d).name for d in dirs],
             "wall_s": time.time() - t0}
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=2))
-    print(f"\n{meta}\nwrote {args.out}")
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "speed": speeds, "table": table},
+                              indent=2))
+    return meta
 
 
 if __name__ == "__main__":

@@ -167,6 +167,18 @@ def word_count_parity(n: int, rng: random.Random) -> list[Example]:
     return _balanced(groups, n, rng)
 
 
+def reverse_uppercase(n: int, rng: random.Random) -> list[Example]:
+    """Two candidate skills at once (reverse the words, upper-case them)."""
+    return [Example(f"Reverse the words in capitals: {' '.join(w)}\nOutput:",
+                    " " + " ".join(w[::-1]).upper()) for w in (_words(rng, 2, 4) for _ in range(n))]
+
+
+def last_word_upper(n: int, rng: random.Random) -> list[Example]:
+    """Two candidate skills at once (pick the last word, upper-case it)."""
+    return [Example(f"Last word in capitals: {' '.join(w)}\nOutput:", f" {w[-1].upper()}")
+            for w in (_words(rng) for _ in range(n))]
+
+
 Builder = Callable[[int, random.Random], list[Example]]
 
 TRAIN_TASKS: dict[str, Builder] = {
@@ -177,6 +189,7 @@ TRAIN_TASKS: dict[str, Builder] = {
 HELD_OUT: dict[str, Builder] = {
     "news_sport_yesno": news_sport_yesno, "review_liked_yesno": review_liked_yesno,
     "question_domain": question_domain, "word_count_parity": word_count_parity,
+    "reverse_uppercase": reverse_uppercase, "last_word_upper": last_word_upper,
 }
 
 

@@ -99,8 +99,12 @@ class Composer:
         """Held-out accuracy; ``labels=True`` detects a small label set from the outputs."""
         if labels is True:
             labels = label_set(list(eval_examples) + list(self.examples))
-        return accuracy(self.base.model, self.base.tokenizer, self.base.is_encoder_decoder,
-                        self.mixer, weights, eval_examples, labels or None)
+        tok = self.base.tokenizer
+        # answers longer than the longest reference cannot match: stop decoding there
+        longest = max(len(tok(e.output, add_special_tokens=False)["input_ids"])
+                      for e in eval_examples)
+        return accuracy(self.base.model, tok, self.base.is_encoder_decoder, self.mixer,
+                        weights, eval_examples, labels or None, max_new_tokens=longest + 2)
 
     def __enter__(self) -> Composer:
         return self
