@@ -19,7 +19,7 @@ DEFAULT_ALIAS = "latest"
 
 def check_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is a valid namespace/adapter/alias name, else raise."""
-    if not NAME_RE.match(value or "") or ".." in value:
+    if not NAME_RE.fullmatch(value or "") or ".." in value:
         raise InvalidReferenceError(
             f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (1-64 characters, "
             "starting and ending with a letter or digit)"
@@ -28,7 +28,7 @@ def check_name(value: str, what: str = "name") -> str:
 
 
 def check_version(value: str) -> str:
-    if not VERSION_RE.match(value or "") or ".." in value:
+    if not VERSION_RE.fullmatch(value or "") or ".." in value:
         raise InvalidReferenceError(
             f"invalid version {value!r}: use letters, digits, '.', '_', '+' or '-' (1-64 characters)"
         )

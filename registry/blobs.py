@@ -36,7 +36,7 @@ CHUNK = 1024 * 1024
 
 
 def check_sha256(sha: str) -> str:
-    if not SHA256_RE.match(sha or ""):
+    if not SHA256_RE.fullmatch(sha or ""):
         raise InvalidRequestError(f"invalid sha256 {sha!r}: expected 64 lowercase hex digits")
     return sha
 
@@ -174,7 +174,7 @@ class LocalBlobStore:
 
     def iter_blobs(self) -> Iterator[BlobStat]:
         for p in self.root.glob("??/??/*"):
-            if SHA256_RE.match(p.name):
+            if SHA256_RE.fullmatch(p.name):
                 st = p.stat()
                 yield BlobStat(p.name, st.st_size,
                                dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))
@@ -278,7 +278,7 @@ class S3BlobStore:
         for page in pages:
             for obj in page.get("Contents", []):
                 sha = obj["Key"].rsplit("/", 1)[-1]
-                if SHA256_RE.match(sha):
+                if SHA256_RE.fullmatch(sha):
                     yield BlobStat(sha, int(obj["Size"]), obj["LastModified"])
 
     def remove_stale(self) -> int:

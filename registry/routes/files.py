@@ -81,7 +81,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``(start, end)`` inclusive for one ``bytes=`` range; ``None`` means the whole file."""
     if not header:
         return None
-    m = _RANGE.match(header.strip())
+    m = _RANGE.fullmatch(header.strip())
     if not m or (m.group(1) == "" and m.group(2) == ""):
         raise RangeNotSatisfiableError(f"unsupported Range {header!r}; use bytes=START-[END]")
     a, b = m.group(1), m.group(2)

@@ -1,0 +1,103 @@
+"""Schema migrations: an older database is upgraded on start-up with its data intact (SQLite
+and PostgreSQL), and the table models match what the migrations build."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import MetaData
+from sqlmodel import SQLModel
+
+from hub.registry_api import FileEntry
+from registry.auth import hash_token
+from registry.db import current_revision, head_revision, make_engine, migrate
+from registry.service import RegistryService
+from registry.settings import Settings
+from tests.registry_helpers import pg  # noqa: F401
+
+
+def _url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'old.db'}"
+    cluster = request.getfixturevalue("pg")
+    return cluster.url(cluster.create_db())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    return _url(request, tmp_path)
+
+
+def test_upgrade_from_first_schema_keeps_data(db_url, tmp_path):
+    engine = make_engine(db_url)
+    migrate(engine, "0001")
+    assert current_revision(engine) == "0001"
+    meta = MetaData()
+    meta.reflect(engine)
+    assert "downloads" not in meta.tables["versions"].c  # the older schema
+    t = meta.tables
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    sha = "ab" * 32
+    with engine.begin() as c:
+        c.execute(t["users"].insert().values(id=1, name="old", is_admin=True, created_at=now))
+        c.execute(t["namespaces"].insert().values(id=1, name="old", owner_id=1, created_at=now))
+        c.execute(t["tokens"].insert().values(
+            id=1, user_id=1, name="t", token_hash=hash_token("lh_old"), scope="admin",
+            namespaces=[], created_at=now, revoked=False))
+        c.execute(t["adapters"].insert().values(
+            id=1, namespace_id=1, name="legacy", description="from before", task="qa",
+            base_model="b/m", peft_type="LORA", private=False, next_seq=2, created_at=now,
+            updated_at=now))
+        c.execute(t["adapter_tags"].insert().values(adapter_id=1, tag="old"))
+        c.execute(t["versions"].insert().values(
+            id=1, adapter_id=1, version="1", seq=1, created_at=now, size=10, sha256=sha,
+            peft_type="LORA", base_model="b/m", rank=4, lora_alpha=8.0, num_parameters=5,
+            target_modules=["q_proj"], summary={"rank": 4}, stats=[], metrics={"acc": 1},
+            metadata={}, lineage=None))
+        c.execute(t["files"].insert().values(id=1, version_id=1, path="adapter_model.safetensors",
+                                             sha256=sha, size=10))
+        c.execute(t["aliases"].insert().values(adapter_id=1, name="latest", version_id=1))
+    engine.dispose()
+
+    svc = RegistryService(Settings(home=tmp_path / "home", database_url=db_url))  # start-up
+    assert current_revision(svc.engine) == head_revision() == "0002"
+    who = svc.authenticate("lh_old")
+    v = svc.resolve(who, "old/legacy")
+    assert v.version == "1" and v.downloads == 0 and v.metrics == {"acc": 1}
+    assert v.files == [FileEntry(path="adapter_model.safetensors", sha256=sha, size=10)]
+    assert v.created_at == now
+    a = svc.adapter(who, "old/legacy")
+    assert a.downloads == 0 and a.tags == ["old"] and a.description == "from before"
+    svc.record_download(who, "old/legacy@1")
+    assert svc.adapter(who, "old/legacy").downloads == 1
+    assert svc.search(who, "before").total == 1
+    svc.close()
+
+
+def test_tables_match_migrations(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'head.db'}")
+    migrate(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+    engine.dispose()
+
+
+def test_downgrade_and_upgrade_roundtrip(tmp_path):
+    from alembic import command
+
+    from registry.db import alembic_config
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'rt.db'}")
+    migrate(engine)
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    assert current_revision(engine) == "0001"
+    migrate(engine)
+    assert current_revision(engine) == "0002"
+    engine.dispose()
