@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -180,6 +180,24 @@ async def tree(
 @hf_errors
 async def refs(ns: str, name: str, be: HfBackend = Depends(hf_backend)) -> Response:
     return JSONResponse(await run_in_threadpool(be.refs, f"{ns}/{name}"))
+
+
+@router.get("/api/models/{ns}/{name}/commits/{rev}")
+@hf_errors
+async def commits(ns: str, name: str, rev: str, be: HfBackend = Depends(hf_backend)) -> Response:
+    return JSONResponse(await run_in_threadpool(be.commits, f"{ns}/{name}", rev))
+
+
+@router.post("/api/models/{ns}/{name}/paths-info/{rev}")
+@hf_errors
+async def paths_info(request: Request, ns: str, name: str, rev: str,
+                     be: HfBackend = Depends(hf_backend)) -> Response:
+    """Form-encoded ``paths`` (repeatable), as ``HfApi.get_paths_info`` sends them."""
+    body = (await request.body()).decode("utf-8", "replace")
+    paths = parse_qs(body).get("paths", [])
+    if len(paths) > 1000:
+        raise InvalidRequestError("at most 1000 paths per request")
+    return JSONResponse(await run_in_threadpool(be.paths_info, f"{ns}/{name}", rev, paths))
 
 
 @router.api_route("/{ns}/{name}/resolve/{rev}/{path:path}", methods=["GET", "HEAD"])

@@ -156,6 +156,34 @@ class HfBackend:
         return {"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": head}],
                 "converts": [], "tags": tags, "pullRequests": []}
 
+    def commits(self, repo: str, rev: str) -> list[dict[str, Any]]:
+        """History of a revision, newest first: the versions up to the one it resolves to."""
+        head = self.resolve_revision(repo, rev)
+        if head.version is None:
+            return []
+        out: list[dict[str, Any]] = []
+        for v in self.service.versions(self.p, _split(repo)):  # newest first
+            if not out and v.version != head.version.version:
+                continue  # newer than the revision asked for
+            title = f"lorahive version {v.version}"
+            out.append({"id": proto.commit_sha(repo, v.version, v.files), "title": title,
+                        "message": "", "authors": [{"user": head.adapter.namespace}],
+                        "date": _iso(v.created_at)})
+        return out
+
+    def paths_info(self, repo: str, rev: str, paths: list[str]) -> list[dict[str, Any]]:
+        """Entries (files or folders) for the given paths that exist at the revision."""
+        r = self.resolve_revision(repo, rev)
+        by_path = {f.path: f for f in r.files}
+        out = []
+        for p in dict.fromkeys(x.strip("/") for x in paths):
+            if p in by_path:
+                out.append(proto.file_entry_json(by_path[p]))
+            elif p and any(f.path.startswith(p + "/") for f in r.files):
+                parent = p.rsplit("/", 1)[0] if "/" in p else ""
+                out += [e for e in proto.tree_entries(r.files, parent) if e["path"] == p]
+        return out
+
     # -- JSON shapes ---------------------------------------------------------------------
     def card_data(self, r: Resolved) -> dict[str, Any]:
         """The version's README front matter, or the card lorahive would generate."""

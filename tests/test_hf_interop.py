@@ -488,3 +488,21 @@ def test_commit_preconditions(server, published):
         api.create_commit(published["repo"], [op], commit_message="x", create_pr=True)
     assert e.value.response.status_code == 400
     assert server.admin.resolve(published["repo"]).version == published["version"].version
+
+
+def test_history_and_paths_info(server, lora_dir, tmp_path):
+    api = HfApi(endpoint=server.url, token=server.token)
+    server.admin.publish(lora_dir, "admin/history")
+    sub = tmp_path / "more"
+    (sub / "docs").mkdir(parents=True)
+    (sub / "docs" / "eval.md").write_text("scores\n")
+    head = api.upload_folder(folder_path=str(sub), repo_id="admin/history").oid
+    log = api.list_repo_commits("admin/history")
+    assert [c.commit_id for c in log][0] == head and len(log) == 2
+    assert [c.commit_id for c in api.list_repo_commits("admin/history", revision="1")] == \
+        [log[1].commit_id]
+    info = {e.path: e for e in api.get_paths_info(
+        "admin/history", ["docs", "docs/eval.md", "adapter_config.json", "nope"])}
+    assert set(info) == {"docs", "docs/eval.md", "adapter_config.json"}
+    assert info["docs/eval.md"].lfs.sha256 == sha(sub / "docs" / "eval.md")
+    assert [e.path for e in api.list_repo_tree("admin/history", "docs")] == ["docs/eval.md"]
