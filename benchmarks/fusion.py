@@ -161,13 +161,13 @@ def quality(tasks: list[str], n_eval: int, weight: float) -> None:
                 if ad is not None and n in ad.modules:
                     w.add_(ad.delta(n, "cpu", w.dtype))
 
-    def score(ad: Adapter | None) -> list[float]:
+    def score(ad: Adapter | None, only: list[str] | None = None) -> list[float]:
         apply(ad)
         return [accuracy(model, tok, False, None, None, evals[t], labels[t],
-                         max_new_tokens=12).accuracy for t in tasks]
+                         max_new_tokens=12).accuracy for t in (only or tasks)]
 
     t0 = time.perf_counter()
-    own = [score(a)[i] for i, a in enumerate(ads)]
+    own = [score(a, [t])[0] for t, a in zip(tasks, ads, strict=True)]
     zero = score(None)
     rows = [("base model (no adapter)", zero, 0.0)]
     for label, method, params in QUALITY_METHODS:

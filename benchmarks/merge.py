@@ -8,7 +8,7 @@ rename); ``peft`` is ``AutoModelForCausalLM.from_pretrained`` + ``PeftModel.from
 transformers and peft imported, for the RSS baseline. The merged weights of lorahive and PEFT
 are compared at the end.
 
-    python -m benchmarks.merge [--adapter DIR] [--reps 2]
+    python -m benchmarks.merge [--adapter DIR] [--reps 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -71,10 +71,12 @@ def child(kind: str, base: Path, adapter: Path, out: Path) -> None:
     print(json.dumps({"wall": wall, "rss_mb": rss}))
 
 
-def run(kind: str, base: Path, adapter: Path, out: Path) -> dict:
+def run(kind: str, base: Path, adapter: Path, out: Path, threads: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     r = subprocess.run([sys.executable, "-m", "benchmarks.merge", "--child", kind, str(base),
-                        str(adapter), str(out)], capture_output=True, text=True, check=True)
+                        str(adapter), str(out)], capture_output=True, text=True, check=True,
+                       env=env)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -89,6 +91,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--adapter", default=None)
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--child", nargs=4, default=None)
     a = p.parse_args()
     if a.child:
@@ -103,13 +106,14 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     _copy(base, WORK / "warm")  # warm the page cache
     shutil.rmtree(WORK / "warm")
-    print(f"base {base.name}: {size / 1e6:.0f} MB; adapter {adapter.name}")
+    print(f"base {base.name}: {size / 1e6:.0f} MB; adapter {adapter.name}; "
+          f"{a.threads} thread(s)")
     print("| contender | wall (s) | peak RSS (MiB) | throughput (MB/s) |")
     print("|---|---:|---:|---:|")
     for kind in ("import", "copy", "lorahive", "peft"):
         best = None
         for _ in range(a.reps if kind != "import" else 1):
-            r = run(kind, base, adapter, WORK / kind)
+            r = run(kind, base, adapter, WORK / kind, a.threads)
             best = r if best is None or r["wall"] < best["wall"] else best
         tput = "-" if kind == "import" else f"{size / 1e6 / best['wall']:.0f}"
         wall = "-" if kind == "import" else f"{best['wall']:.2f}"

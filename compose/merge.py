@@ -1,8 +1,9 @@
 """Merge adapters into a base checkpoint, streaming it tensor by tensor.
 
-The base's safetensors shards are memory-mapped and read one tensor at a time; each adapted
-weight gets its delta added in float32 on the chosen device and is cast back (to the stored
-dtype, or ``dtype``). Output shards keep the input's layout and index and are written by a
+The base's safetensors shards are read one tensor at a time, each with one positioned read into
+a buffer of its own size (a whole-file memory map would keep every touched page resident, so
+the process would grow to the model's size); each adapted weight gets its delta added in
+float32 on the chosen device and is cast back (to the stored dtype, or ``dtype``). Output shards keep the input's layout and index and are written by a
 streaming writer (header first, then each tensor's bytes), so peak memory is a few tensors,
 not a shard. Every adapter module is checked against the base's header before anything is
 written; the output is built in a temp directory renamed on success.
@@ -17,10 +18,9 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
-from safetensors import safe_open
 
 from compose.fusion import fuse
 from hub.adapter import Adapter, LoraModule
@@ -41,7 +41,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 ST_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
+    "U8": torch.uint8, "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32,
+    "U64": torch.uint64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
@@ -51,6 +52,7 @@ class TensorInfo:
     shard: str
     dtype: str
     shape: list[int]
+    offset: int = 0  # absolute byte offset of the data in the shard file
 
     @property
     def nbytes(self) -> int:
@@ -97,12 +99,13 @@ def open_checkpoint(root: str | Path) -> Checkpoint:
         path = root / shard
         if not path.is_file():
             raise InvalidRequestError(f"{root}: the index names {shard}, which is missing")
-        header, _ = read_header(path)
+        header, data_start = read_header(path)
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             metadata[shard] = json.loads(fh.read(n)).get("__metadata__") or {}
         for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            tensors[key] = TensorInfo(shard, info["dtype"], list(info["shape"]))
+            tensors[key] = TensorInfo(shard, info["dtype"], list(info["shape"]),
+                                      data_start + info["data_offsets"][0])
     return Checkpoint(root, shards, tensors, metadata, index)
 
 
@@ -198,7 +201,16 @@ def build_deltas(
     return DeltaSource(terms)
 
 
-# writing -----------------------------------------------------------------------------------
+# reading and writing -----------------------------------------------------------------------
+def read_tensor(fh: BinaryIO, info: TensorInfo) -> torch.Tensor:
+    """One tensor from an open shard: a positioned read into a buffer of exactly its size."""
+    buf = torch.empty(info.nbytes, dtype=torch.uint8)
+    fh.seek(info.offset)
+    if info.nbytes and fh.readinto(buf.numpy()) != info.nbytes:
+        raise InvalidRequestError(f"{info.shard} is truncated; the base checkpoint is corrupt")
+    return buf.view(ST_DTYPES[info.dtype]).reshape(info.shape)
+
+
 def _write_shard(
     src: Path, dest: Path, keys: list[str], ckpt: Checkpoint, deltas: DeltaSource,
     device: torch.device, out_dtype: torch.dtype | None, on_bytes: Callable[[int], None],
@@ -220,11 +232,11 @@ def _write_shard(
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with safe_open(str(src), framework="pt", device="cpu") as f, open(dest, "wb") as out:
+    with open(src, "rb") as f, open(dest, "wb") as out:
         out.write(struct.pack("<Q", len(raw)))
         out.write(raw)
         for key in keys:
-            t = f.get_tensor(key)
+            t = read_tensor(f, ckpt.tensors[key])
             want = ST_DTYPES[header[key]["dtype"]]
             if key in deltas.terms:
                 W = t.to(device=device, dtype=torch.float32)
