@@ -45,3 +45,38 @@ def test_exact_match_by_generation(bm):
     assert acc.metric == "exact" and len(acc.predictions) == 2
     assert acc.accuracy == sum(normalise(p) == normalise(e.output)
                                for p, e in zip(acc.predictions, ex, strict=True)) / 2
+
+
+def test_encoder_decoder_composer_search_and_accuracy(tiny_t5_dir, tmp_path):
+    from compose.composer import Composer, SearchConfig, resolve_candidates
+    from tests.compose_fixtures import make_t5_adapter
+
+    base = add_tokenizer(tiny_t5_dir, tmp_path / "t5", eos_after=True)
+    cands = [str(make_t5_adapter(base, tmp_path / f"c{i}", seed=70 + i)) for i in range(2)]
+    shots = [Example("the cat is red", "yes"), Example("the dog is blue", "no"),
+             Example("the sun is big", "yes")]
+    bm5 = load_base(base, "cpu")
+    with Composer(bm5, resolve_candidates(cands), shots, mode="delta") as comp:
+        res = comp.search(SearchConfig(budget=4, workers=2, seed=0))
+        assert res.evaluations == 4
+        ranked = comp.accuracy(res.weights, shots)
+        gen = comp.accuracy(res.weights, shots, labels=None)
+    assert ranked.metric == "rank" and set(ranked.predictions) <= {"yes", "no"}
+    assert gen.metric == "exact" and len(gen.predictions) == 3
+
+
+def test_bfloat16_compute_tracks_float32(bm, tiny_llama_dir, tmp_path):
+    from compose.composer import Composer, resolve_candidates
+    from tests.models import make_peft_adapter
+
+    base = add_tokenizer(tiny_llama_dir, tmp_path / "b")
+    cands = [str(make_peft_adapter(base, tmp_path / f"c{i}", seed=80 + i)) for i in range(2)]
+    shots = [Example("the cat is red ?", "yes"), Example("add one and two", "three")]
+    W = torch.tensor([[0.5, -0.7], [1.2, 0.3]]).numpy()
+    vals = {}
+    for dt in ("float32", "bfloat16"):
+        with Composer(load_base(base, "cpu", dt), resolve_candidates(cands), shots) as comp:
+            vals[dt] = comp.score(W)
+    assert vals["float32"][0] != vals["float32"][1]
+    torch.testing.assert_close(torch.tensor(vals["bfloat16"]), torch.tensor(vals["float32"]),
+                               rtol=3e-2, atol=3e-2)
