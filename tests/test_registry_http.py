@@ -206,3 +206,28 @@ def test_health_metrics_openapi_and_unknown_routes(server, anon):
     _err(anon.get("/adapters", params={"limit": 100000}), 400, "invalid_request")
     _err(anon.get("/adapters", params={"sort": "random"}), 400, "invalid_request")
     _err(anon.get("/adapters/bad name/x"), 400, "invalid_reference")
+
+
+def test_client_resumes_with_range(server, admin, lora_dir, tmp_path):
+    from hub.cache import PullCache
+
+    ns = unique("ns")
+    tok = admin.post("/tokens", json={"name": "w", "scope": "write", "user": ns}).json()["token"]
+    with HttpRegistry(server.url, tok) as owner:
+        v = owner.publish(lora_dir, f"{ns}/resume")
+    body = (lora_dir / "adapter_model.safetensors").read_bytes()
+    cache = PullCache(tmp_path / "cache")
+    part = cache.root / "partial" / f"{v.sha256}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[:1000])
+    def partial_gets() -> float:
+        text = httpx.get(server.url + "/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("lorahive_http_requests_total") and "/files/" in line
+                   and 'status="206"' in line)
+
+    before = partial_gets()
+    with HttpRegistry(server.url, None, cache=cache) as anon_client:
+        snap = anon_client.pull(f"{ns}/resume")
+    assert (snap / "adapter_model.safetensors").read_bytes() == body
+    assert partial_gets() == before + 1  # the weights resumed at byte 1000; the rest were 200s
