@@ -52,18 +52,18 @@ router = APIRouter(tags=["huggingface"])
 LFS_JSON = "application/vnd.git-lfs+json"
 
 
-def _error(e: LorahiveError, commit: str | None = None) -> JSONResponse:
+def _error(e: LorahiveError) -> JSONResponse:
     """A lorahive error in the shape the HF client turns into its own exception types."""
     if isinstance(e, AdapterNotFoundError | NamespaceNotFoundError):
         return proto.hf_error(404, proto.REPO_NOT_FOUND, str(e))
     if isinstance(e, VersionNotFoundError):
         return proto.hf_error(404, proto.REVISION_NOT_FOUND, str(e))
     if isinstance(e, EntryNotFoundError):
-        return proto.hf_error(404, proto.ENTRY_NOT_FOUND, str(e), commit)
+        return proto.hf_error(404, proto.ENTRY_NOT_FOUND, str(e))
     if isinstance(e, AuthenticationError):
         # this exact message makes the client report a bad token, not a missing repo
         r = proto.hf_error(401, None, "Invalid credentials in Authorization header")
-        r.headers["X-Lorahive-Error"] = proto._header_safe(str(e))
+        r.headers["X-Lorahive-Error"] = proto.header_safe(str(e))
         return r
     return proto.hf_error(e.status, None, str(e))
 

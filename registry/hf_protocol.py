@@ -118,7 +118,7 @@ def next_link(url: str, params: dict[str, str], offset: int, total: int, limit: 
 def hf_error(status: int, code: str | None, message: str, commit: str | None = None) -> JSONResponse:
     """An error the HF client understands: ``X-Error-Code``/``X-Error-Message`` headers plus a
     JSON ``{"error": ...}`` body; ``X-Repo-Commit`` on a missing entry lets it cache the miss."""
-    headers = {"X-Error-Message": _header_safe(message)}
+    headers = {"X-Error-Message": header_safe(message)}
     if code:
         headers["X-Error-Code"] = code
     if commit:
@@ -126,7 +126,7 @@ def hf_error(status: int, code: str | None, message: str, commit: str | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _header_safe(text: str) -> str:
+def header_safe(text: str) -> str:
     return text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")[:500]
 
 

@@ -135,6 +135,8 @@ def test_snapshot_and_file_downloads_are_byte_identical(server, published, lora_
     assert f"base_model:adapter:{BASE_ID}" in info.tags and "demo" in info.tags
     assert info.card_data.library_name == "peft"  # the README's own front matter
     assert HfApi(endpoint=server.url).list_repo_files(repo) == sorted(tree_digest(lora_dir))
+    check = HfApi(endpoint=server.url).verify_repo_checksums(repo, cache_dir=tmp_path / "c")
+    assert check.checked_count == 3 and not check.mismatches and not check.missing_paths
     refs = HfApi(endpoint=server.url).list_repo_refs(repo)
     assert refs.branches[0].target_commit == commit
     assert {t.name for t in refs.tags} == {"1", "prod"}
@@ -498,7 +500,7 @@ def test_history_and_paths_info(server, lora_dir, tmp_path):
     (sub / "docs" / "eval.md").write_text("scores\n")
     head = api.upload_folder(folder_path=str(sub), repo_id="admin/history").oid
     log = api.list_repo_commits("admin/history")
-    assert [c.commit_id for c in log][0] == head and len(log) == 2
+    assert log[0].commit_id == head and len(log) == 2
     assert [c.commit_id for c in api.list_repo_commits("admin/history", revision="1")] == \
         [log[1].commit_id]
     info = {e.path: e for e in api.get_paths_info(
