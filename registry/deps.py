@@ -1,34 +1,39 @@
-"""FastAPI dependencies: the service (one per process) and the caller from the bearer token."""
+"""FastAPI dependencies: the service (one per process) and the caller from the bearer token.
+
+They are ``async`` so that FastAPI does not hand each of them to its thread pool: only the
+token lookup (a database read) goes to a worker thread, and anonymous reads skip it.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Header, Request
 
 from hub.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
-from registry.auth import Principal
+from registry.auth import ANONYMOUS, Principal
 from registry.service import RegistryService
 
 
-def get_service(request: Request) -> RegistryService:
+async def get_service(request: Request) -> RegistryService:
     return request.app.state.service
 
 
-def get_principal(
+async def get_principal(
     service: Annotated[RegistryService, Depends(get_service)],
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
     """Anonymous without a header; 401 for a malformed header or a bad token."""
     if not authorization:
-        return service.authenticate(None)
+        return ANONYMOUS
     scheme, _, secret = authorization.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise AuthenticationError("use the header 'Authorization: Bearer <token>'")
-    return service.authenticate(secret.strip())
+    return await anyio.to_thread.run_sync(service.authenticate, secret.strip())
 
 
-def limit_json_body(request: Request) -> None:
+async def limit_json_body(request: Request) -> None:
     """Refuse oversized JSON bodies before they are read."""
     n = request.headers.get("content-length")
     limit = request.app.state.service.settings.max_manifest_bytes

@@ -74,7 +74,11 @@ from registry.tables import (
     VersionRow,
     utcnow,
 )
-from registry.validation import check_config_targets, check_manifest
+from registry.validation import (
+    check_config_targets,
+    check_manifest,
+    single_threaded_torch,
+)
 
 SORTS = {
     "updated": (col(AdapterRow.updated_at).desc(),),
@@ -353,7 +357,8 @@ class RegistryService:
                     f"{CONFIG_NAME} declares no base_model_name_or_path; set it to the base "
                     "model's Hub id or path"
                 )
-            stats = [_stat_dict(st) for st in adapter.stats()] if adapter.is_lora else []
+            with single_threaded_torch():
+                stats = [_stat_dict(st) for st in adapter.stats()] if adapter.is_lora else []
             side = read_sidecar(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
