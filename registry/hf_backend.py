@@ -6,6 +6,7 @@ stays in ``RegistryService``; this layer only translates.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ from registry.service import PublishOptions, RegistryService
 from registry.tables import AdapterRow, Namespace
 
 _COMMIT = re.compile(proto.COMMIT_RE)
+# (repo, commit id) -> version: lets a commit-pinned request (every file of a snapshot_download)
+# resolve one version instead of hashing all of them. Per process, bounded.
+_COMMITS: dict[tuple[str, str], str] = {}
+_COMMITS_MAX = 100_000
 _CARD_MAX = 1024 * 1024
 _IMPLIED = {"peft", "lora", "safetensors"}
 
@@ -109,6 +114,12 @@ class HfBackend:
         if rev == proto.MAIN:
             rev = DEFAULT_ALIAS
         if _COMMIT.match(rev):
+            known = _COMMITS.get((repo, rev))
+            if known is not None:  # versions are immutable; re-checked in case one was deleted
+                with contextlib.suppress(VersionNotFoundError):
+                    v = self.service.resolve(self.p, Ref(r.namespace, r.name, version=known))
+                    if proto.commit_sha(repo, v.version, v.files) == rev:
+                        return self._resolved(adapter, v)
             for v in self.service.versions(self.p, r):
                 if proto.commit_sha(repo, v.version, v.files) == rev:
                     return self._resolved(adapter, v)
@@ -130,8 +141,11 @@ class HfBackend:
             f"(list them with `lorahive versions {repo}`)")
 
     def _resolved(self, adapter: AdapterInfo, v: VersionInfo) -> Resolved:
-        return Resolved(adapter.repo, proto.commit_sha(adapter.repo, v.version, v.files),
-                        adapter, v, list(v.files))
+        commit = proto.commit_sha(adapter.repo, v.version, v.files)
+        if len(_COMMITS) >= _COMMITS_MAX:
+            _COMMITS.clear()
+        _COMMITS[(adapter.repo, commit)] = v.version
+        return Resolved(adapter.repo, commit, adapter, v, list(v.files))
 
     def writable_revision(self, repo: str, rev: str) -> Resolved:
         """The head a commit applies to: ``main`` (or ``latest``) only, since each commit

@@ -31,7 +31,6 @@ from hub.errors import (
     VersionNotFoundError,
 )
 from hub.modelcard import parse_card, render_card
-from hub.peft_format import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
 from hub.refs import check_name, parse_ref
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
@@ -123,6 +122,7 @@ def _card_metadata(readme: Path) -> dict[str, Any]:
 def _stage(snapshot: Path, dest: Path, allow_pickle: bool) -> None:
     """Copy an adapter out of the HF cache (symlinks resolved), converting a pickle-only
     adapter to safetensors when allowed; nothing else from the repo is unpickled."""
+    from hub.peft_format import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME  # imports torch
     if not (snapshot / CONFIG_NAME).is_file():
         raise InvalidAdapterError(f"the repository has no {CONFIG_NAME}; is it a PEFT adapter?")
     for src in sorted(snapshot.rglob("*")):
