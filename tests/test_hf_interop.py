@@ -117,6 +117,8 @@ def test_snapshot_and_file_downloads_are_byte_identical(server, published, lora_
     repo = published["repo"]
     path = Path(snapshot_download(repo, endpoint=server.url, cache_dir=tmp_path / "c"))
     assert tree_digest(path) == tree_digest(lora_dir)
+    local = Path(snapshot_download(repo, endpoint=server.url, local_dir=tmp_path / "local"))
+    assert tree_digest(local) == tree_digest(lora_dir)
     v = published["version"]
     # the snapshot folder is the stable commit id, and `main` is recorded as a ref to it
     commit = path.name
@@ -247,14 +249,20 @@ def test_upload_folder_publishes_a_version_pull_returns(server, lora_dir, tmp_pa
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "notes.txt").write_text("trained for 3 epochs\n")
+    (extra / "data").mkdir()
+    (extra / "data" / "eval.dat").write_bytes(os.urandom(3 * 1024 * 1024))  # a multi-MB line
     ci2 = api.upload_folder(folder_path=str(extra), repo_id="admin/pushed")
     v2 = server.admin.resolve("admin/pushed")
     assert v2.version == "2" and ci2.oid != ci.oid
-    assert sorted(f.path for f in v2.files) == sorted([*tree_digest(lora_dir), "notes.txt"])
+    assert {f.path: f.sha256 for f in v2.files} == {**tree_digest(lora_dir), **tree_digest(extra)}
+    got = hf_hub_download("admin/pushed", "data/eval.dat", endpoint=server.url,
+                          token=server.token, cache_dir=tmp_path / "c2")
+    assert sha(Path(got)) == sha(extra / "data" / "eval.dat")
     # re-uploading identical content is a no-op on the client side: no version 3
     api.upload_folder(folder_path=str(extra), repo_id="admin/pushed")
     assert server.admin.resolve("admin/pushed").version == "2"
     api.delete_file("notes.txt", "admin/pushed")
+    api.delete_folder("data", "admin/pushed")
     assert sorted(f.path for f in server.admin.resolve("admin/pushed").files) == \
         sorted(tree_digest(lora_dir))
     # versions stay addressable by revision
