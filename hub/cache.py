@@ -15,6 +15,7 @@ snapshot directory appears in one rename, so a reader never sees a half-pulled v
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -22,9 +23,10 @@ import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from hub.atomic import atomic_directory, atomic_file, fsync_dir
-from hub.errors import IntegrityError, OfflineError
+from hub.errors import IntegrityError, LorahiveError, OfflineError
 from hub.manifest import check_filename
 from hub.refs import DEFAULT_ALIAS, Ref
 from hub.registry_api import FileEntry, ProgressFn, VersionInfo
@@ -109,8 +111,9 @@ class PullCache:
             with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo)))) as pool:
                 for fut in [pool.submit(self._download, f, fetch, progress) for f in todo]:
                     fut.result()
-        if not snap.is_dir():
-            with contextlib.suppress(FileExistsError), atomic_directory(snap) as tmp:
+        if not snap.is_dir() or todo:  # a re-fetched blob is a new file: relink the snapshot
+            with contextlib.suppress(FileExistsError), \
+                    atomic_directory(snap, overwrite=snap.is_dir()) as tmp:
                 for f in info.files:
                     dest = tmp / f.path
                     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -119,15 +122,18 @@ class PullCache:
         return snap
 
     def _have(self, f: FileEntry) -> bool:
+        """A cached blob counts only if its size and sha256 match (a corrupted file is
+        fetched again)."""
         p = self.blob_path(f.sha256)
-        return p.is_file() and p.stat().st_size == f.size
+        return p.is_file() and p.stat().st_size == f.size and _sha256_of(p) == f.sha256
 
     def _download(self, f: FileEntry, fetch: Fetcher, progress: ProgressFn | None) -> None:
         """Download one blob, resuming a partial file, verifying before it becomes visible."""
         part_dir = self.root / "partial"
         part_dir.mkdir(parents=True, exist_ok=True)
         part = part_dir / f"{f.sha256}.part"
-        with open(part, "ab+") as fh:
+        # unbuffered: on a full disk nothing is left in a buffer to flush at close
+        with open(part, "ab+", buffering=0) as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # one writer per blob across processes
             try:
                 if self._have(f):
@@ -142,7 +148,7 @@ class PullCache:
                         progress(offset, 0, f.path)
                     if offset < f.size:
                         for chunk in fetch(f, offset):
-                            fh.write(chunk)
+                            _write_all(fh, chunk)
                             if progress is not None:
                                 progress(len(chunk), 0, f.path)
                     fh.flush()
@@ -160,6 +166,17 @@ class PullCache:
                 os.chmod(part, 0o444)
                 os.replace(part, dest)
                 fsync_dir(dest.parent)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fh.fileno(), 0)
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                raise LorahiveError(
+                    f"no space left on the device of {self.root} while downloading {f.path}; "
+                    "nothing partial was kept: free some space (or point LORAHIVE_CACHE at a "
+                    "bigger disk) and pull again") from None
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
@@ -174,6 +191,16 @@ class PullCache:
                 shutil.copyfileobj(src, fh, CHUNK)
                 os.fchmod(fh.fileno(), 0o644)
         return out
+
+
+def _write_all(fh: BinaryIO, data: bytes) -> None:
+    """Write every byte to an unbuffered file (a raw write may be short)."""
+    view = memoryview(data)
+    while view:
+        n = fh.write(view)
+        if not n:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[n:]
 
 
 def _sha256_of(path: Path) -> str:
