@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "cli.commands.fusion",
     "cli.commands.registry",
     "cli.commands.registry_admin",
+    "cli.commands.fsck",
     "cli.commands.hf",
 ]
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.errors import LorahiveError
-from registry import hf_api, ratelimit
+from registry import hf_api, ratelimit, resilience
 from registry.metrics import Metrics
 from registry.routes import accounts, adapters, files
 from registry.service import RegistryService, counts
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
     app.state.service = service
     app.state.metrics = Metrics()
     ratelimit.install(app)  # 429 + Retry-After after repeated failed auth
+    resilience.install_handlers(app)  # full disk 507, lost database 503
 
     @app.exception_handler(LorahiveError)
     async def _lorahive_error(_: Request, e: LorahiveError) -> JSONResponse:

@@ -9,7 +9,6 @@ alias in one transaction: readers see a whole version or none.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import shutil
@@ -62,6 +61,7 @@ from registry.auth import (
 )
 from registry.db import ensure_schema, make_engine, session_scope
 from registry.hf_card import with_model_card
+from registry.resilience import remove_orphans
 from registry.settings import Settings
 from registry.tables import (
     AdapterRow,
@@ -567,8 +567,9 @@ class RegistryService:
             self.store.delete(b.sha256)
             removed += 1
             freed += b.size
-        with contextlib.suppress(AttributeError):
-            self.store.remove_stale()  # type: ignore[attr-defined]
+        # temps of killed writers; younger ones may belong to an upload in flight
+        stage = getattr(self.store, "stage_dir", None)
+        remove_orphans(self.settings.home, Path(stage) if stage else None, grace)
         return GcReport(blobs_removed=removed, bytes_removed=freed, blobs_kept=kept)
 
     # -- namespaces, users, tokens -------------------------------------------------------

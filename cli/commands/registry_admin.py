@@ -29,11 +29,13 @@ def serve(
     LORAHIVE_DATABASE_URL / LORAHIVE_STORAGE_URL say otherwise)."""
     import uvicorn
 
+    from registry.resilience import startup_cleanup
     from registry.service import RegistryService
     from registry.settings import Settings
 
     settings = Settings()
     svc = RegistryService(settings)  # migrations run here, once, before workers start
+    startup_cleanup(svc)  # temp files of a killed previous run; no worker is up yet
     secret = svc.bootstrap_admin()
     svc.close()
     if secret:
