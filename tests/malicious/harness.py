@@ -71,8 +71,10 @@ class Harness:
 
 
 def open_harness(home: Path, **settings: object) -> Iterator[Harness]:
-    """Start the app in-process on a fresh SQLite home (a generator for pytest fixtures)."""
-    st = Settings(home=home, database_url="", storage_url="", **settings)  # type: ignore[arg-type]
+    """Start the app in-process on a fresh home (SQLite unless ``database_url`` is given;
+    a generator for pytest fixtures)."""
+    base: dict[str, object] = {"database_url": "", "storage_url": ""}
+    st = Settings(home=home, **{**base, **settings})  # type: ignore[arg-type]
     service = RegistryService(st)
     admin = service.bootstrap_admin()
     assert admin is not None
