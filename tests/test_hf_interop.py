@@ -414,13 +414,14 @@ def test_import_hf_round_trip_between_two_instances(server, published, lora_dir,
     assert len(json.loads(r.stdout)["commit"]) == 40
     assert {f.path: f.sha256 for f in server.admin.resolve("admin/exported").files} == \
         tree_digest(lora_dir)
-    # offline with nothing cached: a one-line error, no traceback (the offline import from
-    # the cache is covered by the pickle test below)
-    env["HF_HUB_OFFLINE"] = "1"
-    bad = subprocess.run([*lh, "import-hf", "admin/not-there"], env=env, cwd=ROOT,
+    # a private repo without HF_TOKEN: the client's RepositoryNotFoundError becomes a one-line
+    # error (the offline import from the HF cache is covered by the pickle test below)
+    server.admin.publish(lora_dir, "admin/secret-src", private=True)
+    del env["HF_TOKEN"]
+    bad = subprocess.run([*lh, "import-hf", "admin/secret-src"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("error:")
-    assert "Traceback" not in bad.stderr
+    assert "HF_TOKEN" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_import_hf_pickle_needs_opt_in_from_the_offline_cache(server, tiny_llama_dir, tmp_path):
