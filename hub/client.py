@@ -181,7 +181,9 @@ class HttpRegistry:
     def _fetch(self, info: VersionInfo, f: FileEntry, offset: int) -> Iterator[bytes]:
         url = (f"{API}/adapters/{info.namespace}/{info.name}/versions/{info.version}/files/"
                f"{quote(f.path, safe='/')}")
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers = {"Accept-Encoding": "identity"}  # raw bytes: what the sha256 covers
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         try:
             with self.http.stream("GET", url, headers=headers) as resp:
                 if resp.status_code >= 400:
@@ -192,7 +194,7 @@ class HttpRegistry:
                 etag = resp.headers.get("etag", "").strip('"')
                 if etag and etag != f.sha256:
                     raise IntegrityError(f"{f.path}: served content is {etag}, not {f.sha256}")
-                yield from resp.iter_bytes(CHUNK)
+                yield from resp.iter_raw()  # identity body: no decoding, no re-chunking
         except httpx.TransportError as e:
             raise OfflineError(f"download of {f.path} from {self.url} failed: {e}") from None
 
