@@ -29,7 +29,6 @@ from hub.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
-from hub.manifest import file_sha256
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
@@ -101,16 +100,6 @@ def ingest(store: BlobStore, chunks: Iterable[bytes], sha: str, size: int | None
             staged.write(chunk)
         staged.verify(sha, size)
         store.commit(staged, sha)
-
-
-def ingest_file(store: BlobStore, path: Path, max_bytes: int) -> tuple[str, int]:
-    """Hash a local file and store it (dedup: skipped when the blob exists); ``(sha, size)``."""
-    sha = file_sha256(path)
-    size = path.stat().st_size
-    if not store.exists(sha):
-        with open(path, "rb") as fh:
-            ingest(store, iter(lambda: fh.read(CHUNK), b""), sha, size, max_bytes)
-    return sha, size
 
 
 @contextlib.contextmanager

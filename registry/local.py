@@ -8,13 +8,12 @@ everything with zero set-up.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hub.cache import PullCache
-from hub.errors import InvalidAdapterError, InvalidRequestError
+from hub.errors import InvalidAdapterError
 from hub.manifest import WEIGHTS_NAME, build_manifest
 from hub.refs import parse_ref
 from hub.registry_api import (
@@ -161,15 +160,3 @@ def _read_chunks(path: Path, progress: ProgressFn | None) -> Iterator[bytes]:
                 progress(len(chunk), 0, path.name)
             yield chunk
 
-
-def parse_metrics(text: str | None) -> dict[str, Any]:
-    """``--metrics`` JSON (an object) from the command line."""
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidRequestError(f"--metrics is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("--metrics must be a JSON object, e.g. '{\"acc\": 0.91}'")
-    return data
