@@ -200,7 +200,8 @@ async def paths_info(request: Request, ns: str, name: str, rev: str,
     return JSONResponse(await run_in_threadpool(be.paths_info, f"{ns}/{name}", rev, paths))
 
 
-@router.api_route("/{ns}/{name}/resolve/{rev}/{path:path}", methods=["GET", "HEAD"])
+@router.get("/{ns}/{name}/resolve/{rev}/{path:path}")
+@router.head("/{ns}/{name}/resolve/{rev}/{path:path}")
 @hf_errors
 async def resolve_file(request: Request, ns: str, name: str, rev: str, path: str,
                        be: HfBackend = Depends(hf_backend)) -> Response:
@@ -422,8 +423,10 @@ class _Conflict(LorahiveError):
     status = 412
 
 
-@router.api_route("/api/models/{ns}/{name}/xet-write-token/{rev}", methods=["GET", "POST"])
-@router.api_route("/api/models/{ns}/{name}/xet-read-token/{rev}", methods=["GET", "POST"])
+@router.get("/api/models/{ns}/{name}/xet-write-token/{rev}")
+@router.post("/api/models/{ns}/{name}/xet-write-token/{rev}")
+@router.get("/api/models/{ns}/{name}/xet-read-token/{rev}")
+@router.post("/api/models/{ns}/{name}/xet-read-token/{rev}")
 async def xet_token(ns: str, name: str, rev: str) -> Response:
     """lorahive has no Xet storage; say what to do instead of a bare 404."""
     return proto.hf_error(

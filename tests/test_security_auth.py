@@ -163,6 +163,8 @@ TABLE: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/api/models/{ns}/{name}/tree/{rev}/{path}"): (404,) * 5,  # a file, not a folder
     ("GET", "/api/models/{ns}/{name}/tree/{rev}"): R,
     ("GET", "/api/models/{ns}/{name}/refs"): R,
+    ("GET", "/api/models/{ns}/{name}/commits/{rev}"): R,
+    ("POST", "/api/models/{ns}/{name}/paths-info/{rev}"): R,
     ("GET", "/{ns}/{name}/resolve/{rev}/{path}"): R,
     ("HEAD", "/{ns}/{name}/resolve/{rev}/{path}"): R,
     ("POST", "/api/validate-yaml"): R,
