@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.errors import LorahiveError
@@ -66,6 +66,10 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
     async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _error(e.status_code, code, str(e.detail))
+
+    @app.exception_handler(DataError)
+    async def _bad_value(_: Request, e: DataError) -> JSONResponse:
+        return _error(400, "invalid_request", "a value is out of range for the database")
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, e: OperationalError) -> JSONResponse:

@@ -10,6 +10,7 @@ alias in one transaction: readers see a whole version or none.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import tempfile
@@ -87,6 +88,10 @@ SORTS = {
     "name": (col(Namespace.name).asc(), col(AdapterRow.name).asc()),
 }
 MAX_PAGE = 200
+MAX_OFFSET = 10**9
+MAX_ID = 2**63 - 1
+MAX_EXPIRY_DAYS = 36_500
+MAX_GRACE_SECONDS = 10 * 365 * 86_400
 
 
 @dataclass
@@ -250,8 +255,8 @@ class RegistryService:
                sort: str = "updated", offset: int = 0, limit: int = 20) -> SearchPage:
         if sort not in SORTS:
             raise InvalidRequestError(f"unknown sort {sort!r}; use one of {sorted(SORTS)}")
-        if offset < 0 or not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequestError(f"offset must be >= 0 and limit 1..{MAX_PAGE}")
+        if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequestError(f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_PAGE}")
         q = select(AdapterRow, Namespace).join(Namespace)
         if not (p.is_admin and p.has_scope("read") and not p.namespaces):
             visible = [AdapterRow.private == False]  # noqa: E712
@@ -369,12 +374,15 @@ class RegistryService:
         if not isinstance(metrics, dict):
             raise InvalidAdapterError(f"{SIDECAR}: 'metrics' must be an object")
         extra = {k: v for k, v in side.items() if k not in ("lineage", "metrics")}
+        for what, value in (("lineage", lineage), ("metrics", metrics), ("sidecar", extra)):
+            _check_json(value, f"{SIDECAR}: {what}")
         return _Validated(summary, stats, lineage, metrics, extra)
 
     def commit(self, p: Principal, repo: str, files: Sequence[FileEntry],
                version: str | None = None, options: PublishOptions | None = None) -> VersionInfo:
         """Create version ``version`` (or the next number) of ``repo`` from uploaded blobs."""
         opts = options or PublishOptions()
+        _check_json(opts.metrics, "metrics")
         r = parse_ref(repo)
         if r.version or r.alias:
             raise InvalidReferenceError("publish to namespace/name; pass the version separately")
@@ -556,6 +564,8 @@ class RegistryService:
         publish in progress are younger and stay)."""
         p.require_admin("garbage collection")
         grace = self.settings.gc_grace_seconds if grace_seconds is None else grace_seconds
+        if not 0 <= grace <= MAX_GRACE_SECONDS:
+            raise InvalidRequestError(f"grace must be 0..{MAX_GRACE_SECONDS} seconds")
         cutoff = utcnow() - dt.timedelta(seconds=grace)
         with session_scope(self.engine) as s:
             referenced = set(s.exec(select(FileRow.sha256).distinct()).all())
@@ -604,8 +614,8 @@ class RegistryService:
             raise AuthenticationError("creating a token needs a token; run `lorahive login`")
         for n in namespaces:
             check_name(n, "namespace")
-        if expires_in_days is not None and expires_in_days <= 0:
-            raise InvalidRequestError("expires_in_days must be positive")
+        if expires_in_days is not None and not 0 < expires_in_days <= MAX_EXPIRY_DAYS:
+            raise InvalidRequestError(f"expires_in_days must be in (0, {MAX_EXPIRY_DAYS}]")
         expires = (utcnow() + dt.timedelta(days=expires_in_days)) if expires_in_days else None
         other = user is not None and user != p.user
         if other:
@@ -646,6 +656,8 @@ class RegistryService:
     def revoke_token(self, p: Principal, token_id: int) -> None:
         if p.anonymous:
             raise AuthenticationError("revoking a token needs a token")
+        if not 0 < token_id <= MAX_ID:
+            raise NotFoundError(f"no token with id {token_id}; see `lorahive token list`")
         with session_scope(self.engine, write=True) as s:
             t = s.get(Token, token_id)
             if t is None or (t.user_id != p.user_id and not (p.is_admin and p.has_scope("admin"))):
@@ -670,6 +682,14 @@ def _stat_dict(st: Any) -> dict[str, Any]:
     d = st.as_dict()
     d["singular_values"] = [round(x, 6) for x in d["singular_values"][:64]]
     return d
+
+
+def _check_json(value: Any, what: str) -> None:
+    """Metadata must be plain JSON: no NaN/Infinity (PostgreSQL's JSON refuses them)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidRequestError(f"{what} is not plain JSON ({e}); use finite numbers") from None
 
 
 def _escape_like(s: str) -> str:

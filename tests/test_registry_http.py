@@ -231,3 +231,17 @@ def test_client_resumes_with_range(server, admin, lora_dir, tmp_path):
         snap = anon_client.pull(f"{ns}/resume")
     assert (snap / "adapter_model.safetensors").read_bytes() == body
     assert partial_gets() == before + 1  # the weights resumed at byte 1000; the rest were 200s
+
+
+def test_out_of_range_values_are_400_not_500(server, admin):
+    cases = [
+        admin.get("/adapters", params={"offset": 10**24}),
+        admin.post("/tokens", json={"name": "x", "expires_in_days": 1e308}),
+        admin.post("/gc", params={"grace_seconds": -100}),
+        admin.post("/gc", params={"grace_seconds": "nan"}),
+        admin.post("/adapters/admin/x/versions", content=b'{"files": [], "metrics": {"a": NaN}}',
+                   headers={"Content-Type": "application/json"}),
+    ]
+    for r in cases:
+        _err(r, 400, "invalid_request")
+    _err(admin.delete(f"/tokens/{10**30}"), 404, "not_found")
