@@ -38,6 +38,7 @@ _COMMIT = re.compile(proto.COMMIT_RE)
 _COMMITS: dict[tuple[str, str], str] = {}
 _COMMITS_MAX = 100_000
 _CARD_MAX = 1024 * 1024
+_WRITE_CHUNK = 1024 * 1024
 _IMPLIED = {"peft", "lora", "safetensors"}
 
 
@@ -324,8 +325,14 @@ class HfBackend:
                 pass
             return
         with self.store.staging(self.max_file_bytes) as staged:
+            buf = bytearray()
             async for chunk in chunks:
-                await run_in_threadpool(staged.write, chunk)
+                buf += chunk
+                if len(buf) >= _WRITE_CHUNK:  # one thread hop per MiB, not per socket read
+                    await run_in_threadpool(staged.write, bytes(buf))
+                    buf.clear()
+            if buf:
+                await run_in_threadpool(staged.write, bytes(buf))
             await run_in_threadpool(staged.verify, sha, size)
             await run_in_threadpool(self.store.commit, staged, sha)
 
