@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -26,7 +26,7 @@ from hub.errors import (
     OfflineError,
     error_from_code,
 )
-from hub.manifest import WEIGHTS_NAME, build_manifest
+from hub.manifest import WEIGHTS_NAME, build_manifest, publish_source
 from hub.refs import Ref, parse_ref
 from hub.registry_api import (
     AdapterInfo,
@@ -45,6 +45,9 @@ from hub.registry_api import (
 
 API = "/api/v1"
 CHUNK = 1024 * 1024
+
+if TYPE_CHECKING:
+    from hub.adapter import Adapter
 
 
 class HttpRegistry:
@@ -92,7 +95,17 @@ class HttpRegistry:
     def whoami(self) -> WhoAmI:
         return WhoAmI.model_validate(self._json("GET", "/whoami"))
 
-    def publish(self, path: str | Path, name: str, version: str | None = None, *,
+    def publish(self, path: str | Path | Adapter, name: str, version: str | None = None, *,
+                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
+                description: str | None = None, metrics: dict[str, Any] | None = None,
+                progress: ProgressFn | None = None) -> VersionInfo:
+        """Publish a PEFT adapter directory, or an in-memory ``hub.Adapter``, as a version."""
+        with publish_source(path) as directory:
+            return self._publish_dir(directory, name, version, task=task, tags=tags,
+                                     private=private, description=description,
+                                     metrics=metrics, progress=progress)
+
+    def _publish_dir(self, path: Path, name: str, version: str | None = None, *,
                 task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
                 description: str | None = None, metrics: dict[str, Any] | None = None,
                 progress: ProgressFn | None = None) -> VersionInfo:

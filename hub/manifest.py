@@ -6,11 +6,15 @@ anything is committed): plain relative POSIX paths only, and no pickle-format fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import tempfile
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hub.atomic import TEMP_PREFIX
 from hub.errors import InvalidAdapterError, InvalidRequestError, UnsafeFileError
@@ -94,3 +98,20 @@ def build_manifest(directory: str | os.PathLike[str]) -> tuple[list[FileEntry], 
     entries = [FileEntry(path=rel, sha256=file_sha256(p), size=p.stat().st_size)
                for rel, p in files]
     return entries, dict(files)
+
+
+@contextlib.contextmanager
+def publish_source(source: str | os.PathLike[str] | Any) -> Iterator[Path]:
+    """The directory to publish: ``source`` itself, or an in-memory ``hub.Adapter`` written
+    to a temporary PEFT directory for the duration of the publish."""
+    if isinstance(source, str | os.PathLike):
+        yield Path(source)
+        return
+    from hub.adapter import Adapter
+    from hub.peft_format import save_peft
+
+    if not isinstance(source, Adapter):
+        raise InvalidAdapterError(
+            f"cannot publish a {type(source).__name__}: pass a directory or a hub.Adapter")
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
+        yield save_peft(source, Path(tmp) / "adapter")

@@ -127,7 +127,7 @@ class Registry(Protocol):
 
     def publish(
         self,
-        path: str | Path,
+        path: str | Path | Any,  # a PEFT directory or an in-memory hub.Adapter
         name: str,
         version: str | None = None,
         *,

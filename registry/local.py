@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.cache import PullCache
 from hub.errors import InvalidAdapterError
-from hub.manifest import WEIGHTS_NAME, build_manifest
+from hub.manifest import WEIGHTS_NAME, build_manifest, publish_source
 from hub.refs import parse_ref
 from hub.registry_api import (
     AdapterInfo,
@@ -36,6 +36,9 @@ from registry.service import PublishOptions, RegistryService
 from registry.settings import Settings
 
 CHUNK = 1024 * 1024
+
+if TYPE_CHECKING:
+    from hub.adapter import Adapter
 
 
 class LocalRegistry:
@@ -65,11 +68,21 @@ class LocalRegistry:
     def whoami(self) -> WhoAmI:
         return self.service.whoami(self.principal)
 
-    def publish(self, path: str | Path, name: str, version: str | None = None, *,
+    def publish(self, path: str | Path | Adapter, name: str, version: str | None = None, *,
                 task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
                 description: str | None = None, metrics: dict[str, Any] | None = None,
                 progress: ProgressFn | None = None) -> VersionInfo:
-        """Store a PEFT adapter directory's files (deduplicated) and commit a version."""
+        """Publish a PEFT adapter directory, or an in-memory ``hub.Adapter``, as a version."""
+        with publish_source(path) as directory:
+            return self._publish_dir(directory, name, version, task=task, tags=tags,
+                                     private=private, description=description,
+                                     metrics=metrics, progress=progress)
+
+    def _publish_dir(self, path: Path, name: str, version: str | None = None, *,
+                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
+                description: str | None = None, metrics: dict[str, Any] | None = None,
+                progress: ProgressFn | None = None) -> VersionInfo:
+        """Store the directory's files (deduplicated) and commit a version."""
         parse_ref(name)
         entries, local = build_manifest(path)
         if WEIGHTS_NAME not in local:

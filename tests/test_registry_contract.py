@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from hub.cache import PullCache
 from hub.client import HttpRegistry
@@ -331,3 +332,18 @@ def test_gc_removes_only_unreferenced_blobs(ctx, lora_dir, second_adapter, tmp_p
     assert admin.gc(0).blobs_removed == 0
     out = ctx["anon"].pull(f"{ns}/keep", to=ctx["tmp"] / "after-gc")
     assert _same_files(lora_dir, out, ["adapter_model.safetensors", "adapter_config.json"])
+
+
+def test_publish_in_memory_adapter(ctx, lora_dir):
+    from hub.peft_format import load_peft
+
+    ns, owner = ctx["ns"], ctx["owner"]
+    adapter = load_peft(lora_dir)
+    v = owner.publish(adapter, f"{ns}/mem", task="qa")
+    assert v.rank == 4 and v.base_model == "lorahive-tests/tiny-llama"
+    back = load_peft(owner.pull(f"{ns}/mem@{v.version}"))
+    assert set(back.modules) == set(adapter.modules)
+    for name, m in adapter.modules.items():
+        assert torch.equal(back.modules[name].A, m.A) and torch.equal(back.modules[name].B, m.B)
+    with pytest.raises(InvalidAdapterError):
+        owner.publish(object(), f"{ns}/mem")
