@@ -168,22 +168,24 @@ def quality(tasks: list[str], n_eval: int, weight: float) -> None:
 
     t0 = time.perf_counter()
     own = [score(a, [t])[0] for t, a in zip(tasks, ads, strict=True)]
-    zero = score(None)
-    rows = [("base model (no adapter)", zero, 0.0)]
+    head = " | ".join(tasks)
+    print(f"| method | {head} | mean normalised | fuse time (s) |")
+    print("|---|" + "---:|" * (len(tasks) + 2))
+    print("| own adapter (accuracy) | " + " | ".join(f"{a:.2f}" for a in own) + " | 1.00 | - |",
+          flush=True)
+
+    def row(label: str, accs: list[float], ft: float) -> None:
+        norm = [a / o if o > 0 else float("nan") for a, o in zip(accs, own, strict=True)]
+        print(f"| {label} | " + " | ".join(f"{x:.2f}" for x in norm)
+              + f" | {sum(norm) / len(norm):.2f} | {ft:.2f} |", flush=True)
+
+    row("base model (no adapter)", score(None), 0.0)
     for label, method, params in QUALITY_METHODS:
         t = time.perf_counter()
         fused = fuse(ads, method, [weight] * len(ads), params, seed=0, device="cpu").adapter
         ft = time.perf_counter() - t
-        rows.append((label, score(fused), ft))
+        row(label, score(fused), ft)
     apply(None)
-    head = " | ".join(tasks)
-    print(f"| method | {head} | mean normalised | fuse time (s) |")
-    print("|---|" + "---:|" * (len(tasks) + 2))
-    print("| own adapter (accuracy) | " + " | ".join(f"{a:.2f}" for a in own) + " | 1.00 | - |")
-    for label, accs, ft in rows:
-        norm = [a / o if o > 0 else float("nan") for a, o in zip(accs, own, strict=True)]
-        print(f"| {label} | " + " | ".join(f"{x:.2f}" for x in norm)
-              + f" | {sum(norm) / len(norm):.2f} | {ft:.2f} |", flush=True)
     print(f"\n(n_eval={n_eval} per task, weight {weight} per adapter, "
           f"{time.perf_counter() - t0:.0f} s total)")
 
