@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from hub.atomic import atomic_directory, atomic_file, fsync_dir
 from hub.errors import IntegrityError, LorahiveError, OfflineError
@@ -146,14 +146,18 @@ class PullCache:
                         offset = 0
                     if progress is not None and offset:
                         progress(offset, 0, f.path)
+                    h = _hasher_of(part, offset)  # what an earlier run left, read once
+                    size = offset
                     if offset < f.size:
                         for chunk in fetch(f, offset):
                             _write_all(fh, chunk)
+                            h.update(chunk)  # hashed as written: no second pass over the file
+                            size += len(chunk)
                             if progress is not None:
                                 progress(len(chunk), 0, f.path)
                     fh.flush()
                     os.fsync(fh.fileno())
-                    if _sha256_of(part) == f.sha256 and part.stat().st_size == f.size:
+                    if h.hexdigest() == f.sha256 and size == f.size == part.stat().st_size:
                         break
                     fh.truncate(0)  # corrupt partial data: start once more from zero
                     if attempt == 1:
@@ -201,6 +205,20 @@ def _write_all(fh: BinaryIO, data: bytes) -> None:
         if not n:
             raise OSError(errno.EIO, "write made no progress")
         view = view[n:]
+
+
+def _hasher_of(path: Path, length: int) -> Any:
+    """A sha256 object fed with the first ``length`` bytes of ``path``."""
+    h = hashlib.sha256()
+    left = length
+    with open(path, "rb") as fh:
+        while left > 0:
+            chunk = fh.read(min(CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h
 
 
 def _sha256_of(path: Path) -> str:
