@@ -67,10 +67,12 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def online() -> Iterator[None]:
-    """The suite's conftest sets HF_HUB_OFFLINE=1; these tests talk to loopback only."""
+def online(tmp_path_factory) -> Iterator[None]:
+    """The suite's conftest sets HF_HUB_OFFLINE=1; these tests talk to loopback only, and
+    the HF cache default moves to a temp dir so nothing lands in the user's cache."""
     mp = pytest.MonkeyPatch()
     mp.setattr(constants, "HF_HUB_OFFLINE", False)
+    mp.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
     mp.delenv("HF_HUB_OFFLINE", raising=False)
     mp.delenv("HF_TOKEN", raising=False)
     yield
@@ -117,7 +119,8 @@ def test_snapshot_and_file_downloads_are_byte_identical(server, published, lora_
     repo = published["repo"]
     path = Path(snapshot_download(repo, endpoint=server.url, cache_dir=tmp_path / "c"))
     assert tree_digest(path) == tree_digest(lora_dir)
-    local = Path(snapshot_download(repo, endpoint=server.url, local_dir=tmp_path / "local"))
+    local = Path(snapshot_download(repo, endpoint=server.url, local_dir=tmp_path / "local",
+                                   cache_dir=tmp_path / "c"))
     assert tree_digest(local) == tree_digest(lora_dir)
     v = published["version"]
     # the snapshot folder is the stable commit id, and `main` is recorded as a ref to it
@@ -517,3 +520,20 @@ def test_history_and_paths_info(server, lora_dir, tmp_path):
     assert set(info) == {"docs", "docs/eval.md", "adapter_config.json"}
     assert info["docs/eval.md"].lfs.sha256 == sha(sub / "docs" / "eval.md")
     assert [e.path for e in api.list_repo_tree("admin/history", "docs")] == ["docs/eval.md"]
+
+
+def test_upload_file_of_a_card_updates_task_and_tags(server, lora_dir, tmp_path):
+    """``upload_file`` goes through create_commit (validate-yaml, preupload, commit); the new
+    README's front matter sets the adapter's task and tags for search."""
+    api = HfApi(endpoint=server.url, token=server.token)
+    server.admin.publish(lora_dir, "admin/recarded")
+    card = ("---\nlibrary_name: peft\npipeline_tag: summarization\ntags:\n- peft\n- legal\n---\n"
+            "# recarded\n\nSummaries of contracts.\n")
+    ci = api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md",
+                         repo_id="admin/recarded", commit_message="new card")
+    a = server.admin.adapter("admin/recarded")
+    assert a.latest_version == "2" and a.task == "summarization" and "legal" in a.tags
+    assert [m.id for m in api.list_models(filter="legal")] == ["admin/recarded"]
+    got = hf_hub_download("admin/recarded", "README.md", revision=ci.oid, endpoint=server.url,
+                          cache_dir=tmp_path)
+    assert Path(got).read_text() == card
