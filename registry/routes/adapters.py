@@ -31,7 +31,9 @@ def search(
     q: str | None = None, task: str | None = None, base_model: str | None = None,
     tag: Annotated[list[str], Query()] = [],  # noqa: B006  (FastAPI reads the default)
     peft_type: str | None = None, namespace: str | None = None,
-    sort: SortKey = "updated", offset: int = 0, limit: int = 20,
+    sort: SortKey = "updated",
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # a bigger one overflowed SQL
+    limit: int = 20,
 ) -> SearchPage:
     """Search adapters visible to the caller by text, task, base model, tags and PEFT type."""
     return svc.search(caller, q, task=task, base_model=base_model, tags=tag,
