@@ -169,7 +169,7 @@ async def tree(
                               f"{path!r} is not a folder in {r.repo} at {rev}", r.commit)
     page = entries[cursor:cursor + limit]
     headers = {"X-Repo-Commit": r.commit}
-    link = proto.next_link(f"{_base(request)}{request.url.path}",
+    link = proto.next_link(f"{_base(request)}{quote(request.url.path)}",
                            dict(request.query_params), cursor, len(entries), limit)
     if link:
         headers["Link"] = link
@@ -250,8 +250,8 @@ async def validate_yaml(request: Request) -> Response:
     from hub.modelcard import parse_card
 
     try:
-        content = str((await request.json()).get("content", ""))
-    except ValueError:
+        content = str((await _json_object(request)).get("content", ""))
+    except InvalidRequestError:
         return JSONResponse({"errors": [{"message": "body must be JSON"}]}, status_code=400)
     warnings = []
     if content.startswith("---") and not parse_card(content):
@@ -287,7 +287,7 @@ async def create_repo(request: Request, be: HfBackend = Depends(hf_backend)) -> 
 async def preupload(request: Request, ns: str, name: str, rev: str,
                     be: HfBackend = Depends(hf_backend)) -> Response:
     repo = f"{ns}/{name}"
-    body = await request.json()
+    body = await _json_object(request)
     files = body.get("files")
     if not isinstance(files, list):
         raise InvalidRequestError("expected {files: [{path, size, sample}]}")
@@ -296,7 +296,9 @@ async def preupload(request: Request, ns: str, name: str, rev: str,
     limit = inline_max_bytes()
     out = []
     for f in files:
-        path, size = str(f.get("path", "")), int(f.get("size", 0))
+        if not isinstance(f, dict):
+            raise InvalidRequestError("expected {files: [{path, size, sample}]}")
+        path, size = str(f.get("path", "")), _int(f.get("size", 0), "size")
         mode = upload_mode(size, limit)
         old = current.get(path)
         oid = None
@@ -313,7 +315,7 @@ async def lfs_batch(request: Request, ns: str, repo_git: str,
     if not repo_git.endswith(".git"):
         return proto.hf_error(404, None, "not found")
     repo = f"{ns}/{repo_git[:-4]}"
-    body = await request.json()
+    body = await _json_object(request)
     if body.get("operation") != "upload":
         raise InvalidRequestError("lorahive's LFS endpoint takes uploads only; download with "
                                   "/resolve")
@@ -323,7 +325,9 @@ async def lfs_batch(request: Request, ns: str, repo_git: str,
     expires = int(time.time()) + SIGNED_URL_TTL
     objects = []
     for obj in body.get("objects") or []:
-        oid, size = str(obj.get("oid", "")), int(obj.get("size", -1))
+        if not isinstance(obj, dict):
+            raise InvalidRequestError("expected {objects: [{oid, size}]}")
+        oid, size = str(obj.get("oid", "")), _int(obj.get("size", -1), "size")
         if not _is_sha256(oid) or size < 0:
             objects.append({"oid": oid, "size": max(size, 0),
                             "error": {"code": 422, "message": "oid must be a sha256"}})
@@ -370,8 +374,8 @@ async def lfs_verify(request: Request, ns: str, repo_git: str,
                      be: HfBackend = Depends(hf_backend)) -> Response:
     repo = f"{ns}/{repo_git.removesuffix('.git')}"
     await run_in_threadpool(be.require_write, repo)
-    body = await request.json()
-    oid, size = str(body.get("oid", "")), int(body.get("size", -1))
+    body = await _json_object(request)
+    oid, size = str(body.get("oid", "")), _int(body.get("size", -1), "size")
     if not await run_in_threadpool(be.has_blob, oid, size):
         return proto.hf_error(404, None, f"object {oid} ({size} bytes) was not uploaded")
     return JSONResponse({"oid": oid, "size": size}, media_type=LFS_JSON)
@@ -437,6 +441,24 @@ async def xet_token(ns: str, name: str, rev: str) -> Response:
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 (a bad body was a 500)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequestError("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    return body
+
+
+def _int(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"{what} must be an integer") from None
 
 
 def _base(request: Request) -> str:
