@@ -79,7 +79,9 @@ def check_upload_sig(key: bytes, repo: str, oid: str, size: int, user: str, expi
                      sig: str) -> bool:
     if expires < time.time():
         return False
-    return hmac.compare_digest(sign_upload(key, repo, oid, size, user, expires), sig)
+    # bytes: compare_digest raises TypeError on non-ASCII str (a hostile sig was a 500)
+    return hmac.compare_digest(sign_upload(key, repo, oid, size, user, expires).encode(),
+                               sig.encode("utf-8", "surrogatepass"))
 
 
 @dataclass
