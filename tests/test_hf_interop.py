@@ -164,6 +164,13 @@ def test_resolve_headers_and_ranges(server, published):
         assert part.headers["content-range"] == f"bytes 10-19/{w.size}"
         assert c.get(url, headers={"Range": "bytes=-5"}).content == full[-5:]
         assert c.get(url, headers={"Range": f"bytes={w.size}-"}).status_code == 416
+        # tree pages: follow Link headers one entry at a time
+        seen, nxt = [], f"{server.url}/api/models/{repo}/tree/main?recursive=true&limit=1"
+        while nxt:
+            page = c.get(nxt)
+            seen += [e["path"] for e in page.json()]
+            nxt = page.links.get("next", {}).get("url")
+        assert seen == sorted(f.path for f in published["version"].files)
         miss = c.head(f"{server.url}/{repo}/resolve/main/nope.txt")
         assert miss.status_code == 404 and miss.headers["x-error-code"] == "EntryNotFound"
         assert miss.headers["x-repo-commit"] == h.headers["x-repo-commit"]
