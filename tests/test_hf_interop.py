@@ -392,9 +392,15 @@ def test_peft_from_pretrained_through_hf_endpoint(peft_run):
 
 
 def test_peft_push_to_hub_then_lorahive_pull(server, peft_run):
+    """The version push_to_hub created, pulled with the real ``lorahive pull`` CLI from the
+    server's own REST API, is byte-identical to what PEFT saved locally."""
     out = peft_run["saved"]
     v = server.admin.resolve("admin/peft-pushed")
-    pulled = Path(server.admin.pull("admin/peft-pushed", to=peft_run["tmp"] / "pulled"))
+    pulled = peft_run["tmp"] / "pulled"
+    env = {k: val for k, val in os.environ.items() if not k.startswith("LORAHIVE_")}
+    env.update(LORAHIVE_HOME=str(peft_run["tmp"] / "client-home"), PYTHONPATH=str(ROOT))
+    _run([sys.executable, "-m", "cli.app", "pull", "admin/peft-pushed", "--url", server.url,
+          "--token", server.token, "--to", str(pulled), "--json"], env)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert sha(pulled / name) == sha(out / name)
     assert (pulled / "README.md").is_file()
