@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
+from hub.errors import OfflineError
 from tests.models import load_base
-from tests.registry_helpers import run_cli, start_server
+from tests.registry_helpers import run_cli, run_cli_inprocess, start_server
 
 FILES = ["adapter_config.json", "adapter_model.safetensors"]
 
@@ -25,25 +26,30 @@ def server(tmp_path):
 def test_cli_publish_search_pull_load_with_peft(server, tmp_path, lora_dir, tiny_llama_dir):
     alice_home, fresh_home = tmp_path / "alice", tmp_path / "fresh"
     url = server.url
-    secret = run_cli(alice_home, "token", "create", "alice-key", "--scope", "write", "--user",
-                     "alice", "--url", url, "--token", server.admin_token).stdout.strip()
+    # set-up commands run in-process (same Typer app); the main flow runs the real binary
+    created = run_cli_inprocess(alice_home, "token", "create", "alice-key", "--scope", "write",
+                                "--user", "alice", "--url", url, "--token", server.admin_token,
+                                "--json")
+    secret = json.loads(created.stdout)["token"]
     assert secret.startswith("lh_")
-    assert "as alice" in run_cli(alice_home, "login", "--url", url, "--token", secret).stdout
+    assert "as alice" in run_cli_inprocess(alice_home, "login", "--url", url, "--token",
+                                           secret).stdout
 
     out = run_cli(alice_home, "publish", str(lora_dir), "--name", "alice/qa-en", "--task", "qa",
                   "--tag", "en", "--tag", "demo", "--description", "question answering",
                   "--metrics", '{"acc": 0.8}', "--json")
     v = json.loads(out.stdout)
     assert v["version"] == "1" and v["rank"] == 4 and v["metrics"] == {"acc": 0.8}
-    again = run_cli(alice_home, "publish", str(lora_dir), "--name", "alice/qa-en")
+    again = run_cli_inprocess(alice_home, "publish", str(lora_dir), "--name", "alice/qa-en")
     assert "alice/qa-en@2" in again.stdout
-    run_cli(alice_home, "alias", "set", "alice/qa-en@1", "prod")
+    run_cli_inprocess(alice_home, "alias", "set", "alice/qa-en@1", "prod")
 
     page = json.loads(run_cli(fresh_home, "search", "question", "--tag", "en", "--json",
                               "--url", url).stdout)
     assert [a["name"] for a in page["items"]] == ["qa-en"]
     assert page["items"][0]["aliases"] == {"latest": "2", "prod": "1"}
-    shown = json.loads(run_cli(fresh_home, "show", "alice/qa-en:prod", "--json", "--url", url).stdout)
+    shown = json.loads(run_cli_inprocess(fresh_home, "show", "alice/qa-en:prod", "--json",
+                                         "--url", url).stdout)
     assert shown["version"]["version"] == "1" and shown["adapter"]["task"] == "qa"
 
     dest = tmp_path / "pulled"
@@ -73,9 +79,9 @@ def test_cli_publish_search_pull_load_with_peft(server, tmp_path, lora_dir, tiny
     server.stop()
     offline = run_cli(fresh_home, "pull", "alice/qa-en:prod", "--url", url)
     assert (tmp_path / "x").exists() is False and offline.stdout.strip().endswith("/qa-en/1")
-    missing = run_cli(fresh_home, "pull", "alice/qa-en@2", "--url", url, check=False)
-    assert missing.returncode == 1 and "cannot reach the registry" in missing.stderr
-    run_cli(alice_home, "logout")
+    with pytest.raises(OfflineError, match="cannot reach the registry"):
+        run_cli_inprocess(fresh_home, "pull", "alice/qa-en@2", "--url", url)
+    run_cli_inprocess(alice_home, "logout")
     assert not (alice_home / "credentials.json").exists()
 
 
@@ -88,8 +94,8 @@ def test_cli_embedded_registry_zero_setup(tmp_path, lora_dir):
     dest = tmp_path / "out"
     run_cli(home, "pull", "admin/local", "--to", str(dest))
     assert filecmp.cmp(lora_dir / FILES[1], dest / FILES[1], shallow=False)
-    run_cli(home, "delete", "admin/local", "--yes")
-    report = json.loads(run_cli(home, "gc", "--grace", "0", "--json").stdout)
+    run_cli_inprocess(home, "delete", "admin/local", "--yes")
+    report = json.loads(run_cli_inprocess(home, "gc", "--grace", "0", "--json").stdout)
     assert report["blobs_removed"] == 3
     bad = run_cli(home, "show", "admin/local", check=False)
     assert bad.returncode == 1 and "not found" in bad.stderr

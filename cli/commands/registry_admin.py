@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -27,8 +29,6 @@ def serve(
 ) -> None:
     """Run the registry server (embedded SQLite + blob directory under LORAHIVE_HOME unless
     LORAHIVE_DATABASE_URL / LORAHIVE_STORAGE_URL say otherwise)."""
-    import uvicorn
-
     from registry.resilience import startup_cleanup
     from registry.service import RegistryService
     from registry.settings import Settings
@@ -44,8 +44,15 @@ def serve(
             f"{settings.admin_token_file}):\n{secret}")
     err_console.print(f"lorahive registry on http://{host}:{port} "
                       f"(db {settings.public_dict()['database_url']}, storage {settings.storage_url})")
-    uvicorn.run("registry.app:app_factory", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level, timeout_graceful_shutdown=5)
+    # Replace this process with uvicorn: its workers are spawned from a small main module and
+    # do not re-import the whole CLI (torch included); the pid stays the same for supervisors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [
+        sys.executable, "-m", "uvicorn", "registry.app:app_factory", "--factory",
+        "--host", host, "--port", str(port), "--workers", str(workers),
+        "--log-level", log_level, "--timeout-graceful-shutdown", "5",
+    ])
 
 
 def login(
