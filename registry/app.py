@@ -82,6 +82,8 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
+        if request.url.path.startswith(API_PREFIX) and not path.startswith(API_PREFIX):
+            path = API_PREFIX + path  # routes of included routers carry their local path
         app.state.metrics.observe(request.method, path, response.status_code,
                                   time.perf_counter() - t0)
         return response
