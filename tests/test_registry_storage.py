@@ -23,7 +23,7 @@ from registry.blobs import LocalBlobStore, S3BlobStore, ingest, open_store
 from registry.local import LocalRegistry
 from registry.service import RegistryService
 from registry.settings import Settings
-from tests.registry_helpers import aws_env, s3_endpoint, unique  # noqa: F401
+from tests.registry_helpers import aws_env, pg, s3_endpoint, unique  # noqa: F401
 
 
 def _chunks(data: bytes, n: int = 7):
@@ -145,3 +145,28 @@ def test_light_constants_match_peft_format():
     from hub import peft_format
 
     assert (CONFIG_NAME, WEIGHTS_NAME) == (peft_format.CONFIG_NAME, peft_format.WEIGHTS_NAME)
+
+
+def test_shared_deployment_postgres_s3_two_workers(tmp_path, aws_env, s3_endpoint, pg, lora_dir):  # noqa: F811
+    """The production layout: PostgreSQL + S3 behind two workers, used through the SDK."""
+    import filecmp
+
+    from hub.client import HttpRegistry
+    from tests.registry_helpers import start_server
+
+    env = {"LORAHIVE_DATABASE_URL": pg.url(pg.create_db()),
+           "LORAHIVE_STORAGE_URL": f"s3://{unique('bucket')}/lorahive",
+           "LORAHIVE_S3_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    server = start_server(tmp_path / "home", workers=2, env=env)
+    try:
+        with HttpRegistry(server.url, server.admin_token, cache=PullCache(tmp_path / "c1")) as admin:
+            v = admin.publish(lora_dir, "admin/shared", task="qa")
+            assert not (tmp_path / "home" / "blobs").exists()  # bodies went to S3
+        with HttpRegistry(server.url, None, cache=PullCache(tmp_path / "c2")) as anon:
+            out = anon.pull("admin/shared", to=tmp_path / "out")
+            assert anon.search(task="qa").items[0].latest_version == v.version
+        for f in ("adapter_config.json", WEIGHTS_NAME):
+            assert filecmp.cmp(lora_dir / f, out / f, shallow=False)
+    finally:
+        server.stop()
