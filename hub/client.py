@@ -8,12 +8,14 @@ goes through the local ``PullCache`` and falls back to it when the server is unr
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -57,11 +59,13 @@ class HttpRegistry:
                  timeout: float = 120.0, upload_workers: int = 4):
         self.url = url.rstrip("/")
         self.token = token
+        self.timeout = timeout
         headers = {"User-Agent": "lorahive-client/1"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.Client(base_url=self.url, headers=headers,
                                  timeout=httpx.Timeout(timeout, connect=10.0))
+        self._own_http = self.http  # downloads take a faster path unless this is swapped
         self.cache = cache or PullCache()
         self.upload_workers = upload_workers
 
@@ -192,9 +196,53 @@ class HttpRegistry:
         return self.cache.export(info, to)
 
     def _fetch(self, info: VersionInfo, f: FileEntry, offset: int) -> Iterator[bytes]:
+        """Stream one file from ``offset`` on.
+
+        Bodies go through ``http.client`` reading into a reused 1 MiB buffer: on loopback it
+        moves bytes 2-4x faster than httpx's streaming, which matters for GB-sized adapters.
+        A caller-supplied ``self.http`` (a custom transport) is honoured instead.
+        """
+        if self.http is not self._own_http:
+            yield from self._fetch_httpx(info, f, offset)
+            return
+        base = urlsplit(self.url)
+        path = (f"{base.path.rstrip('/')}{API}/adapters/{info.namespace}/{info.name}/versions/"
+                f"{info.version}/files/{quote(f.path, safe='/')}")
+        headers = {"Accept-Encoding": "identity", "User-Agent": "lorahive-client/1"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        conn_cls = (http.client.HTTPSConnection if base.scheme == "https"
+                    else http.client.HTTPConnection)
+        conn = conn_cls(base.netloc, timeout=self.timeout)
+        try:
+            try:
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+            except OSError as e:
+                raise OfflineError(f"download of {f.path} from {self.url} failed: {e}") from None
+            if resp.status >= 400:
+                raise _error_from(resp.status, resp.read())
+            _check_download(f, offset, resp.status, resp.getheader("ETag"))
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            while True:
+                try:
+                    n = resp.readinto(view)
+                except OSError as e:
+                    raise OfflineError(
+                        f"download of {f.path} from {self.url} broke off: {e}") from None
+                if not n:
+                    break
+                yield bytes(view[:n])
+        finally:
+            conn.close()
+
+    def _fetch_httpx(self, info: VersionInfo, f: FileEntry, offset: int) -> Iterator[bytes]:
         url = (f"{API}/adapters/{info.namespace}/{info.name}/versions/{info.version}/files/"
                f"{quote(f.path, safe='/')}")
-        headers = {"Accept-Encoding": "identity"}  # raw bytes: what the sha256 covers
+        headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
         try:
@@ -202,12 +250,8 @@ class HttpRegistry:
                 if resp.status_code >= 400:
                     resp.read()
                     raise _error_of(resp)
-                if offset and resp.status_code != 206:
-                    raise IntegrityError(f"{f.path}: the server ignored the Range request")
-                etag = resp.headers.get("etag", "").strip('"')
-                if etag and etag != f.sha256:
-                    raise IntegrityError(f"{f.path}: served content is {etag}, not {f.sha256}")
-                yield from resp.iter_raw()  # identity body: no decoding, no re-chunking
+                _check_download(f, offset, resp.status_code, resp.headers.get("etag"))
+                yield from resp.iter_raw()
         except httpx.TransportError as e:
             raise OfflineError(f"download of {f.path} from {self.url} failed: {e}") from None
 
@@ -248,12 +292,25 @@ class HttpRegistry:
         self._request("DELETE", f"/tokens/{int(token_id)}")
 
 
+def _check_download(f: FileEntry, offset: int, status: int, etag: str | None) -> None:
+    """A resumed download must be a 206, and the ETag (the sha256) the one asked for."""
+    if offset and status != 206:
+        raise IntegrityError(f"{f.path}: the server ignored the Range request")
+    tag = (etag or "").strip('"')
+    if tag and tag != f.sha256:
+        raise IntegrityError(f"{f.path}: served content is {tag}, not {f.sha256}")
+
+
 def _error_of(resp: httpx.Response) -> LorahiveError:
     """The ``hub.errors`` instance a server's error response stands for."""
+    return _error_from(resp.status_code, resp.content)
+
+
+def _error_from(status: int, body: bytes) -> LorahiveError:
     try:
-        err = resp.json()["error"]
+        err = json.loads(body)["error"]
         e = error_from_code(str(err["code"]), str(err["message"]))
     except Exception:
-        e = LorahiveError(f"HTTP {resp.status_code} from the registry: {resp.text[:200]}")
-    e.status = resp.status_code
+        e = LorahiveError(f"HTTP {status} from the registry: {body[:200].decode(errors='replace')}")
+    e.status = status
     return e

@@ -68,8 +68,17 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def start_server(home: Path, workers: int = 1, env: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> Server:
-    """Start ``lorahive serve`` on a free loopback port and wait for /healthz."""
+                 timeout: float = 90.0) -> Server:
+    """Start ``lorahive serve`` on a free loopback port and wait for /healthz (one retry on
+    another port: a free port can be taken by another process before the server binds it)."""
+    try:
+        return _start_server(home, workers, env, timeout)
+    except RuntimeError:
+        return _start_server(home, workers, env, timeout)
+
+
+def _start_server(home: Path, workers: int, env: dict[str, str] | None,
+                  timeout: float) -> Server:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = home / f"serve-{port}.log"
