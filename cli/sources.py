@@ -16,7 +16,7 @@ from typing import Any
 from hub.errors import InvalidRequestError
 from hub.lineage import read_sidecar
 from hub.peft_format import WEIGHTS_NAME, is_adapter_dir
-from hub.refs import parse_ref
+from hub.refs import Ref, parse_ref
 
 
 @dataclass(frozen=True)
@@ -116,17 +116,30 @@ def select_refs(filter_text: str, url: str | None = None, token: str | None = No
     return refs
 
 
-def publish_output(path: Path, name: str, url: str | None = None, token: str | None = None,
+def check_publish_target(text: str) -> Ref:
+    """``ns/name`` or ``ns/name@version`` — checked before any long work starts."""
+    ref = parse_ref(text)
+    if ref.alias is not None:
+        raise InvalidRequestError(
+            f"--publish takes ns/name or ns/name@version, not an alias ({text!r}); "
+            "move aliases with `lorahive alias set`"
+        )
+    return ref
+
+
+def publish_output(path: Path, target: str, url: str | None = None, token: str | None = None,
                    task: str | None = None, tags: list[str] | None = None,
                    description: str | None = None, progress: Any = None) -> str:
     """Publish a freshly written adapter directory (its lorahive.json carries the lineage)."""
     from cli.commands.registry_client import close, open_registry
 
+    ref = check_publish_target(target)
     sidecar = read_sidecar(path)
     registry = open_registry(url, token)
     try:
-        info = registry.publish(path, name, task=task, tags=tags or [], description=description,
-                                metrics=sidecar.get("metrics"), progress=progress)
+        info = registry.publish(path, ref.repo, ref.version, task=task, tags=tags or [],
+                                description=description, metrics=sidecar.get("metrics"),
+                                progress=progress)
     finally:
         close(registry)
     return info.ref

@@ -7,13 +7,18 @@ Everything runs on CPU in seconds. Helpers are plain functions (importable from
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No test may touch the user's ~/.lorahive or a registry named by the environment.
+os.environ["LORAHIVE_HOME"] = tempfile.mkdtemp(prefix="lorahive-test-home-")
+for _var in ("LORAHIVE_URL", "LORAHIVE_TOKEN"):
+    os.environ.pop(_var, None)
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-import pytest
+import pytest  # noqa: E402
 
-from tests.models import make_peft_adapter, save_tiny_llama, save_tiny_t5
+from tests.models import make_peft_adapter, save_tiny_llama, save_tiny_t5  # noqa: E402
 
 
 @pytest.fixture(scope="session")

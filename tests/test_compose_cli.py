@@ -102,4 +102,42 @@ def test_compose_user_errors_are_one_line(task, tmp_path):
     assert r.returncode == 1 and "not empty" in r.stderr
     r = run("compose", "--base", base, "-c", "team/adapter", "--examples", shots,
             "--out", tmp_path / "y")
-    assert r.returncode == 1 and "registry" in r.stderr
+    assert r.returncode == 1 and "not found" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_compose_from_registry_refs_and_publish(task, tmp_path):
+    """Candidates by reference and by --select, result published with its lineage."""
+    _root, base, cands, _, shots, _ev = task
+    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
+    env.pop("LORAHIVE_URL", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cli.app", *map(str, args)],
+                              capture_output=True, text=True, env=env)
+
+    assert cli("namespace", "create", "acme").returncode == 0
+    for i, c in enumerate(cands):
+        r = cli("publish", c, "--name", f"acme/skill-{i}", "--task", "skills", "--tag", "en")
+        assert r.returncode == 0, r.stderr
+    r = cli("compose", "--base", base, "--examples", shots, "--candidates", "acme/skill-0",
+            "--select", "task=skills,tag=en", "--budget", "4", "--publish", "acme/composed",
+            "--task", "new-task", "--json")
+    assert r.returncode == 1 and "listed twice" in r.stderr  # skill-0 by ref and by filter
+    r = cli("compose", "--base", base, "--examples", shots, "--select", "task=skills",
+            "--budget", "4", "--publish", "acme/composed", "--task", "new-task", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["published"] == "acme/composed@1" and res["out"] is None
+    r = cli("show", "acme/composed", "--json")
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    text = json.dumps(shown)
+    assert "compose:ab" in text
+    for i in range(3):
+        assert f"acme/skill-{i}@1" in text
+    r = cli("compose", "--base", base, "--examples", shots, "--select", "task=skills",
+            "--budget", "2", "--publish", "acme/composed:prod")
+    assert r.returncode == 1 and "not an alias" in r.stderr
+    r = cli("compose", "--base", base, "--examples", shots, "--candidates", "acme/nope",
+            "--budget", "2", "--out", tmp_path / "x")
+    assert r.returncode == 1 and r.stderr.startswith("error:") and not (tmp_path / "x").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
 
 import typer
@@ -9,12 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.output import console, err_console, print_json
+from cli.sources import check_publish_target, publish_output, resolve_sources, select_refs
 from compose.composer import (
     Composer,
     SearchConfig,
     check_candidates,
+    load_candidates,
     load_examples,
-    resolve_candidates,
     write_composed,
 )
 from compose.composer.composer import MAX_CANDIDATES
@@ -36,10 +39,23 @@ def _quiet_transformers() -> None:
 def compose(
     base: Path = typer.Option(..., "--base", help="Base model directory (with tokenizer)."),
     candidates: list[str] = typer.Option(
-        ..., "--candidates", "-c", help="Candidate adapter directories (repeat the option)."),
+        [], "--candidates", "-c",
+        help="Candidate adapters: directories or registry references ns/name[@version|:alias] "
+        "(repeat the option)."),
+    select: str | None = typer.Option(
+        None, "--select", help="Candidates from the registry by filter, e.g. "
+        "'base_model=org/model,task=classification,tag=en' (latest version of each)."),
     examples: Path = typer.Option(..., "--examples", help="Few-shot examples, JSONL "
                                   '{"input": ..., "output": ...}.'),
-    out: Path = typer.Option(..., "--out", help="Directory for the composed PEFT adapter."),
+    out: Path | None = typer.Option(None, "--out", help="Directory for the composed PEFT adapter."),
+    publish: str | None = typer.Option(
+        None, "--publish", help="Publish the composed adapter to the registry as ns/name "
+        "(with its lineage)."),
+    task: str | None = typer.Option(None, "--task", help="Task recorded when publishing."),
+    url: str | None = typer.Option(None, "--url", envvar="LORAHIVE_URL",
+                                   help="Registry server (default: the local registry)."),
+    token: str | None = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN",
+                                     help="Registry token."),
     eval_file: Path | None = typer.Option(None, "--eval", help="Held-out JSONL for accuracy."),
     budget: int = typer.Option(40, help="Objective evaluations (nevergrad budget)."),
     optimizer: str = typer.Option("NGOpt", help="Any nevergrad optimizer by name."),
@@ -69,9 +85,17 @@ def compose(
     (gradient-free, nevergrad) and write the composed adapter with its lineage."""
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out is None and publish is None:
+        raise InvalidRequestError("give --out DIR, --publish ns/name, or both")
+    if publish is not None:
+        check_publish_target(publish)
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
-    cands = resolve_candidates(candidates)
+    items = list(candidates) + (select_refs(select, url, token) if select else [])
+    if not items:
+        raise InvalidRequestError("give candidates with --candidates and/or --select")
+    sources = resolve_sources(items, url, token)
+    cands = load_candidates([(s.ref, s.path, s.sha256, s.version) for s in sources])
     shots = load_examples(examples)
     held_out = load_examples(eval_file) if eval_file is not None else None
     if prescreen is not None and prescreen < 1:
@@ -90,9 +114,9 @@ def compose(
     with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
                   console=err_console, transient=json_out) as bar:
-        task = bar.add_task("search", total=cfg.budget, best="-")
+        bar_id = bar.add_task("search", total=cfg.budget, best="-")
         result = comp.search(cfg, lambda done, _v, best: bar.update(
-            task, completed=done, best=f"{best:.4f}"))
+            bar_id, completed=done, best=f"{best:.4f}"))
 
     zero = comp.score([[0.0] * len(comp.candidates)])[0]
     adapter, energy = comp.adapter(result.weights, rank)
@@ -108,11 +132,17 @@ def compose(
     comp.close()
     extra = {"rank": adapter.max_rank if mode == "delta" else None,
              "prescreen": screened, "base": str(base)}
-    write_composed(adapter, out, comp, cfg, result, extra, metrics)
+    with contextlib.ExitStack() as stack:
+        target = out
+        if target is None:  # publish only: stage the adapter in a temporary directory
+            target = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "composed"
+        write_composed(adapter, target, comp, cfg, result, extra, metrics)
+        published = publish_output(target, publish, url, token, task=task) if publish else None
 
     weights = {c.ref: float(w) for c, w in zip(comp.candidates, result.weights, strict=True)}
     if json_out:
-        print_json({"out": str(out), "weights": weights, "trace": result.trace, **metrics})
+        print_json({"out": str(out) if out else None, "published": published,
+                    "weights": weights, "trace": result.trace, **metrics})
         return
     table = Table(title="mixing weights")
     table.add_column("candidate", overflow="fold")
@@ -133,7 +163,10 @@ def compose(
     if held_out is not None:
         console.print(f"held-out accuracy ({metrics['eval_metric']}): "
                       f"{metrics['eval_accuracy']:.1%} of {metrics['eval_n']}")
-    console.print(f"wrote {out}")
+    if out is not None:
+        console.print(f"wrote {out}")
+    if published:
+        console.print(f"published {published}")
 
 
 def register(app: typer.Typer) -> None:

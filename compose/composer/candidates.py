@@ -47,27 +47,34 @@ def _sha256(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def resolve_candidates(refs: Sequence[str]) -> list[Candidate]:
-    """Load candidates from adapter directories.
-
-    Registry references (``ns/name[@version]``) and filters need the registry, which resolves
-    them to directories and calls this function with those.
-    """
-    if not refs:
-        raise InvalidRequestError("give at least one candidate adapter directory")
-    out: list[Candidate] = []
-    for ref in refs:
-        p = Path(ref)
-        if not p.is_dir():
-            raise InvalidRequestError(
-                f"candidate {ref!r} is not a directory; registry references need the registry "
-                "(resolve them to local adapter directories first)"
-            )
-        out.append(Candidate(str(ref), load_peft(p), _sha256(p / "adapter_model.safetensors")))
+def load_candidates(entries: Sequence[tuple[str, Path, str | None, str | None]]) -> list[Candidate]:
+    """Candidates from ``(ref, directory, sha256, version)``: local directories, or registry
+    references already pulled by the caller (``compose`` stays free of the registry)."""
+    if not entries:
+        raise InvalidRequestError("give at least one candidate adapter")
+    out = [Candidate(ref, load_peft(path), sha, version) for ref, path, sha, version in entries]
     names = [c.ref for c in out]
     if len(set(names)) != len(names):
         raise InvalidRequestError("a candidate is listed twice")
     return out
+
+
+def resolve_candidates(refs: Sequence[str]) -> list[Candidate]:
+    """Load candidates from adapter directories.
+
+    Registry references (``ns/name[@version]``) and filters need the registry; the CLI
+    resolves them to directories and calls :func:`load_candidates`.
+    """
+    if not refs:
+        raise InvalidRequestError("give at least one candidate adapter directory")
+    for ref in refs:
+        if not Path(ref).is_dir():
+            raise InvalidRequestError(
+                f"candidate {ref!r} is not a directory; registry references need the registry "
+                "(resolve them to local adapter directories first)"
+            )
+    return load_candidates([(str(r), Path(r), _sha256(Path(r) / "adapter_model.safetensors"), None)
+                            for r in refs])
 
 
 def check_candidates(cands: Sequence[Candidate], mode: str) -> list[str]:
