@@ -74,7 +74,9 @@ def test_fuse_user_errors_are_one_line(pair, tmp_path):
     r = run("fuse", *dirs, "--method", "ties", "--out", tmp_path / "x")
     assert r.returncode == 1 and "needs --density" in r.stderr and "Traceback" not in r.stderr
     r = run("fuse", dirs[0], "acme/sentiment@3", "--out", tmp_path / "x")
-    assert r.returncode == 1 and "registry reference" in r.stderr
+    assert r.returncode == 1 and "not found" in r.stderr  # resolved through the registry
+    r = run("fuse", *dirs)
+    assert r.returncode == 1 and "--publish" in r.stderr
     r = run("fuse", *dirs, "--method", "nope", "--out", tmp_path / "x")
     assert r.returncode == 1 and "unknown fusion method" in r.stderr
     assert not (tmp_path / "x").exists()
@@ -103,3 +105,30 @@ def test_merge_cli_and_wrong_base(pair, tiny_llama_dir, tmp_path):
     assert r.returncode == 1 and "another base model" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_fuse_and_merge_registry_references(pair, tiny_llama_dir, tmp_path):
+    """Inputs by reference (exact versions in the lineage), output published to the registry."""
+    _, dirs = pair
+    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cli.app", *map(str, args)],
+                              capture_output=True, text=True, env=env)
+
+    assert cli("namespace", "create", "acme").returncode == 0
+    for i, d in enumerate(dirs):
+        assert cli("publish", d, "--name", f"acme/task-{i}").returncode == 0
+    r = cli("fuse", "acme/task-0", "acme/task-1:latest", "--method", "ties_svd", "--density",
+            "0.5", "--publish", "acme/fused", "--task", "multi", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["published"] == "acme/fused@1"
+    shown = json.loads(cli("show", "acme/fused", "--json").stdout)
+    text = json.dumps(shown)
+    assert "fuse:ties_svd" in text and "acme/task-0@1" in text and "acme/task-1@1" in text
+    out = tmp_path / "merged"
+    r = cli("merge", "--base", tiny_llama_dir, "--adapter", "acme/fused", "--device", "cpu",
+            "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    parent = json.loads((out / "lorahive.json").read_text())["lineage"]["parents"][0]
+    assert parent["ref"] == "acme/fused@1" and len(parent["sha256"]) == 64

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
-import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +12,12 @@ import typer
 from rich.table import Table
 
 from cli.output import byte_progress, console, human_bytes, print_json
+from cli.sources import Source, check_publish_target, publish_output, resolve_sources
 from compose.fusion import all_methods, fuse
 from compose.merge import merge_into_base
-from hub.errors import InvalidReferenceError, InvalidRequestError
+from hub.errors import InvalidRequestError
 from hub.lineage import SIDECAR, Lineage, Parent
-from hub.peft_format import WEIGHTS_NAME, load_peft, save_peft
-
-_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*([@:][\w.+-]+)?$")
-
-
-def resolve_adapter_source(source: str) -> Path:
-    """An input adapter as a local directory (registry references are resolved by the registry)."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if _REF.match(source):
-        raise InvalidReferenceError(
-            f"{source!r} looks like a registry reference (ns/name@version); fuse and merge take "
-            "adapter directories here: pull it first and pass the directory"
-        )
-    raise InvalidRequestError(f"{source} is not an adapter directory")
+from hub.peft_format import load_peft, save_peft
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -58,17 +44,6 @@ def method_params(density: float | None, majority_sign: str | None,
     return params
 
 
-def _sha256(path: Path) -> str | None:
-    f = path / WEIGHTS_NAME
-    if not f.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(f, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sidecar(lineage: Lineage, metrics: dict[str, Any] | None = None) -> bytes:
     data: dict[str, Any] = {"lineage": lineage.as_dict()}
     if metrics:
@@ -82,11 +57,26 @@ PARAM = typer.Option(None, "--param", help="Other method parameter, KEY=VALUE (r
 WEIGHTS = typer.Option(None, "--weights", help="One weight per adapter, comma separated "
                        "(default 1 each).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
+URL = typer.Option(None, "--url", envvar="LORAHIVE_URL",
+                   help="Registry server for references (default: the local registry).")
+TOKEN = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN", help="Registry token.")
+
+
+def _parents(sources: list[Source], weights: list[float] | None) -> list[Parent]:
+    return [Parent(ref=s.ref, version=s.version, sha256=s.sha256,
+                   weight=None if weights is None else float(weights[i]))
+            for i, s in enumerate(sources)]
 
 
 def fuse_cmd(
-    adapters: list[str] = typer.Argument(..., help="Adapter directories to fuse."),
-    out: Path = typer.Option(..., "--out", help="Directory for the fused PEFT adapter."),
+    adapters: list[str] = typer.Argument(
+        ..., help="Adapters to fuse: directories or registry references ns/name[@version]."),
+    out: Path | None = typer.Option(None, "--out", help="Directory for the fused PEFT adapter."),
+    publish: str | None = typer.Option(
+        None, "--publish", help="Publish the fused adapter as ns/name[@version], with lineage."),
+    task: str | None = typer.Option(None, "--task", help="Task recorded when publishing."),
+    url: str | None = URL,
+    token: str | None = TOKEN,
     method: str = typer.Option("task_arithmetic", "--method", "-m",
                                help="Fusion method (`lorahive methods` lists them)."),
     weights: str | None = WEIGHTS,
@@ -100,30 +90,44 @@ def fuse_cmd(
     device: str = DEVICE,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Fuse several adapters into one adapter; its lineage is written to lorahive.json."""
-    dirs = [resolve_adapter_source(a) for a in adapters]
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    """Fuse several adapters into one adapter; its lineage is written to lorahive.json (and
+    stored in the registry with --publish)."""
+    if out is None and publish is None:
+        raise InvalidRequestError("give --out DIR, --publish ns/name, or both")
+    if publish is not None:
+        check_publish_target(publish)
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
+    sources = resolve_sources(adapters, url, token)
+    dirs = [s.path for s in sources]
     loaded = [load_peft(d) for d in dirs]
     w = parse_weights(weights, len(dirs))
     res = fuse(loaded, method, w, method_params(density, majority_sign, param), rank=rank,
                rank_budget=rank_budget, seed=seed, device=device)
     lineage = Lineage(
         method=f"fuse:{res.method}",
-        parents=[Parent(ref=str(d), sha256=_sha256(d), weight=wi)
-                 for d, wi in zip(dirs, res.weights, strict=True)],
+        parents=_parents(sources, res.weights),
         params={**res.params, "rank": rank, "rank_budget": rank_budget, "seed": seed},
     )
     metrics = {"energy_kept": res.energy} if res.energy else None
-    save_peft(res.adapter, out, extra_files={SIDECAR: _sidecar(lineage, metrics)})
-    summary = {"out": str(out), "method": res.method, "params": res.params,
+    files = {SIDECAR: _sidecar(lineage, metrics)}
+    published = None
+    with contextlib.ExitStack() as stack:
+        target = out
+        if target is None:  # publish only: stage the adapter in a temporary directory
+            target = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "fused"
+        save_peft(res.adapter, target, extra_files=files)
+        if publish is not None:
+            published = publish_output(target, publish, url, token, task=task)
+    summary = {"out": str(out) if out else None, "published": published,
+               "method": res.method, "params": res.params,
                "weights": res.weights, "modules": len(res.ranks),
                "max_rank": max(res.ranks.values(), default=0),
                "total_rank": sum(res.ranks.values())}
     if json_out:
         print_json({**summary, "ranks": res.ranks, "energy_kept": res.energy})
         return
-    console.print(f"fused {len(dirs)} adapters with {res.method} -> {out} "
+    console.print(f"fused {len(dirs)} adapters with {res.method} -> {published or out} "
                   f"({summary['modules']} modules, max rank {summary['max_rank']}, "
                   f"total rank {summary['total_rank']})")
     if res.energy:
@@ -135,8 +139,9 @@ def fuse_cmd(
 
 def merge_cmd(
     base: Path = typer.Option(..., "--base", help="Base model directory (safetensors)."),
-    adapter: list[str] = typer.Option(..., "--adapter", "-a",
-                                      help="Adapter directory (repeat for several)."),
+    adapter: list[str] = typer.Option(
+        ..., "--adapter", "-a",
+        help="Adapter directory or registry reference ns/name[@version] (repeat for several)."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged model."),
     method: str | None = typer.Option(
         None, "--method", "-m", help="Fuse the adapters first with this method (default: add "
@@ -150,10 +155,13 @@ def merge_cmd(
     device: str = DEVICE,
     dtype: str | None = typer.Option(None, "--dtype", help="Output dtype of floating weights "
                                      "(default: as stored)."),
+    url: str | None = URL,
+    token: str | None = TOKEN,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Merge adapters into a base model's weights, streaming its shards tensor by tensor."""
-    dirs = [resolve_adapter_source(a) for a in adapter]
+    sources = resolve_sources(adapter, url, token)
+    dirs = [s.path for s in sources]
     loaded = [load_peft(d) for d in dirs]
     w = parse_weights(weights, len(dirs))
     params = method_params(density, majority_sign, param)
@@ -161,8 +169,7 @@ def merge_cmd(
         raise InvalidRequestError("method parameters need --method")
     lineage = Lineage(
         method=f"merge:{method or 'sum'}",
-        parents=[Parent(ref=str(d), sha256=_sha256(d), weight=(w[i] if w else 1.0))
-                 for i, d in enumerate(dirs)],
+        parents=_parents(sources, w if w else [1.0] * len(sources)),
         params={k: v for k, v in {**params, "rank": rank, "seed": seed, "base": str(base),
                                   "dtype": dtype}.items() if v is not None},
     )
