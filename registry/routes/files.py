@@ -96,8 +96,11 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-@router.api_route("/adapters/{ns}/{name}/versions/{version}/files/{path:path}",
-                  methods=["GET", "HEAD"])
+_FILE = "/adapters/{ns}/{name}/versions/{version}/files/{path:path}"
+
+
+@router.head(_FILE, operation_id="head_file", include_in_schema=True)
+@router.get(_FILE, operation_id="download_file")
 def download(ns: str, name: str, version: str, path: str, request: Request, svc: Service,
              caller: Caller, range: str | None = Header(default=None),
              if_none_match: str | None = Header(default=None)) -> Response:
