@@ -376,3 +376,23 @@ def test_postgres_loss_is_503_and_recovers(tmp_path, lora_dir):
         finally:
             gen.close()
             shutil.rmtree(tmp_path / "pg-home", ignore_errors=True)
+
+
+def test_gc_removes_old_orphans_but_not_an_upload_in_flight(hx: Harness):
+    """``gc`` deletes temp files older than its grace period (a killed writer's) and keeps a
+    younger one, which may be an upload in flight on another worker."""
+    stage = hx.home / "blobs" / ".staging"
+    stage.mkdir(parents=True, exist_ok=True)
+    old, young = stage / ".lorahive-tmp-old", stage / ".lorahive-tmp-young"
+    old_dir = hx.home / ".lorahive-tmp-validate-old"
+    for p in (old, young):
+        p.write_bytes(b"partial")
+    old_dir.mkdir()
+    (old_dir / "adapter_model.safetensors").symlink_to("/etc/hostname")
+    past = time.time() - 7200
+    for p in (old, old_dir):
+        os.utime(p, (past, past), follow_symlinks=False)
+    r = hx.client.post(f"{API}/gc", params={"grace_seconds": 3600}, headers=hx.headers(hx.admin))
+    assert r.status_code == 200, r.text
+    assert not old.exists() and not old_dir.exists() and young.exists()
+    young.unlink()
