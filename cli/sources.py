@@ -15,7 +15,7 @@ from typing import Any
 
 from hub.errors import InvalidRequestError
 from hub.lineage import read_sidecar
-from hub.peft_format import WEIGHTS_NAME, is_adapter_dir
+from hub.manifest import CONFIG_NAME, WEIGHTS_NAME
 from hub.refs import Ref, parse_ref
 
 
@@ -60,7 +60,7 @@ def resolve_sources(items: list[str], url: str | None = None, token: str | None 
         for item in items:
             path = Path(item).expanduser()
             if path.is_dir():
-                if not is_adapter_dir(path):
+                if not (path / CONFIG_NAME).is_file():
                     raise InvalidRequestError(f"{item} is a directory without adapter_config.json")
                 out.append(Source(path, str(path), None, _file_sha256(path / WEIGHTS_NAME)))
                 continue

@@ -12,17 +12,6 @@ from rich.table import Table
 
 from cli.output import console, err_console, print_json
 from cli.sources import check_publish_target, publish_output, resolve_sources, select_refs
-from compose.composer import (
-    Composer,
-    SearchConfig,
-    check_candidates,
-    load_candidates,
-    load_examples,
-    write_composed,
-)
-from compose.composer.composer import MAX_CANDIDATES
-from compose.composer.model import load_base
-from compose.composer.objective import load_objective
 from hub.errors import InvalidRequestError
 
 
@@ -74,8 +63,8 @@ def compose(
     objective: str | None = typer.Option(
         None, help="Custom objective module:function (LossInputs -> [K] tensor)."),
     prescreen: int | None = typer.Option(
-        None, help=f"Keep the K best candidates scored alone (default: all, at most "
-        f"{MAX_CANDIDATES})."),
+        None, help="Keep the K best candidates scored alone (default: all, capped at "
+        "LoRAHub's maximum of 20)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     dtype: str = typer.Option("float32", help="Compute dtype: float32 or bfloat16."),
     max_rows: int = typer.Option(64, help="Most sequences in one forward pass."),
@@ -83,6 +72,18 @@ def compose(
 ) -> None:
     """Find mixing weights of candidate adapters for a new task from a few examples
     (gradient-free, nevergrad) and write the composed adapter with its lineage."""
+    from compose.composer import (
+        Composer,
+        SearchConfig,
+        check_candidates,
+        load_candidates,
+        load_examples,
+        write_composed,
+    )
+    from compose.composer.composer import MAX_CANDIDATES
+    from compose.composer.model import load_base
+    from compose.composer.objective import load_objective
+
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
     if out is None and publish is None:

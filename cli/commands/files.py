@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from cli.output import console, print_json
-from hub.peft_format import convert_residual, load_peft, save_peft
 
 
 def inspect(
@@ -20,6 +19,8 @@ def inspect(
 ) -> None:
     """Print an adapter's config summary and a per-module table (shape, rank, scale, norm,
     effective rank at 90%/99% energy)."""
+    from hub.peft_format import load_peft
+
     adapter = load_peft(path, allow_pickle=allow_pickle)
     summary = adapter.summary()
     stats = adapter.stats() if adapter.is_lora else []
@@ -62,6 +63,8 @@ def convert(
 ) -> None:
     """Rewrite an adapter as plain PEFT safetensors: bring in a pickle adapter safely, or turn
     a residual-base (PiSSA/OLoRA) adapter into a delta against the original base."""
+    from hub.peft_format import convert_residual, load_peft, save_peft
+
     adapter = load_peft(path, allow_pickle=allow_pickle)
     if initial is not None:
         adapter = convert_residual(adapter, load_peft(initial, allow_pickle=allow_pickle))

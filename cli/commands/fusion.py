@@ -13,11 +13,8 @@ from rich.table import Table
 
 from cli.output import byte_progress, console, human_bytes, print_json
 from cli.sources import Source, check_publish_target, publish_output, resolve_sources
-from compose.fusion import all_methods, fuse
-from compose.merge import merge_into_base
 from hub.errors import InvalidRequestError
 from hub.lineage import SIDECAR, Lineage, Parent
-from hub.peft_format import load_peft, save_peft
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -98,6 +95,9 @@ def fuse_cmd(
         check_publish_target(publish)
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
+    from compose.fusion import fuse
+    from hub.peft_format import load_peft, save_peft
+
     sources = resolve_sources(adapters, url, token)
     dirs = [s.path for s in sources]
     loaded = [load_peft(d) for d in dirs]
@@ -160,6 +160,9 @@ def merge_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Merge adapters into a base model's weights, streaming its shards tensor by tensor."""
+    from compose.merge import merge_into_base
+    from hub.peft_format import load_peft
+
     sources = resolve_sources(adapter, url, token)
     dirs = [s.path for s in sources]
     loaded = [load_peft(d) for d in dirs]
@@ -195,6 +198,8 @@ def methods_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON."),
 ) -> None:
     """List fusion methods: name, what it does, parameters with defaults, paper."""
+    from compose.fusion import all_methods
+
     ms = all_methods()
     if json_out:
         print_json([{"name": m.name, "family": m.family, "description": m.description,
