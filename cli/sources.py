@@ -8,7 +8,10 @@ cache, and resolved to the exact version so lineage records what was really used
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +128,27 @@ def check_publish_target(text: str) -> Ref:
             "move aliases with `lorahive alias set`"
         )
     return ref
+
+
+def check_outputs(out: Path | None, publish: str | None) -> None:
+    """Fail before any long work: an output is named, ``--out`` is free, ``--publish`` parses."""
+    if out is None and publish is None:
+        raise InvalidRequestError("give --out DIR, --publish ns/name, or both")
+    if publish is not None:
+        check_publish_target(publish)
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
+
+
+@contextlib.contextmanager
+def output_dir(out: Path | None) -> Iterator[Path]:
+    """Where to write a result: ``--out`` when given, else a temporary directory that only
+    lives until the result is published."""
+    if out is not None:
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="lorahive-out-") as tmp:
+        yield Path(tmp) / "adapter"
 
 
 def publish_output(path: Path, target: str, url: str | None = None, token: str | None = None,

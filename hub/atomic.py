@@ -10,7 +10,8 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 TEMP_PREFIX = ".lorahive-tmp-"
@@ -93,17 +94,29 @@ def atomic_directory(dest: str | os.PathLike[str], overwrite: bool = False) -> I
         raise
 
 
-def remove_stale_temps(root: str | os.PathLike[str]) -> int:
-    """Delete temp files/dirs left by a killed writer under ``root``; returns how many."""
+def remove_paths(paths: Iterable[Path], min_age: float = 0.0) -> int:
+    """Delete files and directories (never following symlinks), skipping any younger than
+    ``min_age`` seconds (a writer may still be using it); returns how many were removed."""
+    cutoff = time.time() - min_age
     n = 0
-    root = Path(root)
-    if not root.exists():
-        return 0
-    for p in list(root.rglob(f"{TEMP_PREFIX}*")):
-        if p.is_dir():
+    for p in list(paths):
+        try:
+            if min_age > 0 and p.lstat().st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         n += 1
     return n
+
+
+def remove_stale_temps(root: str | os.PathLike[str]) -> int:
+    """Delete temp files/dirs left by a killed writer under ``root``; returns how many."""
+    root = Path(root)
+    if not root.exists():
+        return 0
+    return remove_paths(root.rglob(f"{TEMP_PREFIX}*"))

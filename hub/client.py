@@ -28,10 +28,11 @@ from hub.errors import (
     OfflineError,
     error_from_code,
 )
-from hub.manifest import WEIGHTS_NAME, build_manifest, publish_source
+from hub.manifest import WEIGHTS_NAME, build_manifest
 from hub.refs import Ref, parse_ref
 from hub.registry_api import (
     AdapterInfo,
+    DirectoryPublisher,
     FileEntry,
     GcReport,
     NamespaceInfo,
@@ -49,10 +50,10 @@ API = "/api/v1"
 CHUNK = 1024 * 1024
 
 if TYPE_CHECKING:
-    from hub.adapter import Adapter
+    pass
 
 
-class HttpRegistry:
+class HttpRegistry(DirectoryPublisher):
     """A registry server reached over HTTP(S)."""
 
     def __init__(self, url: str, token: str | None = None, cache: PullCache | None = None,
@@ -98,16 +99,6 @@ class HttpRegistry:
     # -- interface -----------------------------------------------------------------------
     def whoami(self) -> WhoAmI:
         return WhoAmI.model_validate(self._json("GET", "/whoami"))
-
-    def publish(self, path: str | Path | Adapter, name: str, version: str | None = None, *,
-                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
-                description: str | None = None, metrics: dict[str, Any] | None = None,
-                progress: ProgressFn | None = None) -> VersionInfo:
-        """Publish a PEFT adapter directory, or an in-memory ``hub.Adapter``, as a version."""
-        with publish_source(path) as directory:
-            return self._publish_dir(directory, name, version, task=task, tags=tags,
-                                     private=private, description=description,
-                                     metrics=metrics, progress=progress)
 
     def _publish_dir(self, path: Path, name: str, version: str | None = None, *,
                 task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,

@@ -185,3 +185,27 @@ class Registry(Protocol):
     def list_tokens(self) -> list[TokenInfo]: ...
 
     def revoke_token(self, token_id: int) -> None: ...
+
+
+class DirectoryPublisher:
+    """``publish`` for registries that store a directory's files: an in-memory ``hub.Adapter``
+    is written to a temporary PEFT directory first; subclasses implement ``_publish_dir``."""
+
+    def publish(self, path: str | Path | Any, name: str, version: str | None = None, *,
+                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
+                description: str | None = None, metrics: dict[str, Any] | None = None,
+                progress: ProgressFn | None = None) -> VersionInfo:
+        """Publish a PEFT adapter directory, or an in-memory ``hub.Adapter``, as a version."""
+        from hub.manifest import publish_source
+
+        with publish_source(path) as directory:
+            return self._publish_dir(directory, name, version, task=task, tags=tags,
+                                     private=private, description=description,
+                                     metrics=metrics, progress=progress)
+
+    def _publish_dir(self, path: Path, name: str, version: str | None = None, *,
+                     task: str | None = None, tags: Sequence[str] = (),
+                     private: bool | None = None, description: str | None = None,
+                     metrics: dict[str, Any] | None = None,
+                     progress: ProgressFn | None = None) -> VersionInfo:
+        raise NotImplementedError

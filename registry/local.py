@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from hub.cache import PullCache
 from hub.errors import InvalidAdapterError
-from hub.manifest import WEIGHTS_NAME, build_manifest, publish_source
+from hub.manifest import WEIGHTS_NAME, build_manifest
 from hub.refs import parse_ref
 from hub.registry_api import (
     AdapterInfo,
+    DirectoryPublisher,
     FileEntry,
     GcReport,
     NamespaceInfo,
@@ -38,10 +39,10 @@ from registry.settings import Settings
 CHUNK = 1024 * 1024
 
 if TYPE_CHECKING:
-    from hub.adapter import Adapter
+    pass
 
 
-class LocalRegistry:
+class LocalRegistry(DirectoryPublisher):
     """In-process registry; same behaviour and errors as ``hub.client.HttpRegistry``."""
 
     def __init__(self, settings: Settings | None = None, token: str | None = None,
@@ -67,16 +68,6 @@ class LocalRegistry:
 
     def whoami(self) -> WhoAmI:
         return self.service.whoami(self.principal)
-
-    def publish(self, path: str | Path | Adapter, name: str, version: str | None = None, *,
-                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
-                description: str | None = None, metrics: dict[str, Any] | None = None,
-                progress: ProgressFn | None = None) -> VersionInfo:
-        """Publish a PEFT adapter directory, or an in-memory ``hub.Adapter``, as a version."""
-        with publish_source(path) as directory:
-            return self._publish_dir(directory, name, version, task=task, tags=tags,
-                                     private=private, description=description,
-                                     metrics=metrics, progress=progress)
 
     def _publish_dir(self, path: Path, name: str, version: str | None = None, *,
                 task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,

@@ -9,11 +9,8 @@ then); ``gc`` calls it with its grace period so a concurrent upload's staging fi
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from hub.atomic import TEMP_PREFIX
+from hub.atomic import TEMP_PREFIX, remove_paths
 
 log = logging.getLogger("lorahive.registry")
 
@@ -35,21 +32,7 @@ def orphan_paths(home: Path, stage_dir: Path | None) -> Iterator[Path]:
 
 def remove_orphans(home: Path, stage_dir: Path | None, min_age: float = 0.0) -> int:
     """Delete orphan temps last modified more than ``min_age`` seconds ago; how many."""
-    cutoff = time.time() - min_age
-    n = 0
-    for p in list(orphan_paths(home, stage_dir)):
-        try:
-            if min_age > 0 and p.lstat().st_mtime > cutoff:
-                continue
-        except FileNotFoundError:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        n += 1
-    return n
+    return remove_paths(orphan_paths(home, stage_dir), min_age)
 
 
 def startup_cleanup(service: object) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 from pathlib import Path
 
 import typer
@@ -11,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.output import console, err_console, print_json
-from cli.sources import check_publish_target, publish_output, resolve_sources, select_refs
+from cli.sources import check_outputs, output_dir, publish_output, resolve_sources, select_refs
 from hub.errors import InvalidRequestError
 
 
@@ -86,12 +84,7 @@ def compose(
 
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
-    if out is None and publish is None:
-        raise InvalidRequestError("give --out DIR, --publish ns/name, or both")
-    if publish is not None:
-        check_publish_target(publish)
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
+    check_outputs(out, publish)
     items = list(candidates) + (select_refs(select, url, token) if select else [])
     if not items:
         raise InvalidRequestError("give candidates with --candidates and/or --select")
@@ -133,10 +126,7 @@ def compose(
     comp.close()
     extra = {"rank": adapter.max_rank if mode == "delta" else None,
              "prescreen": screened, "base": str(base)}
-    with contextlib.ExitStack() as stack:
-        target = out
-        if target is None:  # publish only: stage the adapter in a temporary directory
-            target = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "composed"
+    with output_dir(out) as target:
         write_composed(adapter, target, comp, cfg, result, extra, metrics)
         published = publish_output(target, publish, url, token, task=task) if publish else None
 

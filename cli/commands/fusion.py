@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.output import byte_progress, console, human_bytes, print_json
-from cli.sources import Source, check_publish_target, publish_output, resolve_sources
+from cli.sources import Source, check_outputs, output_dir, publish_output, resolve_sources
 from hub.errors import InvalidRequestError
 from hub.lineage import SIDECAR, Lineage, Parent
 
@@ -89,12 +87,7 @@ def fuse_cmd(
 ) -> None:
     """Fuse several adapters into one adapter; its lineage is written to lorahive.json (and
     stored in the registry with --publish)."""
-    if out is None and publish is None:
-        raise InvalidRequestError("give --out DIR, --publish ns/name, or both")
-    if publish is not None:
-        check_publish_target(publish)
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
+    check_outputs(out, publish)
     from compose.fusion import fuse
     from hub.peft_format import load_peft, save_peft
 
@@ -112,10 +105,7 @@ def fuse_cmd(
     metrics = {"energy_kept": res.energy} if res.energy else None
     files = {SIDECAR: _sidecar(lineage, metrics)}
     published = None
-    with contextlib.ExitStack() as stack:
-        target = out
-        if target is None:  # publish only: stage the adapter in a temporary directory
-            target = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "fused"
+    with output_dir(out) as target:
         save_peft(res.adapter, target, extra_files=files)
         if publish is not None:
             published = publish_output(target, publish, url, token, task=task)
