@@ -10,6 +10,8 @@ install:
 install-dev:
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[dev,hf,postgres,s3]'
+	# the reference LoRAHub implementation, for parity tests; its declared dependency is wrong
+	$(PY) -m pip install --no-deps lorahub==0.1.0
 
 test: install-dev
 	$(PY) -m ruff check .
