@@ -105,14 +105,12 @@ def select_refs(filter_text: str, url: str | None = None, token: str | None = No
             query["tags"].append(value.strip())
         else:
             query[key] = value.strip()
-    from cli.commands.registry_client import close, open_registry
 
-    registry = open_registry(url, token)
-    try:
+    from cli.commands.registry_client import registry_session
+
+    with registry_session(url, token) as registry:
         text = query.pop("text", None)
         page = registry.search(text, limit=limit, **query)
-    finally:
-        close(registry)
     refs = [f"{a.namespace}/{a.name}@{a.latest_version}" for a in page.items if a.latest_version]
     if not refs:
         raise InvalidRequestError(f"no adapter in the registry matches --select {filter_text!r}")
@@ -155,17 +153,15 @@ def publish_output(path: Path, target: str, url: str | None = None, token: str |
                    task: str | None = None, tags: list[str] | None = None,
                    description: str | None = None, progress: Any = None) -> str:
     """Publish a freshly written adapter directory (its lorahive.json carries the lineage)."""
-    from cli.commands.registry_client import close, open_registry
 
     ref = check_publish_target(target)
+    from cli.commands.registry_client import registry_session
+
     sidecar = read_sidecar(path)
-    registry = open_registry(url, token)
-    try:
+    with registry_session(url, token) as registry:
         info = registry.publish(path, ref.repo, ref.version, task=task, tags=tags or [],
                                 description=description, metrics=sidecar.get("metrics"),
                                 progress=progress)
-    finally:
-        close(registry)
     return info.ref
 
 

@@ -17,7 +17,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands.registry_client import JsonOpt, UrlOpt, close, open_registry, progress_bar
+from cli.commands.registry_client import (
+    JsonOpt,
+    UrlOpt,
+    progress_bar,
+    registry_session,
+)
 from cli.output import console, print_json
 from hub.errors import (
     AdapterNotFoundError,
@@ -191,14 +196,10 @@ def import_hf(
         hub_meta = _hub_metadata(repo_id, revision)
         tags = sorted({*meta.get("tags", []), *hub_meta.get("tags", []), *(tag or [])})
         meta.update({k: v for k, v in hub_meta.items() if k != "tags"})
-        reg = open_registry(url, token)
-        try:
-            with progress_bar(not json_out) as cb:
-                info = reg.publish(staged, target, task=task or meta.get("task"), tags=tags,
-                                   private=private, description=meta.get("description"),
-                                   progress=cb)
-        finally:
-            close(reg)
+        with registry_session(url, token) as reg, progress_bar(not json_out) as cb:
+            info = reg.publish(staged, target, task=task or meta.get("task"), tags=tags,
+                               private=private, description=meta.get("description"),
+                               progress=cb)
     if json_out:
         print_json({"source": repo_id, "revision": revision or "main", "snapshot": snapshot.name,
                     "ref": info.ref, "files": [f.model_dump() for f in info.files]})
@@ -227,13 +228,10 @@ def export_hf(
     needed; adds a model card when the version has none)."""
     from huggingface_hub import HfApi
 
-    reg = open_registry(url, registry_token)
-    try:
+    with registry_session(url, registry_token) as reg:
         info = reg.resolve(ref)
         with progress_bar(not json_out) as cb:
             path = Path(reg.pull(ref, progress=cb))
-    finally:
-        close(reg)
     with tempfile.TemporaryDirectory(prefix="lorahive-export-") as tmp:
         folder = path
         if not (path / "README.md").is_file():

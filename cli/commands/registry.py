@@ -13,9 +13,8 @@ from cli.commands.registry_client import (
     JsonOpt,
     TokenOpt,
     UrlOpt,
-    close,
-    open_registry,
     progress_bar,
+    registry_session,
 )
 from cli.output import console, human_bytes, print_json
 from hub.errors import InvalidRequestError
@@ -48,13 +47,9 @@ def publish(
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Validate a PEFT adapter directory and publish it as a new immutable version."""
-    reg = open_registry(url, token)
-    try:
-        with progress_bar(not json_out) as cb:
-            info = reg.publish(path, name, version, task=task, tags=tag or [], private=private,
-                               description=description, metrics=_metrics(metrics), progress=cb)
-    finally:
-        close(reg)
+    with registry_session(url, token) as reg, progress_bar(not json_out) as cb:
+        info = reg.publish(path, name, version, task=task, tags=tag or [], private=private,
+                           description=description, metrics=_metrics(metrics), progress=cb)
     if json_out:
         print_json(info.model_dump(mode="json"))
         return
@@ -68,12 +63,8 @@ def pull(
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Download a version into the local cache (resumable, sha256-verified) and print its path."""
-    reg = open_registry(url, token)
-    try:
-        with progress_bar(not json_out) as cb:
-            path = reg.pull(ref, to=to, progress=cb)
-    finally:
-        close(reg)
+    with registry_session(url, token) as reg, progress_bar(not json_out) as cb:
+        path = reg.pull(ref, to=to, progress=cb)
     if json_out:
         print_json({"ref": ref, "path": str(path)})
     else:
@@ -93,13 +84,10 @@ def search(
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Search adapters (private ones only where your token may read them)."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         page = reg.search(text, task=task, base_model=base_model, tags=tag or [],
                           peft_type=peft_type, namespace=namespace, sort=sort,  # type: ignore[arg-type]
                           offset=offset, limit=limit)
-    finally:
-        close(reg)
     if json_out:
         print_json(page.model_dump(mode="json"))
         return
@@ -118,12 +106,9 @@ def show(
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Show an adapter and one of its versions (files, rank, metrics, lineage)."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         info = reg.adapter(ref)
         v = reg.resolve(ref)
-    finally:
-        close(reg)
     if json_out:
         print_json({"adapter": info.model_dump(mode="json"), "version": v.model_dump(mode="json")})
         return
@@ -150,11 +135,8 @@ def versions(
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """List an adapter's versions, newest first."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         vs: list[VersionInfo] = reg.versions(ref)
-    finally:
-        close(reg)
     if json_out:
         print_json([v.model_dump(mode="json") for v in vs])
         return
@@ -178,11 +160,8 @@ def alias_set(
     url: UrlOpt = None, token: TokenOpt = None,
 ) -> None:
     """Point ALIAS at a version."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         v = reg.set_alias(ref, alias)
-    finally:
-        close(reg)
     console.print(f"{v.namespace}/{v.name}:{alias} -> {v.version}")
 
 
@@ -193,11 +172,8 @@ def alias_rm(
     url: UrlOpt = None, token: TokenOpt = None,
 ) -> None:
     """Remove an alias."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         reg.remove_alias(repo, alias)
-    finally:
-        close(reg)
     console.print(f"removed {repo}:{alias}")
 
 
@@ -209,11 +185,8 @@ def delete(
     """Delete one version, or a whole adapter; blobs are freed by `lorahive gc`."""
     if not yes:
         typer.confirm(f"delete {ref}?", abort=True)
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         reg.delete(ref)
-    finally:
-        close(reg)
     console.print(f"deleted {ref}")
 
 
@@ -223,11 +196,8 @@ def gc(
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Delete blobs that no version references (site admin)."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         report = reg.gc(grace)
-    finally:
-        close(reg)
     if json_out:
         print_json(report.model_dump())
     else:

@@ -13,9 +13,8 @@ from cli.commands.registry_client import (
     JsonOpt,
     TokenOpt,
     UrlOpt,
-    close,
     credentials_file,
-    open_registry,
+    registry_session,
     save_credentials,
 )
 from cli.output import console, err_console, print_json
@@ -83,11 +82,8 @@ def logout() -> None:
 
 def whoami(url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
     """Show who the current token belongs to."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         who = reg.whoami()
-    finally:
-        close(reg)
     if json_out:
         print_json(who.model_dump())
     else:
@@ -109,11 +105,8 @@ def token_create(
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Create a token; its secret is printed once."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         new = reg.create_token(name, scope, namespace or [], user, expires_days)  # type: ignore[arg-type]
-    finally:
-        close(reg)
     if json_out:
         print_json(new.model_dump(mode="json"))
     else:
@@ -125,11 +118,8 @@ def token_create(
 @token_app.command("list")
 def token_list(url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
     """List tokens (yours; every token for a site admin)."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         tokens = reg.list_tokens()
-    finally:
-        close(reg)
     if json_out:
         print_json([t.model_dump(mode="json") for t in tokens])
         return
@@ -149,11 +139,8 @@ def token_revoke(
     url: UrlOpt = None, token: TokenOpt = None,
 ) -> None:
     """Revoke a token; it stops working at once."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         reg.revoke_token(token_id)
-    finally:
-        close(reg)
     console.print(f"revoked token {token_id}")
 
 
@@ -166,11 +153,8 @@ def namespace_create(
     url: UrlOpt = None, token: TokenOpt = None,
 ) -> None:
     """Create a namespace owned by you."""
-    reg = open_registry(url, token)
-    try:
+    with registry_session(url, token) as reg:
         ns = reg.create_namespace(name)
-    finally:
-        close(reg)
     console.print(f"created namespace {ns.name} (owner {ns.owner})")
 
 

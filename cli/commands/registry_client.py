@@ -88,3 +88,13 @@ def progress_bar(enabled: bool = True) -> Iterator[ProgressFn | None]:
 def close(reg: Any) -> None:
     with contextlib.suppress(Exception):
         reg.close()
+
+
+@contextlib.contextmanager
+def registry_session(url: str | None = None, token: str | None = None) -> Iterator[Registry]:
+    """The selected registry for the length of one command, closed afterwards."""
+    reg = open_registry(url, token)
+    try:
+        yield reg
+    finally:
+        close(reg)
