@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.lorahub_ref import reference_loader, run_reference
+from benchmarks.roofline import update_peaks
 from benchmarks.smollm2 import CACHE, smollm2_dir
 from benchmarks.tasks import HELD_OUT, few_shot_split
 from benchmarks.train_task_adapters import ADAPTERS
@@ -61,13 +62,15 @@ def overhead_per_eval(comp: Composer, ref_model, cache, n: int, reps: int = 20
     return ours, ref
 
 
-def speed(task: str, bm, dirs: list[str], loaded, args) -> dict:
+def speed(task: str, bm, bm16, dirs: list[str], loaded, peaks: dict[str, float], args) -> dict:
     """Median ms per evaluation, measured interleaved so machine load hits every method alike:
-    LoRAHub's get_score, ours in each mode with K=1 and K=4 vectors per pass, and the floor —
-    one plain forward of the base model over the same examples."""
+    LoRAHub's get_score, ours in each mode with K=1 and K=4 vectors per pass (and mode ab in
+    bfloat16), one plain forward of the base model over the same examples, and the floor: the
+    exact forward's FLOPs at this machine's measured matmul peak (``benchmarks.roofline``)."""
     from lorahub.algorithm import default_l1_regularization, get_score
 
     from benchmarks.lorahub_ref import reference_causal_get_loss
+    from benchmarks.roofline import forward_flops
     from compose.composer.objective import token_nll
 
     shots, _ = few_shot_split(task, args.shots, args.n_eval, args.seed)
@@ -77,27 +80,34 @@ def speed(task: str, bm, dirs: list[str], loaded, args) -> dict:
     get_loss = reference_causal_get_loss(tok)
     W = np.random.default_rng(1).uniform(-1.5, 1.5, (4, n))
     times: dict[str, list[float]] = {}
+    enc = None
+    objectives: dict[str, np.ndarray] = {}
 
     def clock(key: str, fn, evals: int) -> None:
         t = time.perf_counter()
         fn()
         times.setdefault(key, []).append((time.perf_counter() - t) / evals * 1000)
 
-    for mode in ("ab", "delta"):
-        with Composer(bm, resolve_candidates(dirs), shots, mode=mode) as comp:
-            comp.score(W)
+    for label, base, mode in (("ab", bm, "ab"), ("delta", bm, "delta"), ("ab bf16", bm16, "ab")):
+        with Composer(base, resolve_candidates(dirs), shots, mode=mode) as comp:
+            objectives[label] = comp.score(W)
             for _ in range(args.speed_reps):
+                update_peaks(peaks)
                 clock("lorahub get_score", lambda: [get_score(
                     w, model, cache, ds, None, get_loss, default_l1_regularization) for w in W], 4)
-                clock(f"{mode} K=1", lambda c=comp: [c.score(w[None]) for w in W], 4)
-                clock(f"{mode} K=4", lambda c=comp: c.score(W), 4)
-            enc = comp.encoded
+                clock(f"{label} K=1", lambda c=comp: [c.score(w[None]) for w in W], 4)
+                clock(f"{label} K=4", lambda c=comp: c.score(W), 4)
+            if base is bm:
+                enc = comp.encoded
     with torch.inference_mode():
         for _ in range(args.speed_reps):
             clock("base forward", lambda: token_nll(bm.model, enc), 1)
     out = {k: float(np.median(v)) for k, v in times.items()}
-    out["tokens"] = int(enc.attention_mask.sum())
-    out["task"] = task
+    lengths = enc.attention_mask.sum(1).tolist()
+    flops = forward_flops(bm.model, lengths, int((enc.labels != -100).sum()))
+    out.update(tokens=int(sum(lengths)), task=task, gflop=flops / 1e9)
+    out["bf16 objective rel err"] = float(np.max(
+        np.abs(objectives["ab bf16"] - objectives["ab"]) / np.abs(objectives["ab"])))
     return out
 
 
@@ -154,15 +164,27 @@ def run_task(task: str, bm, dirs: list[str], loaded, args) -> list[dict]:
     return rows
 
 
-SPEED_COLS = ("lorahub get_score", "ab K=1", "ab K=4", "delta K=1", "delta K=4", "base forward")
+SPEED_COLS = ("lorahub get_score", "ab K=1", "ab K=4", "delta K=1", "delta K=4",
+              "ab bf16 K=1", "ab bf16 K=4", "base forward", "floor float32", "floor bfloat16")
 
 
-def print_speed(rows: list[dict]) -> str:
-    lines = ["| task | tokens | " + " | ".join(f"{c} ms" for c in SPEED_COLS) + " |",
-             "|" + "---|" * (len(SPEED_COLS) + 2)]
+def print_speed(rows: list[dict], peaks: dict[str, float]) -> str:
+    """Times per evaluation in ms, then the largest speedup over LoRAHub any exact float32
+    (bfloat16) evaluation could reach here: its time over the floor (the forward's FLOPs at
+    the best matmul throughput measured during the whole run)."""
     for r in rows:
-        lines.append(f"| {r['task']} | {r['tokens']} | "
-                     + " | ".join(f"{r[c]:.0f}" for c in SPEED_COLS) + " |")
+        for k, peak in peaks.items():
+            r[f"floor {k}"] = r["gflop"] * 1e9 / peak * 1000
+    lines = ["| task | tokens | GFLOP | " + " | ".join(f"{c} ms" for c in SPEED_COLS)
+             + " | best ours / LoRAHub | max possible fp32 | max possible bf16 |",
+             "|" + "---|" * (len(SPEED_COLS) + 6)]
+    for r in rows:
+        ref = r["lorahub get_score"]
+        ours = min(r[c] for c in ("ab K=1", "ab K=4", "delta K=1", "delta K=4"))
+        lines.append(f"| {r['task']} | {r['tokens']} | {r['gflop']:.1f} | "
+                     + " | ".join(f"{r[c]:.0f}" for c in SPEED_COLS)
+                     + f" | {ref / ours:.1f}x | {ref / r['floor float32']:.1f}x"
+                     f" | {ref / r['floor bfloat16']:.1f}x |")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -191,6 +213,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 avoids oversubscription on a shared machine)")
     ap.add_argument("--speed-reps", type=int, default=3)
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the interleaved speed table (no searches, no accuracy)")
     ap.add_argument("--out", type=Path, default=CACHE / "compose_results.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -201,27 +225,33 @@ def main() -> None:
         raise SystemExit("train the candidates first: python -m benchmarks.train_task_adapters")
     print(f"{len(dirs)} candidates: {', '.join(Path(d).name for d in dirs)}", flush=True)
     bm = load_base(base, "cpu", "float32")
+    bm16 = load_base(base, "cpu", "bfloat16")
+    peaks = update_peaks({})
+    print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()),
+          flush=True)
     loaded = reference_loader(dirs, str(base), causal=True)
     rows: list[dict] = []
     speeds: list[dict] = []
     t0 = time.time()
     for task in args.tasks.split(","):
-        rows += run_task(task, bm, dirs, loaded, args)
-        print_table([r for r in rows if r["task"] == task])
-        speeds.append(speed(task, bm, dirs, loaded, args))
-        print_speed(speeds[-1:])
-        _save(args.out, args, dirs, t0, rows, speeds, "")  # partial results survive a stop
-    table = print_table(rows) + "\n\n" + print_speed(speeds)
-    meta = _save(args.out, args, dirs, t0, rows, speeds, table)
+        if not args.speed_only:
+            rows += run_task(task, bm, dirs, loaded, args)
+            print_table([r for r in rows if r["task"] == task])
+        speeds.append(speed(task, bm, bm16, dirs, loaded, peaks, args))
+        print_speed(speeds[-1:], peaks)
+        _save(args.out, args, dirs, t0, rows, speeds, "", peaks)  # partial results survive a stop
+    table = print_table(rows) + "\n\n" + print_speed(speeds, peaks)
+    meta = _save(args.out, args, dirs, t0, rows, speeds, table, peaks)
     print(f"\n{meta}\nwrote {args.out}")
 
 
 def _save(out: Path, args, dirs: list[str], t0: float, rows: list[dict], speeds: list[dict],
-          table: str) -> dict:
+          table: str, peaks: dict[str, float]) -> dict:
     meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
                        f"{args.threads}, no GPU", "budget": args.budget, "shots": args.shots,
             "seed": args.seed, "candidates": [Path(d).name for d in dirs],
-            "wall_s": time.time() - t0}
+            "wall_s": time.time() - t0,
+            "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}}
     out.write_text(json.dumps({"meta": meta, "rows": rows, "speed": speeds, "table": table},
                               indent=2))
     return meta
