@@ -179,6 +179,20 @@ def last_word_upper(n: int, rng: random.Random) -> list[Example]:
             for w in (_words(rng) for _ in range(n))]
 
 
+def text_kind(n: int, rng: random.Random) -> list[Example]:
+    """News article or question? Texts of very uneven length (articles ~90 tokens, questions
+    ~10), from corpora no candidate saw in this form (chatterbot categories unused elsewhere)."""
+    groups: dict[str, list[Example]] = {"article": [], "question": []}
+    prompt = "\nIs this a news article or a question? Answer article or question:"
+    for texts in _bbc().values():
+        groups["article"] += [Example(_clip(t, 400) + prompt, " article")
+                              for t in _parity(texts, 1)[:40]]
+    for cat in ("coding", "science", "sports", "politics", "history"):
+        groups["question"] += [Example(_clip(q, 120) + prompt, " question")
+                               for q, _ in _chat()[cat] if q.strip().endswith("?")]
+    return _balanced(groups, n, rng)
+
+
 Builder = Callable[[int, random.Random], list[Example]]
 
 TRAIN_TASKS: dict[str, Builder] = {
@@ -190,6 +204,7 @@ HELD_OUT: dict[str, Builder] = {
     "news_sport_yesno": news_sport_yesno, "review_liked_yesno": review_liked_yesno,
     "question_domain": question_domain, "word_count_parity": word_count_parity,
     "reverse_uppercase": reverse_uppercase, "last_word_upper": last_word_upper,
+    "text_kind": text_kind,
 }
 
 

@@ -228,3 +228,59 @@ def test_import_does_not_need_transformers():
             "compose.composer.objective, compose.composer.evaluate; "
             "assert 'transformers' not in sys.modules, 'transformers imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+UNEVEN = [
+    Example("count word sun moon star the cat is red and the dog is big", "five"),
+    Example("red ?", "no"),
+    Example("the sun", "yes"),
+    Example("add one", "two"),
+    Example("the dog is big and fast", "yes"),
+    Example("moon", "no"),
+]
+
+
+def test_uneven_examples_are_packed_with_the_same_losses(setup, base_model):
+    """Short examples share rows (positions restart per example); every per-example loss
+    equals the padded batch's, for K vectors per pass and split into chunks."""
+    _, _, same, mixed = setup
+    rng = np.random.default_rng(3)
+    W = rng.uniform(-1.5, 1.5, size=(5, 3))
+    for mode, cands in (("ab", same), ("delta", mixed)):
+        got = {}
+        for packed in (True, False):
+            comp = Composer(base_model, resolve_candidates(cands), UNEVEN, mode=mode,
+                            max_rows=8, pack_examples=packed)
+            scorer = comp.scorer
+            assert (scorer.packed is not None) == packed
+            got[packed] = (scorer.nll(torch.as_tensor(W, dtype=torch.float32)).numpy(),
+                           comp.score(W))
+            comp.close()
+        assert scorer.rows == len(UNEVEN)
+        np.testing.assert_allclose(got[True][0], got[False][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[True][1], got[False][1], rtol=1e-6, atol=1e-6)
+    # the long example fills a row; the five short ones share two rows
+    comp = Composer(base_model, resolve_candidates(same), UNEVEN, mode="ab")
+    assert comp.scorer.rows == 3
+    assert int((comp.scorer.packed.example >= 0).sum()) == int(comp.encoded.attention_mask.sum())
+    comp.close()
+
+
+def test_even_examples_are_not_packed(setup, base_model):
+    comp = Composer(base_model, resolve_candidates(setup[2]), EXAMPLES, mode="ab")
+    assert comp.scorer.packed is None and comp.scorer.rows == len(EXAMPLES)
+    comp.close()
+
+
+def test_packing_check_catches_examples_that_see_each_other(setup, base_model):
+    """Were positions not restarted, packed examples would attend to their row neighbours;
+    the one-time check must see the losses change and keep the padded batch."""
+    from compose.composer.examples import Packed, encode, pack
+    from compose.composer.objective import packing_agrees
+
+    enc = encode(base_model.tokenizer, UNEVEN, False)
+    good = pack(enc)
+    assert packing_agrees(base_model.model, enc, good)
+    running = torch.arange(good.input_ids.shape[1]).expand_as(good.position_ids)
+    leaky = Packed(good.input_ids, running.contiguous(), good.labels, good.example, good.n)
+    assert not packing_agrees(base_model.model, enc, leaky)

@@ -42,6 +42,7 @@ class Composer:
     batch_size: int | None = None
     objective: ObjectiveFn | None = None
     max_rows: int = 64
+    pack_examples: bool = True
     names: list[str] = field(default_factory=list)
     mixer: Mixer | None = None
     scorer: Scorer | None = None
@@ -65,7 +66,7 @@ class Composer:
         self.mixer = install(self.base.model, cands, self.names, self.mode, self.base.device,
                              self.base.dtype)
         self.scorer = Scorer(self.base.model, self.mixer, self.encoded, self.l1,
-                             self.batch_size, self.objective, self.max_rows)
+                             self.batch_size, self.objective, self.max_rows, self.pack_examples)
 
     def score(self, W: np.ndarray | torch.Tensor) -> np.ndarray:
         """Objective of each row of ``W`` (``[K, n]``), in batched passes."""

@@ -156,3 +156,64 @@ def encode(tokenizer: Any, examples: Sequence[Example], is_encoder_decoder: bool
     if is_encoder_decoder:
         return encode_seq2seq(tokenizer, examples, max_length)
     return encode_causal(tokenizer, examples, max_length)
+
+
+@dataclass
+class Packed:
+    """Causal examples packed several to a row, so a pass computes fewer padding tokens.
+
+    Rows are as wide as the longest example; examples go in longest first, each into the
+    first row with room. Positions restart at every example, which transformers reads as
+    independent sequences (block-diagonal causal attention). ``example`` holds each token's
+    example index (``-1`` on padding).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    example: torch.Tensor
+    n: int
+
+    def repeat(self, k: int) -> Packed:
+        """``k`` groups of rows; group ``g``'s examples are numbered ``g * n ...``."""
+        offset = (torch.arange(k, device=self.example.device) * self.n).repeat_interleave(
+            self.example.shape[0]).unsqueeze(1)
+        ex = self.example.repeat(k, 1)
+        return Packed(self.input_ids.repeat(k, 1), self.position_ids.repeat(k, 1),
+                      self.labels.repeat(k, 1), torch.where(ex >= 0, ex + offset, ex), self.n * k)
+
+
+def pack(enc: Encoded) -> Packed | None:
+    """The causal batch packed, or ``None`` where packing saves no row."""
+    if enc.is_encoder_decoder:
+        return None
+    lengths = enc.attention_mask.sum(1).tolist()
+    width = int(enc.input_ids.shape[1])
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((b for b, r in enumerate(room) if r >= lengths[i]), None)
+        if slot is None:
+            bins.append([])
+            room.append(width)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        room[slot] -= lengths[i]
+    if len(bins) >= len(lengths):
+        return None
+    dev = enc.input_ids.device
+    ids = torch.full((len(bins), width), int(enc.input_ids[0, -1]), dtype=torch.long, device=dev)
+    pos = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE)
+    example = torch.full_like(ids, -1)
+    for b, members in enumerate(bins):
+        at = 0
+        for i in members:
+            n = lengths[i]
+            ids[b, at:at + n] = enc.input_ids[i, :n]
+            pos[b, at:at + n] = torch.arange(n, device=dev)
+            labels[b, at:at + n] = enc.labels[i, :n]
+            example[b, at:at + n] = i
+            at += n
+        pos[b, at:] = torch.arange(width - at, device=dev)  # padding: its own segment
+    return Packed(ids, pos, labels, example, len(lengths))

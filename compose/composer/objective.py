@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compose.composer.examples import IGNORE, Encoded
+from compose.composer.examples import IGNORE, Encoded, Packed, pack
 from compose.composer.mixing import Mixer
 from hub.errors import InvalidRequestError
 
@@ -86,7 +86,8 @@ def token_nll(model: nn.Module, batch: Encoded) -> torch.Tensor:
     elif _head_only_on_scored(model):
         # the LM head (vocab-wide) runs only where a token is scored
         hidden = model.get_decoder()(input_ids=batch.input_ids,
-                                     attention_mask=batch.attention_mask).last_hidden_state
+                                     attention_mask=batch.attention_mask,
+                                     use_cache=False).last_hidden_state
         target = batch.labels[:, 1:]
         sel = target != IGNORE
         logits = model.get_output_embeddings()(hidden[:, :-1][sel])
@@ -102,22 +103,58 @@ def token_nll(model: nn.Module, batch: Encoded) -> torch.Tensor:
     return nll.sum(1)
 
 
+def packed_nll(model: nn.Module, batch: Packed) -> torch.Tensor:
+    """``token_nll`` over a packed batch: ``[batch.n]``, one sum per example."""
+    if _head_only_on_scored(model):
+        hidden = model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                     use_cache=False).last_hidden_state
+        target = batch.labels[:, 1:]
+        sel = target != IGNORE
+        logits = model.get_output_embeddings()(hidden[:, :-1][sel])
+    else:
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                    use_cache=False).logits
+        target = batch.labels[:, 1:]
+        sel = target != IGNORE
+        logits = out[:, :-1][sel]
+    nll = nn.functional.cross_entropy(logits.float(), target[sel], reduction="none")
+    total = torch.zeros(batch.n, device=nll.device, dtype=torch.float32)
+    return total.index_add_(0, batch.example[:, 1:][sel], nll)
+
+
+def packing_agrees(model: nn.Module, examples: Encoded, packed: Packed) -> bool:
+    """Whether this model reads restarted positions as separate sequences: the packed and
+    padded losses must agree (checked once, on the weights installed now)."""
+    with torch.inference_mode():
+        ref = token_nll(model, examples)
+        got = packed_nll(model, packed)
+    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+    return bool(torch.allclose(got, ref, rtol=tol, atol=tol))
+
+
 class Scorer:
     """Scores weight vectors on fixed, pre-tokenised examples with one installed mixer.
 
-    ``max_rows`` bounds one forward pass: K vectors go in chunks of ``max_rows // N`` groups.
+    ``max_rows`` bounds one forward pass: K vectors go in chunks of ``max_rows // rows``
+    groups. Causal examples of uneven lengths are packed several to a row when the model
+    handles it (checked against the padded loss once).
     """
 
     def __init__(self, model: nn.Module, mixer: Mixer, examples: Encoded, l1: float = 0.05,
                  batch_size: int | None = None, objective: ObjectiveFn | None = None,
-                 max_rows: int = 64):
+                 max_rows: int = 64, pack_examples: bool = True):
         self.model = model
         self.mixer = mixer
         self.examples = examples
         self.l1 = l1
         self.batch_size = batch_size
         self.objective = objective or default_objective
-        self.max_rows = max(max_rows, len(examples))
+        self.packed = pack(examples) if pack_examples else None
+        if self.packed is not None and not packing_agrees(model, examples, self.packed):
+            self.packed = None
+        rows = len(examples) if self.packed is None else int(self.packed.input_ids.shape[0])
+        self.max_rows = max(max_rows, rows)
+        self.rows = rows
         self.evaluations = 0
 
     @torch.inference_mode()
@@ -127,13 +164,17 @@ class Scorer:
         if W.ndim == 1:
             W = W.unsqueeze(0)
         n_ex = len(self.examples)
-        per_pass = max(1, self.max_rows // n_ex)
+        per_pass = max(1, self.max_rows // self.rows)
         out = []
         for s in range(0, W.shape[0], per_pass):
             chunk = W[s:s + per_pass]
+            k = chunk.shape[0]
             self.mixer.set_weights(chunk)
-            rows = token_nll(self.model, self.examples.repeat(chunk.shape[0]))
-            out.append(rows.view(chunk.shape[0], n_ex).cpu())
+            if self.packed is not None:
+                rows = packed_nll(self.model, self.packed.repeat(k))
+            else:
+                rows = token_nll(self.model, self.examples.repeat(k))
+            out.append(rows.view(k, n_ex).cpu())
         self.evaluations += W.shape[0]
         return torch.cat(out)
 
