@@ -92,7 +92,7 @@ def speed(task: str, bm, bm16, dirs: list[str], loaded, peaks: dict[str, float],
         with Composer(base, resolve_candidates(dirs), shots, mode=mode) as comp:
             objectives[label] = comp.score(W)
             for _ in range(args.speed_reps):
-                update_peaks(peaks)
+                update_peaks(peaks, args.device)
                 clock("lorahub get_score", lambda: [get_score(
                     w, model, cache, ds, None, get_loss, default_l1_regularization) for w in W], 4)
                 clock(f"{label} K=1", lambda c=comp: [c.score(w[None]) for w in W], 4)
@@ -101,7 +101,7 @@ def speed(task: str, bm, bm16, dirs: list[str], loaded, peaks: dict[str, float],
                 enc = comp.encoded
     with torch.inference_mode():
         for _ in range(args.speed_reps):
-            clock("base forward", lambda: token_nll(bm.model, enc), 1)
+            clock("base forward", lambda: token_nll(bm.model, enc).cpu(), 1)
     out = {k: float(np.median(v)) for k, v in times.items()}
     lengths = enc.attention_mask.sum(1).tolist()
     flops = forward_flops(bm.model, lengths, int((enc.labels != -100).sum()))
@@ -213,6 +213,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 avoids oversubscription on a shared machine)")
     ap.add_argument("--speed-reps", type=int, default=3)
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda; LoRAHub's loader takes cuda whenever one is present")
     ap.add_argument("--speed-only", action="store_true",
                     help="only the interleaved speed table (no searches, no accuracy)")
     ap.add_argument("--out", type=Path, default=CACHE / "compose_results.json")
@@ -224,9 +226,10 @@ def main() -> None:
     if len(dirs) < 2:
         raise SystemExit("train the candidates first: python -m benchmarks.train_task_adapters")
     print(f"{len(dirs)} candidates: {', '.join(Path(d).name for d in dirs)}", flush=True)
-    bm = load_base(base, "cpu", "float32")
-    bm16 = load_base(base, "cpu", "bfloat16")
-    peaks = update_peaks({})
+    bm = load_base(base, args.device, "float32")
+    bm16 = load_base(base, args.device, "bfloat16")
+    args.device = str(bm.device)
+    peaks = update_peaks({}, args.device)
     print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()),
           flush=True)
     loaded = reference_loader(dirs, str(base), causal=True)
@@ -247,8 +250,9 @@ def main() -> None:
 
 def _save(out: Path, args, dirs: list[str], t0: float, rows: list[dict], speeds: list[dict],
           table: str, peaks: dict[str, float]) -> dict:
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "no GPU"
     meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
-                       f"{args.threads}, no GPU", "budget": args.budget, "shots": args.shots,
+                       f"{args.threads}, {gpu}", "device": args.device, "budget": args.budget, "shots": args.shots,
             "seed": args.seed, "candidates": [Path(d).name for d in dirs],
             "wall_s": time.time() - t0,
             "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}}

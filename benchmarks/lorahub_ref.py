@@ -62,8 +62,10 @@ def reference_causal_get_loss(tokenizer, append_eos: bool = True):
                 ids[i, :len(p) + len(t)] = torch.tensor(p + t)
                 mask[i, :len(p) + len(t)] = 1
                 labels[i, len(p):len(p) + len(t)] = torch.tensor(t)
+            dev = next(model.parameters()).device  # LoRAHub's loader moves it to cuda if any
             with torch.no_grad():
-                total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+                total += float(model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                     labels=labels.to(dev)).loss)
         return total / n
 
     return get_loss

@@ -59,8 +59,10 @@ def matmul_peak(dtype: torch.dtype = torch.float32, sizes: Sequence[int] = (1024
     return best
 
 
-def update_peaks(peaks: dict[str, float]) -> dict[str, float]:
+def update_peaks(peaks: dict[str, float], device: str = "cpu") -> dict[str, float]:
     """Measure again and keep the best figure per dtype (called between timed runs)."""
+    sizes = (1024, 2048) if device == "cpu" else (4096, 8192)
     for name in ("float32", "bfloat16"):
-        peaks[name] = max(peaks.get(name, 0.0), matmul_peak(getattr(torch, name)))
+        peaks[name] = max(peaks.get(name, 0.0),
+                          matmul_peak(getattr(torch, name), sizes, device=device))
     return peaks
