@@ -22,6 +22,14 @@ EXAMPLES = [
     Example("count word sun moon star", "three words"),
     Example("topic of the news is sport", "sport news"),
 ]
+# uneven lengths: the composer packs these several to a row
+UNEVEN = [
+    Example("count word sun moon star the cat is red and the dog is big", "five"),
+    Example("red ?", "no"),
+    Example("the sun", "yes"),
+    Example("add one", "two"),
+    Example("the dog is big and fast", "yes words"),
+]
 WEIGHTS = [
     [0.0, 0.0, 0.0],
     [1.0, 0.0, 0.0],
@@ -48,8 +56,8 @@ def llama_setup(tiny_llama_dir, tmp_path_factory):
     return base, cands
 
 
-def _ours(base, cands, mode="ab", batch_size=None):
-    comp = Composer(load_base(base, "cpu"), resolve_candidates(cands), EXAMPLES, mode=mode,
+def _ours(base, cands, mode="ab", batch_size=None, examples=EXAMPLES):
+    comp = Composer(load_base(base, "cpu"), resolve_candidates(cands), examples, mode=mode,
                     batch_size=batch_size)
     return comp, comp.score(np.array(WEIGHTS))
 
@@ -72,17 +80,20 @@ def test_seq2seq_objective_equals_lorahub_get_score(t5_setup):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("batch_size", [None, 2])
-def test_causal_objective_equals_lorahub_get_score(llama_setup, batch_size):
+@pytest.mark.parametrize(("batch_size", "examples"),
+                         [(None, EXAMPLES), (2, EXAMPLES), (None, UNEVEN), (2, UNEVEN)],
+                         ids=["all", "batches-of-2", "packed", "packed-batches-of-2"])
+def test_causal_objective_equals_lorahub_get_score(llama_setup, batch_size, examples):
     from lorahub.algorithm import default_l1_regularization, get_score
 
     base, cands = llama_setup
     model, tok, cache = reference_loader(cands, str(base), causal=True)
-    ds = {"input": [e.input for e in EXAMPLES], "output": [e.output for e in EXAMPLES]}
+    ds = {"input": [e.input for e in examples], "output": [e.output for e in examples]}
     get_loss = reference_causal_get_loss(tok)
     ref = [get_score(w, model, cache, ds, batch_size, get_loss, default_l1_regularization)
            for w in WEIGHTS]
-    _, ours = _ours(base, cands, batch_size=batch_size)
+    comp, ours = _ours(base, cands, batch_size=batch_size, examples=examples)
+    assert (comp.scorer.packed is not None) == (examples is UNEVEN)
     assert len(set(np.round(ref, 6))) == len(ref)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
