@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -21,6 +22,9 @@ def _quiet_transformers() -> None:
         return
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # the optimizers nevergrad picks warn about their own settings (COBYLA's RHOEND, cma's
+    # missing matplotlib): nothing a user of the search can act on
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(scipy|cma)(\.|$)")
 
 
 def compose(
