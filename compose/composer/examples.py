@@ -202,7 +202,8 @@ def pack(enc: Encoded) -> Packed | None:
     if len(bins) >= len(lengths):
         return None
     dev = enc.input_ids.device
-    ids = torch.full((len(bins), width), int(enc.input_ids[0, -1]), dtype=torch.long, device=dev)
+    pad = int(enc.input_ids[enc.attention_mask == 0][0])  # uneven rows: some padding exists
+    ids = torch.full((len(bins), width), pad, dtype=torch.long, device=dev)
     pos = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE)
     example = torch.full_like(ids, -1)
