@@ -77,49 +77,41 @@ def _head_only_on_scored(model: nn.Module) -> bool:
     return hasattr(model, "get_decoder") and model.get_output_embeddings() is not None
 
 
+def _causal_nll(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Summed loss of the scored tokens per owner (a row, or a packed example): ``[n]``.
+    The vocabulary-wide LM head runs only where a token is scored, when the model allows."""
+    target = labels[:, 1:]
+    sel = target != IGNORE
+    if _head_only_on_scored(model):
+        hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[:, :-1][sel])
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, :-1][sel]
+    nll = nn.functional.cross_entropy(logits.float(), target[sel], reduction="none")
+    total = torch.zeros(n, device=nll.device, dtype=torch.float32)
+    return total.index_add_(0, owner[:, 1:][sel], nll)
+
+
 def token_nll(model: nn.Module, batch: Encoded) -> torch.Tensor:
     """Summed cross-entropy of the scored tokens of each row: ``[rows]`` in float32."""
-    if batch.is_encoder_decoder:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       labels=batch.labels).logits
-        target = batch.labels
-    elif _head_only_on_scored(model):
-        # the LM head (vocab-wide) runs only where a token is scored
-        hidden = model.get_decoder()(input_ids=batch.input_ids,
-                                     attention_mask=batch.attention_mask,
-                                     use_cache=False).last_hidden_state
-        target = batch.labels[:, 1:]
-        sel = target != IGNORE
-        logits = model.get_output_embeddings()(hidden[:, :-1][sel])
-        nll = nn.functional.cross_entropy(logits.float(), target[sel], reduction="none")
-        rows = torch.arange(target.shape[0], device=target.device).unsqueeze(1)
-        out = torch.zeros(target.shape[0], device=nll.device, dtype=torch.float32)
-        return out.index_add_(0, rows.expand_as(target)[sel], nll)
-    else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logits, target = logits[:, :-1], batch.labels[:, 1:]
-    nll = nn.functional.cross_entropy(logits.float().transpose(1, 2), target,
+    if not batch.is_encoder_decoder:
+        rows = torch.arange(len(batch), device=batch.labels.device).unsqueeze(1)
+        return _causal_nll(model, {"input_ids": batch.input_ids,
+                                   "attention_mask": batch.attention_mask},
+                           batch.labels, rows.expand_as(batch.labels), len(batch))
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   labels=batch.labels).logits
+    nll = nn.functional.cross_entropy(logits.float().transpose(1, 2), batch.labels,
                                       ignore_index=IGNORE, reduction="none")
     return nll.sum(1)
 
 
 def packed_nll(model: nn.Module, batch: Packed) -> torch.Tensor:
     """``token_nll`` over a packed batch: ``[batch.n]``, one sum per example."""
-    if _head_only_on_scored(model):
-        hidden = model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                                     use_cache=False).last_hidden_state
-        target = batch.labels[:, 1:]
-        sel = target != IGNORE
-        logits = model.get_output_embeddings()(hidden[:, :-1][sel])
-    else:
-        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                    use_cache=False).logits
-        target = batch.labels[:, 1:]
-        sel = target != IGNORE
-        logits = out[:, :-1][sel]
-    nll = nn.functional.cross_entropy(logits.float(), target[sel], reduction="none")
-    total = torch.zeros(batch.n, device=nll.device, dtype=torch.float32)
-    return total.index_add_(0, batch.example[:, 1:][sel], nll)
+    return _causal_nll(model, {"input_ids": batch.input_ids,
+                               "position_ids": batch.position_ids},
+                       batch.labels, batch.example, batch.n)
 
 
 def packing_agrees(model: nn.Module, examples: Encoded, packed: Packed) -> bool:
