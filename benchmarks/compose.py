@@ -28,9 +28,9 @@ from benchmarks.roofline import update_peaks
 from benchmarks.smollm2 import CACHE, smollm2_dir
 from benchmarks.tasks import HELD_OUT, few_shot_split
 from benchmarks.train_task_adapters import ADAPTERS
-from compose.composer import Composer, SearchConfig, resolve_candidates
-from compose.composer.evaluate import label_set
-from compose.composer.model import load_base
+from lorahive.compose.composer import Composer, SearchConfig, resolve_candidates
+from lorahive.compose.composer.evaluate import label_set
+from lorahive.compose.composer.model import load_base
 
 DEFAULT_TASKS = "news_sport_yesno,review_liked_yesno,question_domain,last_word_upper"
 
@@ -71,7 +71,7 @@ def speed(task: str, bm, bm16, dirs: list[str], loaded, peaks: dict[str, float],
 
     from benchmarks.lorahub_ref import reference_causal_get_loss
     from benchmarks.roofline import forward_flops
-    from compose.composer.objective import token_nll
+    from lorahive.compose.composer.objective import token_nll
 
     shots, _ = few_shot_split(task, args.shots, args.n_eval, args.seed)
     n = len(dirs)

@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from compose.fusion import fuse
-from hub.adapter import Adapter, LoraModule
+from lorahive.compose.fusion import fuse
+from lorahive.hub.adapter import Adapter, LoraModule
 
 N, R = 8, 16
 WEIGHTS = [1.0, -0.5, 0.8, 0.3, 1.2, -0.7, 0.6, 0.9]
@@ -141,9 +141,9 @@ QUALITY_METHODS: list[tuple[str, str, dict]] = [
 def quality(tasks: list[str], n_eval: int, weight: float) -> None:
     from benchmarks.smollm2 import CACHE, smollm2_dir
     from benchmarks.tasks import build
-    from compose.composer.evaluate import accuracy, label_set
-    from compose.composer.model import load_base
-    from hub.peft_format import load_peft
+    from lorahive.compose.composer.evaluate import accuracy, label_set
+    from lorahive.compose.composer.model import load_base
+    from lorahive.hub.peft_format import load_peft
 
     base = load_base(smollm2_dir(), device="cpu")
     model, tok = base.model, base.tokenizer

@@ -37,8 +37,8 @@ def _copy(base: Path, out: Path) -> None:
 
 
 def _lorahive(base: Path, adapter: Path, out: Path) -> None:
-    from compose.merge import merge_into_base
-    from hub.peft_format import load_peft
+    from lorahive.compose.merge import merge_into_base
+    from lorahive.hub.peft_format import load_peft
 
     merge_into_base(base, [load_peft(adapter)], out, device="cpu")
 
@@ -57,7 +57,7 @@ def child(kind: str, base: Path, adapter: Path, out: Path) -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from compose.merge import merge_into_base  # noqa: F401
+    from lorahive.compose.merge import merge_into_base  # noqa: F401
 
     t = time.perf_counter()
     if kind == "copy":

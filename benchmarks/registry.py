@@ -35,8 +35,8 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hub.cache import PullCache  # noqa: E402
-from hub.client import HttpRegistry  # noqa: E402
+from lorahive.hub.cache import PullCache  # noqa: E402
+from lorahive.hub.client import HttpRegistry  # noqa: E402
 
 
 def make_adapter(out: Path, megabytes: int, r: int = 64, d: int = 4096) -> Path:
@@ -72,7 +72,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "LORAHIVE_HOME": str(home)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.app", "serve", "--port", str(self.port), "--workers",
+            [sys.executable, "-m", "lorahive", "serve", "--port", str(self.port), "--workers",
              str(workers), "--log-level", "warning"], cwd=ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(600):

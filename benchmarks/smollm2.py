@@ -11,7 +11,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from hub.atomic import atomic_directory
+from lorahive.hub.atomic import atomic_directory
 
 CACHE = Path(os.environ.get("LORAHIVE_BENCH_CACHE", Path.home() / ".cache" / "lorahive-bench"))
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from compose.composer.examples import Example
+from lorahive.compose.composer.examples import Example
 
 WORDS = ["apple", "river", "stone", "cloud", "garden", "window", "silver", "pencil", "market", "yellow", "forest", "candle", "rocket", "mirror", "planet", "violin", "basket", "winter", "dragon", "coffee", "island", "pepper", "shadow", "tiger", "button", "castle", "engine", "lemon", "meadow", "needle", "orange", "pillow", "rabbit", "saddle", "thunder", "velvet", "wagon", "zebra", "anchor", "bridge", "cotton", "desert", "feather", "guitar", "harbor", "jacket", "kettle", "ladder"]
 

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.smollm2 import CACHE, MODEL_ID, smollm2_dir
 from benchmarks.tasks import TRAIN_TASKS, build
-from compose.composer.examples import IGNORE, encode_causal
+from lorahive.compose.composer.examples import IGNORE, encode_causal
 
 ADAPTERS = CACHE / "adapters"
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from hub.errors import LorahiveError
+from lorahive.hub.errors import LorahiveError
 
 app = typer.Typer(
     name="lorahive",
@@ -19,13 +19,13 @@ app = typer.Typer(
 
 # Each module registers its commands on `app`; one line per command group.
 COMMAND_MODULES = [
-    "cli.commands.files",
-    "cli.commands.compose",
-    "cli.commands.fusion",
-    "cli.commands.registry",
-    "cli.commands.registry_admin",
-    "cli.commands.fsck",
-    "cli.commands.hf",
+    "lorahive.cli.commands.files",
+    "lorahive.cli.commands.compose",
+    "lorahive.cli.commands.fusion",
+    "lorahive.cli.commands.registry",
+    "lorahive.cli.commands.registry_admin",
+    "lorahive.cli.commands.fsck",
+    "lorahive.cli.commands.hf",
 ]
 
 for _mod in COMMAND_MODULES:

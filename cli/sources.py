@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub.errors import InvalidRequestError
-from hub.lineage import read_sidecar
-from hub.manifest import CONFIG_NAME, WEIGHTS_NAME
-from hub.refs import Ref, parse_ref
+from lorahive.hub.errors import InvalidRequestError
+from lorahive.hub.lineage import read_sidecar
+from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
+from lorahive.hub.refs import Ref, parse_ref
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def resolve_sources(items: list[str], url: str | None = None, token: str | None 
                     "(ns/name, ns/name@version, ns/name:alias)"
                 )
             if registry is None:
-                from cli.commands.registry_client import open_registry
+                from lorahive.cli.commands.registry_client import open_registry
 
                 registry = open_registry(url, token)
             info = registry.resolve(item)
@@ -81,7 +81,7 @@ def resolve_sources(items: list[str], url: str | None = None, token: str | None 
             out.append(Source(Path(local), info.ref, info.version, info.sha256))
     finally:
         if registry is not None:
-            from cli.commands.registry_client import close
+            from lorahive.cli.commands.registry_client import close
 
             close(registry)
     return out
@@ -106,7 +106,7 @@ def select_refs(filter_text: str, url: str | None = None, token: str | None = No
         else:
             query[key] = value.strip()
 
-    from cli.commands.registry_client import registry_session
+    from lorahive.cli.commands.registry_client import registry_session
 
     with registry_session(url, token) as registry:
         text = query.pop("text", None)
@@ -155,7 +155,7 @@ def publish_output(path: Path, target: str, url: str | None = None, token: str |
     """Publish a freshly written adapter directory (its lorahive.json carries the lineage)."""
 
     ref = check_publish_target(target)
-    from cli.commands.registry_client import registry_session
+    from lorahive.cli.commands.registry_client import registry_session
 
     sidecar = read_sidecar(path)
     with registry_session(url, token) as registry:

@@ -22,17 +22,17 @@ from typing import Any, BinaryIO
 
 import torch
 
-from compose.fusion import fuse
-from hub.adapter import Adapter, LoraModule
-from hub.atomic import atomic_directory
-from hub.devices import resolve_device, resolve_dtype
-from hub.errors import (
+from lorahive.compose.fusion import fuse
+from lorahive.hub.adapter import Adapter, LoraModule
+from lorahive.hub.atomic import atomic_directory
+from lorahive.hub.devices import resolve_device, resolve_dtype
+from lorahive.hub.errors import (
     InvalidAdapterError,
     InvalidRequestError,
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
-from hub.safetensors_io import DTYPE_SIZES, read_header
+from lorahive.hub.safetensors_io import DTYPE_SIZES, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

@@ -9,14 +9,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "Adapter": "hub.adapter",
-    "LoraModule": "hub.adapter",
-    "ModuleStats": "hub.adapter",
-    "AdapterConfig": "hub.config",
-    "LorahiveError": "hub.errors",
-    "convert_residual": "hub.peft_format",
-    "load_peft": "hub.peft_format",
-    "save_peft": "hub.peft_format",
+    "Adapter": "lorahive.hub.adapter",
+    "LoraModule": "lorahive.hub.adapter",
+    "ModuleStats": "lorahive.hub.adapter",
+    "AdapterConfig": "lorahive.hub.config",
+    "LorahiveError": "lorahive.hub.errors",
+    "convert_residual": "lorahive.hub.peft_format",
+    "load_peft": "lorahive.hub.peft_format",
+    "save_peft": "lorahive.hub.peft_format",
 }
 
 __all__ = [
@@ -31,15 +31,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from hub.adapter import Adapter, LoraModule, ModuleStats
-    from hub.config import AdapterConfig
-    from hub.errors import LorahiveError
-    from hub.peft_format import convert_residual, load_peft, save_peft
+    from lorahive.hub.adapter import Adapter, LoraModule, ModuleStats
+    from lorahive.hub.config import AdapterConfig
+    from lorahive.hub.errors import LorahiveError
+    from lorahive.hub.peft_format import convert_residual, load_peft, save_peft
 
 
 def __getattr__(name: str) -> Any:
     try:
         module = _EXPORTS[name]
     except KeyError:
-        raise AttributeError(f"module 'hub' has no attribute {name!r}") from None
+        raise AttributeError(f"module 'lorahive.hub' has no attribute {name!r}") from None
     return getattr(importlib.import_module(module), name)

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from hub.config import AdapterConfig
-from hub.devices import resolve_device
-from hub.errors import ShapeMismatchError, UnsupportedAdapterError
-from hub.lowrank import energy_rank, singular_values
+from lorahive.hub.config import AdapterConfig
+from lorahive.hub.devices import resolve_device
+from lorahive.hub.errors import ShapeMismatchError, UnsupportedAdapterError
+from lorahive.hub.lowrank import energy_rank, singular_values
 
 
 @dataclass

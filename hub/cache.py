@@ -25,11 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hub.atomic import atomic_directory, atomic_file, fsync_dir
-from hub.errors import IntegrityError, LorahiveError, OfflineError
-from hub.manifest import check_filename
-from hub.refs import DEFAULT_ALIAS, Ref
-from hub.registry_api import FileEntry, ProgressFn, VersionInfo
+from lorahive.hub.atomic import atomic_directory, atomic_file, fsync_dir
+from lorahive.hub.errors import IntegrityError, LorahiveError, OfflineError
+from lorahive.hub.manifest import check_filename
+from lorahive.hub.protocol import FileEntry, ProgressFn, VersionInfo
+from lorahive.hub.refs import DEFAULT_ALIAS, Ref
 
 CHUNK = 1024 * 1024
 # fetch(entry, offset) -> iterator over the file's bytes from ``offset`` on

@@ -19,8 +19,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from hub.cache import PullCache
-from hub.errors import (
+from lorahive.hub.cache import PullCache
+from lorahive.hub.errors import (
     IntegrityError,
     InvalidAdapterError,
     InvalidReferenceError,
@@ -28,9 +28,8 @@ from hub.errors import (
     OfflineError,
     error_from_code,
 )
-from hub.manifest import WEIGHTS_NAME, build_manifest
-from hub.refs import Ref, parse_ref
-from hub.registry_api import (
+from lorahive.hub.manifest import WEIGHTS_NAME, build_manifest
+from lorahive.hub.protocol import (
     AdapterInfo,
     DirectoryPublisher,
     FileEntry,
@@ -45,6 +44,7 @@ from hub.registry_api import (
     VersionInfo,
     WhoAmI,
 )
+from lorahive.hub.refs import Ref, parse_ref
 
 API = "/api/v1"
 CHUNK = 1024 * 1024
@@ -108,7 +108,7 @@ class HttpRegistry(DirectoryPublisher):
         entries, local = build_manifest(path)
         if WEIGHTS_NAME not in local:
             raise InvalidAdapterError(f"no {WEIGHTS_NAME} in {path}; is this a PEFT adapter?")
-        from hub.peft_format import load_peft  # torch: only when publishing
+        from lorahive.hub.peft_format import load_peft  # torch: only when publishing
 
         load_peft(path)  # same checks as the server, before a byte is uploaded
         missing = set(self._json("POST", "/blobs/missing",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.errors import InvalidAdapterError
+from lorahive.hub.errors import InvalidAdapterError
 
 LORA_FAMILY = {"LORA", "ADALORA"}
 # init schemes that train on a residual base: the saved factors are a delta against W_res.

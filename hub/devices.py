@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hub.errors import InvalidRequestError
+from lorahive.hub.errors import InvalidRequestError
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32,

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.atomic import atomic_file
-from hub.errors import InvalidAdapterError
+from lorahive.hub.atomic import atomic_file
+from lorahive.hub.errors import InvalidAdapterError
 
 SIDECAR = "lorahive.json"
 

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hub.atomic import TEMP_PREFIX
-from hub.errors import InvalidAdapterError, InvalidRequestError, UnsafeFileError
-from hub.registry_api import FileEntry
+from lorahive.hub.atomic import TEMP_PREFIX
+from lorahive.hub.errors import InvalidAdapterError, InvalidRequestError, UnsafeFileError
+from lorahive.hub.protocol import FileEntry
 
 # The same names as hub.peft_format's; repeated so light clients need not import torch.
 CONFIG_NAME = "adapter_config.json"
@@ -107,8 +107,8 @@ def publish_source(source: str | os.PathLike[str] | Any) -> Iterator[Path]:
     if isinstance(source, str | os.PathLike):
         yield Path(source)
         return
-    from hub.adapter import Adapter
-    from hub.peft_format import save_peft
+    from lorahive.hub.adapter import Adapter
+    from lorahive.hub.peft_format import save_peft
 
     if not isinstance(source, Adapter):
         raise InvalidAdapterError(

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from hub.adapter import Adapter, LoraModule
-from hub.atomic import atomic_directory, atomic_file
-from hub.config import AdapterConfig
-from hub.errors import InvalidAdapterError, ShapeMismatchError, UnsafeFileError
-from hub.safetensors_io import load_tensors, read_metadata, save_tensors
+from lorahive.hub.adapter import Adapter, LoraModule
+from lorahive.hub.atomic import atomic_directory, atomic_file
+from lorahive.hub.config import AdapterConfig
+from lorahive.hub.errors import InvalidAdapterError, ShapeMismatchError, UnsafeFileError
+from lorahive.hub.safetensors_io import load_tensors, read_metadata, save_tensors
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

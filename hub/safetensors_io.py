@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hub.atomic import atomic_path
-from hub.errors import InvalidAdapterError
+from lorahive.hub.atomic import atomic_path
+from lorahive.hub.errors import InvalidAdapterError
 
 MAX_HEADER_BYTES = 100_000_000
 

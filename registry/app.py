@@ -18,12 +18,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub.errors import LorahiveError
-from registry import hf_api, ratelimit, resilience
-from registry.metrics import Metrics
-from registry.routes import accounts, adapters, files
-from registry.service import RegistryService, counts
-from registry.settings import Settings
+from lorahive.hub.errors import LorahiveError
+from lorahive.registry import ratelimit, resilience
+from lorahive.registry.hf import routes as hf_routes
+from lorahive.registry.metrics import Metrics
+from lorahive.registry.routes import accounts, adapters, files
+from lorahive.registry.service import RegistryService, counts
+from lorahive.registry.settings import Settings
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("lorahive.registry")
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
 
     for r in (adapters.router, files.router, accounts.router):
         app.include_router(r, prefix=API_PREFIX)
-    app.include_router(hf_api.router)  # Hugging Face Hub-compatible routes (HF_ENDPOINT)
+    app.include_router(hf_routes.router)  # Hugging Face Hub-compatible routes (HF_ENDPOINT)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> JSONResponse:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session, select
 
-from hub.errors import AuthenticationError, PermissionDeniedError
-from registry.tables import Namespace, Token, User, utcnow
+from lorahive.hub.errors import AuthenticationError, PermissionDeniedError
+from lorahive.registry.tables import Namespace, Token, User, utcnow
 
 TOKEN_PREFIX = "lh_"
 SCOPES = ("read", "write", "admin")

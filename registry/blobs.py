@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
 
-from hub.atomic import TEMP_PREFIX, fsync_dir, remove_stale_temps
-from hub.errors import (
+from lorahive.hub.atomic import TEMP_PREFIX, fsync_dir, remove_stale_temps
+from lorahive.hub.errors import (
     EntryNotFoundError,
     IntegrityError,
     InvalidRequestError,

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from hub.errors import ServiceUnavailableError
+from lorahive.hub.errors import ServiceUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 0x6C6F7261  # advisory lock id: one migrator at a time

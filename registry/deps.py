@@ -11,9 +11,9 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Header, Request
 
-from hub.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
-from registry.auth import ANONYMOUS, Principal
-from registry.service import RegistryService
+from lorahive.hub.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
+from lorahive.registry.auth import ANONYMOUS, Principal
+from lorahive.registry.service import RegistryService
 
 
 async def get_service(request: Request) -> RegistryService:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from sqlmodel import col, select
 
-from hub.manifest import CONFIG_NAME, WEIGHTS_NAME
-from registry.db import session_scope
-from registry.resilience import orphan_paths
-from registry.service import RegistryService
-from registry.tables import AdapterRow, AliasRow, FileRow, Namespace, VersionRow
+from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
+from lorahive.registry.db import session_scope
+from lorahive.registry.resilience import orphan_paths
+from lorahive.registry.service import RegistryService
+from lorahive.registry.tables import AdapterRow, AliasRow, FileRow, Namespace, VersionRow
 
 
 @dataclass

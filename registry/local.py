@@ -12,11 +12,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hub.cache import PullCache
-from hub.errors import InvalidAdapterError
-from hub.manifest import WEIGHTS_NAME, build_manifest
-from hub.refs import parse_ref
-from hub.registry_api import (
+from lorahive.hub.cache import PullCache
+from lorahive.hub.errors import InvalidAdapterError
+from lorahive.hub.manifest import WEIGHTS_NAME, build_manifest
+from lorahive.hub.protocol import (
     AdapterInfo,
     DirectoryPublisher,
     FileEntry,
@@ -31,10 +30,11 @@ from hub.registry_api import (
     VersionInfo,
     WhoAmI,
 )
-from registry.auth import Principal
-from registry.blobs import ingest
-from registry.service import PublishOptions, RegistryService
-from registry.settings import Settings
+from lorahive.hub.refs import parse_ref
+from lorahive.registry.auth import Principal
+from lorahive.registry.blobs import ingest
+from lorahive.registry.service import PublishOptions, RegistryService
+from lorahive.registry.settings import Settings
 
 CHUNK = 1024 * 1024
 
@@ -78,7 +78,7 @@ class LocalRegistry(DirectoryPublisher):
         entries, local = build_manifest(path)
         if WEIGHTS_NAME not in local:
             raise InvalidAdapterError(f"no {WEIGHTS_NAME} in {path}; is this a PEFT adapter?")
-        from hub.peft_format import load_peft  # torch: only when publishing
+        from lorahive.hub.peft_format import load_peft  # torch: only when publishing
 
         load_peft(path)  # nothing is stored for an adapter the commit would refuse
         svc = self.service

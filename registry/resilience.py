@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from hub.atomic import TEMP_PREFIX, remove_paths
+from lorahive.hub.atomic import TEMP_PREFIX, remove_paths
 
 log = logging.getLogger("lorahive.registry")
 

@@ -1,4 +1,4 @@
-"""Request bodies of the REST API (responses reuse ``hub.registry_api``'s models)."""
+"""Request bodies of the REST API (responses reuse ``lorahive.hub.protocol``'s models)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from hub.registry_api import FileEntry, Scope
+from lorahive.hub.protocol import FileEntry, Scope
 
 
 class CommitRequest(BaseModel):

@@ -23,7 +23,7 @@ from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlmodel import Session, col, select
 
-from hub.errors import (
+from lorahive.hub.errors import (
     AdapterNotFoundError,
     AuthenticationError,
     ConflictError,
@@ -37,10 +37,9 @@ from hub.errors import (
     PermissionDeniedError,
     VersionNotFoundError,
 )
-from hub.lineage import SIDECAR, read_sidecar
-from hub.manifest import CONFIG_NAME, WEIGHTS_NAME
-from hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
-from hub.registry_api import (
+from lorahive.hub.lineage import SIDECAR, read_sidecar
+from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
+from lorahive.hub.protocol import (
     AdapterInfo,
     FileEntry,
     GcReport,
@@ -51,8 +50,9 @@ from hub.registry_api import (
     VersionInfo,
     WhoAmI,
 )
-from registry import blobs as blobmod
-from registry.auth import (
+from lorahive.hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
+from lorahive.registry import blobs as blobmod
+from lorahive.registry.auth import (
     SCOPES,
     Principal,
     authenticate,
@@ -60,11 +60,11 @@ from registry.auth import (
     new_secret,
     scope_rank,
 )
-from registry.db import ensure_schema, make_engine, session_scope
-from registry.hf_card import with_model_card
-from registry.resilience import remove_orphans
-from registry.settings import Settings
-from registry.tables import (
+from lorahive.registry.db import ensure_schema, make_engine, session_scope
+from lorahive.registry.hf.card import with_model_card
+from lorahive.registry.resilience import remove_orphans
+from lorahive.registry.settings import Settings
+from lorahive.registry.tables import (
     AdapterRow,
     AdapterTag,
     AliasRow,
@@ -75,7 +75,7 @@ from registry.tables import (
     VersionRow,
     utcnow,
 )
-from registry.validation import (
+from lorahive.registry.validation import (
     check_config_targets,
     check_manifest,
     single_threaded_torch,
@@ -352,7 +352,7 @@ class RegistryService:
                         os.symlink(src, tmp / name)
                     else:
                         blobmod.copy_blob(self.store, sha, tmp / name)
-            from hub.peft_format import load_peft  # torch: only when committing
+            from lorahive.hub.peft_format import load_peft  # torch: only when committing
 
             adapter = load_peft(tmp)
             check_config_targets(adapter)

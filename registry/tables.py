@@ -1,4 +1,4 @@
-"""SQL tables (SQLModel), kept apart from the API schemas in ``hub.registry_api``.
+"""SQL tables (SQLModel), kept apart from the API schemas in ``lorahive.hub.protocol``.
 
 Every change here needs an Alembic revision in ``registry/migrations/versions``; the
 start-up check compares the database against these tables' head revision.

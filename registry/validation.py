@@ -8,9 +8,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from hub.errors import InvalidAdapterError, InvalidRequestError, PayloadTooLargeError
-from hub.manifest import CONFIG_NAME, WEIGHTS_NAME, check_filename
-from hub.registry_api import FileEntry
+from lorahive.hub.errors import InvalidAdapterError, InvalidRequestError, PayloadTooLargeError
+from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME, check_filename
+from lorahive.hub.protocol import FileEntry
 
 
 def check_manifest(files: Sequence[FileEntry], max_files: int, max_bytes: int,

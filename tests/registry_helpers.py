@@ -84,7 +84,7 @@ def _start_server(home: Path, workers: int, env: dict[str, str] | None,
     log = home / f"serve-{port}.log"
     fh = open(log, "wb")  # noqa: SIM115 (owned by the process for its lifetime)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.app", "serve", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "lorahive", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers), "--log-level", "warning"],
         env=cli_env(home, **(env or {})), stdout=fh, stderr=subprocess.STDOUT,
         cwd=Path(__file__).resolve().parent.parent,
@@ -105,7 +105,7 @@ def _start_server(home: Path, workers: int, env: dict[str, str] | None,
 def run_cli(home: Path, *args: str, env: dict[str, str] | None = None,
             check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real ``lorahive`` CLI in a subprocess."""
-    cp = subprocess.run([sys.executable, "-m", "cli.app", *args], env=cli_env(home, **(env or {})),
+    cp = subprocess.run([sys.executable, "-m", "lorahive", *args], env=cli_env(home, **(env or {})),
                         capture_output=True, text=True, timeout=timeout,
                         cwd=Path(__file__).resolve().parent.parent)
     if check and cp.returncode != 0:
@@ -118,7 +118,7 @@ def run_cli_inprocess(home: Path, *args: str, env: dict[str, str] | None = None)
     """Run the same Typer app in this process (faster than a subprocess; errors raise)."""
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from lorahive.cli.app import app
 
     saved = {k: v for k, v in os.environ.items() if k.startswith("LORAHIVE_")}
     for k in saved:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 def run(*args, check=False):
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "cli.app", *map(str, args)], capture_output=True, text=True, check=check, env=env)
+    return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)], capture_output=True, text=True, check=check, env=env)
 
 
 def test_inspect_table(lora_dir):
@@ -72,7 +72,7 @@ def test_help_lists_commands():
 def test_convert_residual_adapter(tmp_path, tiny_llama_dir):
     from peft import LoraConfig, get_peft_model
 
-    from hub import load_peft
+    from lorahive.hub import load_peft
     from tests.models import load_base
 
     torch.manual_seed(0)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cli.sources import lineage_parents, looks_like_ref, resolve_sources, select_refs
-from hub.errors import InvalidRequestError, NotFoundError
+from lorahive.cli.sources import lineage_parents, looks_like_ref, resolve_sources, select_refs
+from lorahive.hub.errors import InvalidRequestError, NotFoundError
 from tests.models import make_peft_adapter
 
 
 @pytest.fixture()
 def registry_with_two(home, tiny_llama_dir, tmp_path):
-    from registry.local import LocalRegistry
+    from lorahive.registry.local import LocalRegistry
 
     reg = LocalRegistry()
     reg.create_namespace("acme")

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from compose.composer import Example, examples_sha256
-from compose.composer.examples import write_examples
-from hub.peft_format import load_peft
+from lorahive.compose.composer import Example, examples_sha256
+from lorahive.compose.composer.examples import write_examples
+from lorahive.hub.peft_format import load_peft
 from tests.compose_fixtures import add_tokenizer
 from tests.models import make_peft_adapter
 
@@ -24,7 +24,7 @@ EVAL = [Example("the bird is fast ?", "yes"), Example("the star is slow ?", "no"
 
 def run(*args):
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "cli.app", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
                           capture_output=True, text=True, env=env)
 
 
@@ -112,7 +112,7 @@ def test_compose_from_registry_refs_and_publish(task, tmp_path):
     env.pop("LORAHIVE_URL", None)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "cli.app", *map(str, args)],
+        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
                               capture_output=True, text=True, env=env)
 
     assert cli("namespace", "create", "acme").returncode == 0

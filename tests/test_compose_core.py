@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from compose.composer import Composer, Example, SearchConfig, resolve_candidates
-from compose.composer.candidates import check_candidates
-from compose.composer.model import load_base
-from compose.composer.objective import load_objective
-from hub.errors import BaseModelMismatchError, InvalidRequestError, ShapeMismatchError
-from hub.peft_format import load_peft, save_peft
+from lorahive.compose.composer import Composer, Example, SearchConfig, resolve_candidates
+from lorahive.compose.composer.candidates import check_candidates
+from lorahive.compose.composer.model import load_base
+from lorahive.compose.composer.objective import load_objective
+from lorahive.hub.errors import BaseModelMismatchError, InvalidRequestError, ShapeMismatchError
+from lorahive.hub.peft_format import load_peft, save_peft
 from tests.compose_fixtures import add_tokenizer
 from tests.models import make_peft_adapter, save_tiny_llama
 
@@ -210,7 +210,7 @@ def test_custom_objective_by_name(setup, base_model):
 
 
 def test_examples_file_errors(tmp_path):
-    from compose.composer import load_examples
+    from lorahive.compose.composer import load_examples
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"input": "x"}) + "\n")
@@ -275,8 +275,8 @@ def test_even_examples_are_not_packed(setup, base_model):
 def test_packing_check_catches_examples_that_see_each_other(setup, base_model):
     """Were positions not restarted, packed examples would attend to their row neighbours;
     the one-time check must see the losses change and keep the padded batch."""
-    from compose.composer.examples import Packed, encode, pack
-    from compose.composer.objective import packing_agrees
+    from lorahive.compose.composer.examples import Packed, encode, pack
+    from lorahive.compose.composer.objective import packing_agrees
 
     enc = encode(base_model.tokenizer, UNEVEN, False)
     good = pack(enc)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compose.composer import Example
-from compose.composer.evaluate import accuracy, label_set, normalise, rank_classify
-from compose.composer.examples import encode
-from compose.composer.model import load_base
-from compose.composer.objective import token_nll
+from lorahive.compose.composer import Example
+from lorahive.compose.composer.evaluate import accuracy, label_set, normalise, rank_classify
+from lorahive.compose.composer.examples import encode
+from lorahive.compose.composer.model import load_base
+from lorahive.compose.composer.objective import token_nll
 from tests.compose_fixtures import add_tokenizer
 
 
@@ -48,7 +48,7 @@ def test_exact_match_by_generation(bm):
 
 
 def test_encoder_decoder_composer_search_and_accuracy(tiny_t5_dir, tmp_path):
-    from compose.composer import Composer, SearchConfig, resolve_candidates
+    from lorahive.compose.composer import Composer, SearchConfig, resolve_candidates
     from tests.compose_fixtures import make_t5_adapter
 
     base = add_tokenizer(tiny_t5_dir, tmp_path / "t5", eos_after=True)
@@ -66,7 +66,7 @@ def test_encoder_decoder_composer_search_and_accuracy(tiny_t5_dir, tmp_path):
 
 
 def test_bfloat16_compute_tracks_float32(bm, tiny_llama_dir, tmp_path):
-    from compose.composer import Composer, resolve_candidates
+    from lorahive.compose.composer import Composer, resolve_candidates
     from tests.models import make_peft_adapter
 
     base = add_tokenizer(tiny_llama_dir, tmp_path / "b")

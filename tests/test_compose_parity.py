@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks.lorahub_ref import reference_causal_get_loss, reference_loader
-from compose.composer import Composer, Example, resolve_candidates
-from compose.composer.model import load_base
+from lorahive.compose.composer import Composer, Example, resolve_candidates
+from lorahive.compose.composer.model import load_base
 from tests.compose_fixtures import add_tokenizer, make_t5_adapter
 from tests.models import make_peft_adapter
 
@@ -102,7 +102,7 @@ def test_search_seeding_asks_lorahub_first_points():
     """LoRAHub seeds numpy's global generator then builds NGOpt; we ask the same points."""
     import nevergrad as ng
 
-    from compose.composer.search import SearchConfig, make_optimizer
+    from lorahive.compose.composer.search import SearchConfig, make_optimizer
 
     state = np.random.get_state()
     try:

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-from hub.peft_format import load_peft
+from lorahive.hub.peft_format import load_peft
 from tests.models import LLAMA_KW, load_base, make_peft_adapter
 
 
 def run(*args):
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "cli.app", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
                           capture_output=True, text=True, env=env)
 
 
@@ -113,7 +113,7 @@ def test_fuse_and_merge_registry_references(pair, tiny_llama_dir, tmp_path):
     env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "cli.app", *map(str, args)],
+        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
                               capture_output=True, text=True, env=env)
 
     assert cli("namespace", "create", "acme").returncode == 0

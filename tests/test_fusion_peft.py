@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from compose.fusion import fuse
-from compose.fusion.terms import module_seed
-from hub.peft_format import load_peft
+from lorahive.compose.fusion import fuse
+from lorahive.compose.fusion.terms import module_seed
+from lorahive.hub.peft_format import load_peft
 from tests.models import load_base, make_peft_adapter
 
 PREFIX = "base_model.model."

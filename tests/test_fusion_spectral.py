@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compose.fusion import fuse
-from compose.fusion.budget import allocate_ranks
-from compose.fusion.core_space import CoreSpace
-from compose.fusion.terms import Factors, Term
-from hub.adapter import Adapter, LoraModule
-from hub.lowrank import factored_svd
+from lorahive.compose.fusion import fuse
+from lorahive.compose.fusion.budget import allocate_ranks
+from lorahive.compose.fusion.core_space import CoreSpace
+from lorahive.compose.fusion.terms import Factors, Term
+from lorahive.hub.adapter import Adapter, LoraModule
+from lorahive.hub.lowrank import factored_svd
 
 OUT, IN = 48, 40
 NAMES = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]

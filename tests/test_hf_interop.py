@@ -29,10 +29,10 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from registry.app import create_app
-from registry.local import LocalRegistry
-from registry.service import RegistryService
-from registry.settings import Settings
+from lorahive.registry.app import create_app
+from lorahive.registry.local import LocalRegistry
+from lorahive.registry.service import RegistryService
+from lorahive.registry.settings import Settings
 from tests.models import BASE_ID, make_peft_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -399,7 +399,7 @@ def test_peft_push_to_hub_then_lorahive_pull(server, peft_run):
     pulled = peft_run["tmp"] / "pulled"
     env = {k: val for k, val in os.environ.items() if not k.startswith("LORAHIVE_")}
     env.update(LORAHIVE_HOME=str(peft_run["tmp"] / "client-home"), PYTHONPATH=str(ROOT))
-    _run([sys.executable, "-m", "cli.app", "pull", "admin/peft-pushed", "--url", server.url,
+    _run([sys.executable, "-m", "lorahive", "pull", "admin/peft-pushed", "--url", server.url,
           "--token", server.token, "--to", str(pulled), "--json"], env)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert sha(pulled / name) == sha(out / name)
@@ -411,7 +411,7 @@ def test_peft_push_to_hub_then_lorahive_pull(server, peft_run):
 def test_import_hf_round_trip_between_two_instances(server, published, lora_dir, tmp_path):
     env = hf_env(server, tmp_path)
     env["LORAHIVE_HOME"] = str(tmp_path / "second")
-    lh = [sys.executable, "-m", "cli.app"]
+    lh = [sys.executable, "-m", "lorahive"]
     r = _run([*lh, "import-hf", published["repo"], "--revision", "prod", "--name",
               "admin/imported", "--json"], env)
     info = json.loads(r.stdout)
@@ -458,7 +458,7 @@ def test_import_hf_pickle_needs_opt_in_from_the_offline_cache(server, tiny_llama
     (repo_dir / "refs" / "main").write_text(commit)
     (snap / "adapter_config.json").write_bytes((d / "adapter_config.json").read_bytes())
     torch.save(tensors, snap / "adapter_model.bin")
-    lh = [sys.executable, "-m", "cli.app", "import-hf", "someorg/pickled-lora", "--name",
+    lh = [sys.executable, "-m", "lorahive", "import-hf", "someorg/pickled-lora", "--name",
           "admin/pickled-lora"]
     bad = subprocess.run(lh, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "--allow-pickle" in bad.stderr
@@ -479,7 +479,7 @@ def test_import_hf_pickle_needs_opt_in_from_the_offline_cache(server, tiny_llama
 def test_every_version_has_a_model_card(server, lora_dir, tmp_path):
     """A version published without README.md gets a generated card with the Hub's adapter
     front matter; re-publishing the same content is still idempotent."""
-    from hub.modelcard import parse_card
+    from lorahive.hub.modelcard import parse_card
 
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub.utils.sha import git_hash
 
-from hub.errors import InvalidRequestError, UnsafeFileError
-from hub.registry_api import FileEntry
-from registry import hf_protocol as proto
-from registry.blobs import LocalBlobStore
-from registry.hf_upload import (
+from lorahive.hub.errors import InvalidRequestError, UnsafeFileError
+from lorahive.hub.protocol import FileEntry
+from lorahive.registry.blobs import LocalBlobStore
+from lorahive.registry.hf import protocol as proto
+from lorahive.registry.hf.upload import (
     apply_commit,
     check_upload_sig,
     parse_commit,
@@ -109,7 +109,7 @@ def _ndjson(tmp_path: Path, items: list[dict]) -> Path:
 
 
 def test_parse_commit_streams_inline_files_into_the_store(tmp_path, monkeypatch):
-    import registry.hf_upload as up
+    import lorahive.registry.hf.upload as up
 
     monkeypatch.setattr(up, "_SMALL_LINE", 64)  # force the memory-mapped path for big lines
     monkeypatch.setattr(up, "_B64_CHUNK", 8)

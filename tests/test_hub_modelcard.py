@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard
 
-from hub.modelcard import parse_card, render_card
+from lorahive.hub.modelcard import parse_card, render_card
 
 
 def test_card_front_matter_round_trips_through_huggingface_hub():

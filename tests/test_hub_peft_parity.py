@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hub import convert_residual, load_peft, save_peft
+from lorahive.hub import convert_residual, load_peft, save_peft
 from tests.models import load_base, make_peft_adapter
 
 PREFIX = "base_model.model."
@@ -84,7 +84,7 @@ def test_round_trip_is_exact_both_ways(tiny_llama_dir, lora_dir, tmp_path):
 
 def test_in_memory_adapter_loads_in_peft(tiny_llama_dir, lora_dir, tmp_path):
     """An adapter built here from factors (heterogeneous ranks and scales) loads in PEFT exactly."""
-    from hub import Adapter, LoraModule
+    from lorahive.hub import Adapter, LoraModule
 
     src = load_peft(lora_dir)
     torch.manual_seed(0)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hub import load_peft
-from hub.lowrank import energy_kept, energy_rank, factored_svd, singular_values, truncated_factors
+from lorahive.hub import load_peft
+from lorahive.hub.lowrank import (
+    energy_kept,
+    energy_rank,
+    factored_svd,
+    singular_values,
+    truncated_factors,
+)
 
 
 @pytest.mark.parametrize("out_f,in_f,r", [(64, 48, 4), (32, 96, 12), (16, 16, 20)])

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hub import load_peft, save_peft
-from hub.errors import InvalidAdapterError, UnsafeFileError, UnsupportedAdapterError
-from hub.safetensors_io import read_header
+from lorahive.hub import load_peft, save_peft
+from lorahive.hub.errors import InvalidAdapterError, UnsafeFileError, UnsupportedAdapterError
+from lorahive.hub.safetensors_io import read_header
 
 ST = "adapter_model.safetensors"
 
@@ -173,7 +173,7 @@ def test_opaque_adapter_types_load_but_refuse_math(tiny_llama_dir, tmp_path):
 
 def test_save_never_leaves_partial_output(tmp_path, lora_dir, monkeypatch):
     a = load_peft(lora_dir)
-    import hub.peft_format as pf
+    import lorahive.hub.peft_format as pf
 
     def boom(*args, **kw):
         raise OSError("disk full")

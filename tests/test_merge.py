@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from compose.merge import merge_into_base, open_checkpoint
-from hub.errors import ShapeMismatchError, UnsupportedAdapterError
-from hub.peft_format import load_peft
+from lorahive.compose.merge import merge_into_base, open_checkpoint
+from lorahive.hub.errors import ShapeMismatchError, UnsupportedAdapterError
+from lorahive.hub.peft_format import load_peft
 from tests.models import load_base, make_peft_adapter, save_tiny_llama
 
 IDS = torch.tensor([[1, 5, 9, 17, 33, 2, 64, 100]])

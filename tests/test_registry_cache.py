@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from hub.cache import PullCache
-from hub.errors import IntegrityError, InvalidRequestError, OfflineError
-from hub.refs import parse_ref
-from hub.registry_api import FileEntry, VersionInfo
+from lorahive.hub.cache import PullCache
+from lorahive.hub.errors import IntegrityError, InvalidRequestError, OfflineError
+from lorahive.hub.protocol import FileEntry, VersionInfo
+from lorahive.hub.refs import parse_ref
 
 
 def _info(files: dict[str, bytes], version: str = "1") -> VersionInfo:

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from hub.cache import PullCache
-from hub.client import HttpRegistry
+from lorahive.hub.cache import PullCache
+from lorahive.hub.client import HttpRegistry
 from tests.registry_helpers import start_server
 
 PUBLISHES = 6

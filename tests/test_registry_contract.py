@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hub.cache import PullCache
-from hub.client import HttpRegistry
-from hub.errors import (
+from lorahive.hub.cache import PullCache
+from lorahive.hub.client import HttpRegistry
+from lorahive.hub.errors import (
     AdapterNotFoundError,
     AuthenticationError,
     ConflictError,
@@ -25,12 +25,12 @@ from hub.errors import (
     UnsafeFileError,
     VersionNotFoundError,
 )
-from hub.lineage import Lineage, Parent, write_sidecar
-from hub.manifest import file_sha256
-from hub.registry_api import Registry
-from registry.local import LocalRegistry
-from registry.service import RegistryService
-from registry.settings import Settings
+from lorahive.hub.lineage import Lineage, Parent, write_sidecar
+from lorahive.hub.manifest import file_sha256
+from lorahive.hub.protocol import Registry
+from lorahive.registry.local import LocalRegistry
+from lorahive.registry.service import RegistryService
+from lorahive.registry.settings import Settings
 from tests.models import make_peft_adapter
 from tests.registry_helpers import Server, pg, start_server, unique  # noqa: F401
 
@@ -335,7 +335,7 @@ def test_gc_removes_only_unreferenced_blobs(ctx, lora_dir, second_adapter, tmp_p
 
 
 def test_publish_in_memory_adapter(ctx, lora_dir):
-    from hub.peft_format import load_peft
+    from lorahive.hub.peft_format import load_peft
 
     ns, owner = ctx["ns"], ctx["owner"]
     adapter = load_peft(lora_dir)

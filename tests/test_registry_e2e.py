@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from hub.errors import OfflineError
+from lorahive.hub.errors import OfflineError
 from tests.models import load_base
 from tests.registry_helpers import run_cli, run_cli_inprocess, start_server
 

@@ -9,8 +9,8 @@ import socket
 import httpx
 import pytest
 
-from hub.client import HttpRegistry
-from hub.manifest import file_sha256
+from lorahive.hub.client import HttpRegistry
+from lorahive.hub.manifest import file_sha256
 from tests.registry_helpers import start_server, unique
 
 API = "/api/v1"
@@ -209,7 +209,7 @@ def test_health_metrics_openapi_and_unknown_routes(server, anon):
 
 
 def test_client_resumes_with_range(server, admin, lora_dir, tmp_path):
-    from hub.cache import PullCache
+    from lorahive.hub.cache import PullCache
 
     ns = unique("ns")
     tok = admin.post("/tokens", json={"name": "w", "scope": "write", "user": ns}).json()["token"]

@@ -11,11 +11,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData
 from sqlmodel import SQLModel
 
-from hub.registry_api import FileEntry
-from registry.auth import hash_token
-from registry.db import current_revision, head_revision, make_engine, migrate
-from registry.service import RegistryService
-from registry.settings import Settings
+from lorahive.hub.protocol import FileEntry
+from lorahive.registry.auth import hash_token
+from lorahive.registry.db import current_revision, head_revision, make_engine, migrate
+from lorahive.registry.service import RegistryService
+from lorahive.registry.settings import Settings
 from tests.registry_helpers import pg  # noqa: F401
 
 
@@ -89,7 +89,7 @@ def test_tables_match_migrations(tmp_path):
 def test_downgrade_and_upgrade_roundtrip(tmp_path):
     from alembic import command
 
-    from registry.db import alembic_config
+    from lorahive.registry.db import alembic_config
 
     engine = make_engine(f"sqlite:///{tmp_path / 'rt.db'}")
     migrate(engine)

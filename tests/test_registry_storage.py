@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from hub.cache import PullCache
-from hub.errors import (
+from lorahive.hub.cache import PullCache
+from lorahive.hub.errors import (
     EntryNotFoundError,
     IntegrityError,
     InvalidReferenceError,
@@ -17,12 +17,12 @@ from hub.errors import (
     PayloadTooLargeError,
     UnsafeFileError,
 )
-from hub.manifest import CONFIG_NAME, WEIGHTS_NAME, check_filename
-from hub.refs import Ref, parse_ref
-from registry.blobs import LocalBlobStore, S3BlobStore, ingest, open_store
-from registry.local import LocalRegistry
-from registry.service import RegistryService
-from registry.settings import Settings
+from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME, check_filename
+from lorahive.hub.refs import Ref, parse_ref
+from lorahive.registry.blobs import LocalBlobStore, S3BlobStore, ingest, open_store
+from lorahive.registry.local import LocalRegistry
+from lorahive.registry.service import RegistryService
+from lorahive.registry.settings import Settings
 from tests.registry_helpers import aws_env, pg, s3_endpoint, unique  # noqa: F401
 
 
@@ -142,7 +142,7 @@ def test_filename_rules():
 
 
 def test_light_constants_match_peft_format():
-    from hub import peft_format
+    from lorahive.hub import peft_format
 
     assert (CONFIG_NAME, WEIGHTS_NAME) == (peft_format.CONFIG_NAME, peft_format.WEIGHTS_NAME)
 
@@ -151,7 +151,7 @@ def test_shared_deployment_postgres_s3_two_workers(tmp_path, aws_env, s3_endpoin
     """The production layout: PostgreSQL + S3 behind two workers, used through the SDK."""
     import filecmp
 
-    from hub.client import HttpRegistry
+    from lorahive.hub.client import HttpRegistry
     from tests.registry_helpers import start_server
 
     env = {"LORAHIVE_DATABASE_URL": pg.url(pg.create_db()),

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.cache import PullCache
-from hub.client import HttpRegistry
-from hub.errors import LorahiveError
+from lorahive.hub.cache import PullCache
+from lorahive.hub.client import HttpRegistry
+from lorahive.hub.errors import LorahiveError
 from tests.malicious.corpus import WEIGHTS, read_dir
 from tests.malicious.harness import API, Harness, open_harness
 from tests.registry_helpers import (
@@ -172,9 +172,9 @@ def test_sigkill_during_large_publishes_loses_nothing(lora_dir, tmp_path):
     data[12345] ^= 0xFF
     os.chmod(blob, 0o644)
     blob.write_bytes(bytes(data))
-    from registry.integrity import check
-    from registry.service import RegistryService
-    from registry.settings import Settings
+    from lorahive.registry.integrity import check
+    from lorahive.registry.service import RegistryService
+    from lorahive.registry.settings import Settings
 
     svc = RegistryService(Settings(home=home, database_url="", storage_url=""))
     try:
@@ -265,7 +265,7 @@ def test_disk_full_during_a_pull_is_a_clear_error_and_leaves_no_partial_file(
         hx: Harness, published, tmp_path, monkeypatch):
     """ENOSPC is simulated by a file object whose writes fail once 3 MiB were written
     (no privileges are needed, unlike a tiny tmpfs)."""
-    import hub.cache as cache_mod
+    import lorahive.hub.cache as cache_mod
 
     d, tok = published
     reg = _client(hx, tok, tmp_path / "cache")
@@ -309,7 +309,7 @@ def test_disk_full_during_a_pull_is_a_clear_error_and_leaves_no_partial_file(
 
 
 def test_disk_full_on_the_server_is_507_and_stores_nothing(hx: Harness, monkeypatch):
-    from registry import blobs
+    from lorahive.registry import blobs
 
     tok = hx.user_token("full")
     before = hx.trace()

@@ -6,8 +6,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.roofline import forward_flops, linear_macs_per_token, matmul_peak
-from compose.composer.examples import Encoded
-from compose.composer.objective import token_nll
+from lorahive.compose.composer.examples import Encoded
+from lorahive.compose.composer.objective import token_nll
 from tests.models import LLAMA_KW, tiny_llama
 
 

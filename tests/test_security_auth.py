@@ -236,8 +236,8 @@ def test_search_and_listings_hide_private_adapters(hx: Harness, world):
 
 def test_tokens_are_random_stored_hashed_and_compared_in_constant_time(hx: Harness, world,
                                                                       monkeypatch):
-    from registry import auth
-    from registry.tables import Token
+    from lorahive.registry import auth
+    from lorahive.registry.tables import Token
 
     secrets_ = [hx.client.post(f"{API}/tokens", headers=hx.headers(hx.admin),
                                json={"name": f"r{i}", "scope": "read"}).json()["token"]
@@ -269,7 +269,7 @@ def test_tokens_are_random_stored_hashed_and_compared_in_constant_time(hx: Harne
 def test_failed_auth_is_rate_limited_with_retry_after(tmp_path, world):
     """A client sending bad tokens gets 429 + Retry-After once over the limit (even with a
     good token, until the window passes); other clients are unaffected."""
-    from registry.ratelimit import FailedAuthLimiter
+    from lorahive.registry.ratelimit import FailedAuthLimiter
 
     gen = open_harness(tmp_path / "rl")
     h = next(gen)

@@ -11,9 +11,9 @@ from pathlib import Path
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 
-from registry.app import create_app
-from registry.service import RegistryService
-from registry.settings import Settings
+from lorahive.registry.app import create_app
+from lorahive.registry.service import RegistryService
+from lorahive.registry.settings import Settings
 
 EXAMPLES = int(os.environ.get("LORAHIVE_FUZZ_EXAMPLES", "10"))
 ALLOWED_5XX = {501, 507}

@@ -155,8 +155,8 @@ def test_lying_sha_and_size_and_oversized_bodies(hx: Harness, good, owner):
 def test_client_refuses_symlinks_and_pickles_before_uploading(hx: Harness, good, owner, tmp_path):
     """The SDK checks the directory first: a symlink (which could leak any local file) or a
     pickle is refused and not one byte is uploaded."""
-    from hub.client import HttpRegistry
-    from hub.errors import InvalidRequestError, UnsafeFileError
+    from lorahive.hub.client import HttpRegistry
+    from lorahive.hub.errors import InvalidRequestError, UnsafeFileError
 
     ns, tok = owner
     secret = tmp_path / "secret.txt"

@@ -9,9 +9,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.output import console, err_console, print_json
-from cli.sources import check_outputs, output_dir, publish_output, resolve_sources, select_refs
-from hub.errors import InvalidRequestError
+from lorahive.cli.output import console, err_console, print_json
+from lorahive.cli.sources import (
+    check_outputs,
+    output_dir,
+    publish_output,
+    resolve_sources,
+    select_refs,
+)
+from lorahive.hub.errors import InvalidRequestError
 
 
 def _quiet_transformers() -> None:
@@ -74,7 +80,7 @@ def compose(
 ) -> None:
     """Find mixing weights of candidate adapters for a new task from a few examples
     (gradient-free, nevergrad) and write the composed adapter with its lineage."""
-    from compose.composer import (
+    from lorahive.compose.composer import (
         Composer,
         SearchConfig,
         check_candidates,
@@ -82,9 +88,9 @@ def compose(
         load_examples,
         write_composed,
     )
-    from compose.composer.composer import MAX_CANDIDATES
-    from compose.composer.model import load_base
-    from compose.composer.objective import load_objective
+    from lorahive.compose.composer.model import load_base
+    from lorahive.compose.composer.objective import load_objective
+    from lorahive.compose.composer.session import MAX_CANDIDATES
 
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.output import console, print_json
+from lorahive.cli.output import console, print_json
 
 
 def inspect(
@@ -19,7 +19,7 @@ def inspect(
 ) -> None:
     """Print an adapter's config summary and a per-module table (shape, rank, scale, norm,
     effective rank at 90%/99% energy)."""
-    from hub.peft_format import load_peft
+    from lorahive.hub.peft_format import load_peft
 
     adapter = load_peft(path, allow_pickle=allow_pickle)
     summary = adapter.summary()
@@ -63,7 +63,7 @@ def convert(
 ) -> None:
     """Rewrite an adapter as plain PEFT safetensors: bring in a pickle adapter safely, or turn
     a residual-base (PiSSA/OLoRA) adapter into a delta against the original base."""
-    from hub.peft_format import convert_residual, load_peft, save_peft
+    from lorahive.hub.peft_format import convert_residual, load_peft, save_peft
 
     adapter = load_peft(path, allow_pickle=allow_pickle)
     if initial is not None:

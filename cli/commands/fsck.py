@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.output import console, print_json
+from lorahive.cli.output import console, print_json
 
 
 def fsck(
@@ -18,8 +18,8 @@ def fsck(
     """Verify that every version's blobs exist with the recorded size and sha256 (the data
     directory in LORAHIVE_HOME, or LORAHIVE_DATABASE_URL / LORAHIVE_STORAGE_URL). Exits 1
     when a problem is found."""
-    from registry.integrity import check
-    from registry.service import RegistryService
+    from lorahive.registry.integrity import check
+    from lorahive.registry.service import RegistryService
 
     svc = RegistryService()
     try:

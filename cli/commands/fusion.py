@@ -9,10 +9,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli.output import byte_progress, console, human_bytes, print_json
-from cli.sources import Source, check_outputs, output_dir, publish_output, resolve_sources
-from hub.errors import InvalidRequestError
-from hub.lineage import SIDECAR, Lineage, Parent
+from lorahive.cli.output import byte_progress, console, human_bytes, print_json
+from lorahive.cli.sources import Source, check_outputs, output_dir, publish_output, resolve_sources
+from lorahive.hub.errors import InvalidRequestError
+from lorahive.hub.lineage import SIDECAR, Lineage, Parent
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -88,8 +88,8 @@ def fuse_cmd(
     """Fuse several adapters into one adapter; its lineage is written to lorahive.json (and
     stored in the registry with --publish)."""
     check_outputs(out, publish)
-    from compose.fusion import fuse
-    from hub.peft_format import load_peft, save_peft
+    from lorahive.compose.fusion import fuse
+    from lorahive.hub.peft_format import load_peft, save_peft
 
     sources = resolve_sources(adapters, url, token)
     dirs = [s.path for s in sources]
@@ -150,8 +150,8 @@ def merge_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Merge adapters into a base model's weights, streaming its shards tensor by tensor."""
-    from compose.merge import merge_into_base
-    from hub.peft_format import load_peft
+    from lorahive.compose.merge import merge_into_base
+    from lorahive.hub.peft_format import load_peft
 
     sources = resolve_sources(adapter, url, token)
     dirs = [s.path for s in sources]
@@ -188,7 +188,7 @@ def methods_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON."),
 ) -> None:
     """List fusion methods: name, what it does, parameters with defaults, paper."""
-    from compose.fusion import all_methods
+    from lorahive.compose.fusion import all_methods
 
     ms = all_methods()
     if json_out:

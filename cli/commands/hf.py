@@ -17,14 +17,14 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands.registry_client import (
+from lorahive.cli.commands.registry_client import (
     JsonOpt,
     UrlOpt,
     progress_bar,
     registry_session,
 )
-from cli.output import console, print_json
-from hub.errors import (
+from lorahive.cli.output import console, print_json
+from lorahive.hub.errors import (
     AdapterNotFoundError,
     EntryNotFoundError,
     InvalidAdapterError,
@@ -35,8 +35,8 @@ from hub.errors import (
     UnsafeFileError,
     VersionNotFoundError,
 )
-from hub.modelcard import parse_card, render_card
-from hub.refs import check_name, parse_ref
+from lorahive.hub.modelcard import parse_card, render_card
+from lorahive.hub.refs import check_name, parse_ref
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
 _DERIVED_TAG = re.compile(r"^(peft|lora|safetensors|transformers|base_model:.*|license:.*|region:.*)$")
@@ -127,7 +127,7 @@ def _card_metadata(readme: Path) -> dict[str, Any]:
 def _stage(snapshot: Path, dest: Path, allow_pickle: bool) -> None:
     """Copy an adapter out of the HF cache (symlinks resolved), converting a pickle-only
     adapter to safetensors when allowed; nothing else from the repo is unpickled."""
-    from hub.peft_format import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME  # imports torch
+    from lorahive.hub.peft_format import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME  # imports torch
     if not (snapshot / CONFIG_NAME).is_file():
         raise InvalidAdapterError(f"the repository has no {CONFIG_NAME}; is it a PEFT adapter?")
     for src in sorted(snapshot.rglob("*")):
@@ -148,7 +148,7 @@ def _stage(snapshot: Path, dest: Path, allow_pickle: bool) -> None:
                 f"the repository holds {pickles[0]} (pickle, can run code when loaded) and no "
                 f"{WEIGHTS_NAME}; rerun with --allow-pickle to convert it with a weights-only load"
             )
-        from hub.peft_format import load_peft, save_peft
+        from lorahive.hub.peft_format import load_peft, save_peft
 
         adapter = load_peft(snapshot, allow_pickle=True)
         conv = dest.parent / "converted"

@@ -9,16 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.commands.registry_client import (
+from lorahive.cli.commands.registry_client import (
     JsonOpt,
     TokenOpt,
     UrlOpt,
     progress_bar,
     registry_session,
 )
-from cli.output import console, human_bytes, print_json
-from hub.errors import InvalidRequestError
-from hub.registry_api import VersionInfo
+from lorahive.cli.output import console, human_bytes, print_json
+from lorahive.hub.errors import InvalidRequestError
+from lorahive.hub.protocol import VersionInfo
 
 
 def _metrics(text: str | None) -> dict:

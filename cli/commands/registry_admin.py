@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.commands.registry_client import (
+from lorahive.cli.commands.registry_client import (
     JsonOpt,
     TokenOpt,
     UrlOpt,
@@ -17,7 +17,7 @@ from cli.commands.registry_client import (
     registry_session,
     save_credentials,
 )
-from cli.output import console, err_console, print_json
+from lorahive.cli.output import console, err_console, print_json
 
 
 def serve(
@@ -28,9 +28,9 @@ def serve(
 ) -> None:
     """Run the registry server (embedded SQLite + blob directory under LORAHIVE_HOME unless
     LORAHIVE_DATABASE_URL / LORAHIVE_STORAGE_URL say otherwise)."""
-    from registry.resilience import startup_cleanup
-    from registry.service import RegistryService
-    from registry.settings import Settings
+    from lorahive.registry.resilience import startup_cleanup
+    from lorahive.registry.service import RegistryService
+    from lorahive.registry.settings import Settings
 
     settings = Settings()
     svc = RegistryService(settings)  # migrations run here, once, before workers start
@@ -48,7 +48,7 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [
-        sys.executable, "-m", "uvicorn", "registry.app:app_factory", "--factory",
+        sys.executable, "-m", "uvicorn", "lorahive.registry.app:app_factory", "--factory",
         "--host", host, "--port", str(port), "--workers", str(workers),
         "--log-level", log_level, "--timeout-graceful-shutdown", "5",
     ])
@@ -60,12 +60,12 @@ def login(
                                        help="An API token (from `lorahive token create`).")],
 ) -> None:
     """Check a token against a server and save both as the default registry."""
-    from hub.client import HttpRegistry
+    from lorahive.hub.client import HttpRegistry
 
     with HttpRegistry(url, token) as reg:
         who = reg.whoami()
     if who.user is None:
-        from hub.errors import AuthenticationError
+        from lorahive.hub.errors import AuthenticationError
 
         raise AuthenticationError("the server did not accept this token")
     path = save_credentials(url, token)

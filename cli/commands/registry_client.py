@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.output import byte_progress, err_console
-from hub.atomic import atomic_file
-from hub.registry_api import ProgressFn, Registry
+from lorahive.cli.output import byte_progress, err_console
+from lorahive.hub.atomic import atomic_file
+from lorahive.hub.protocol import ProgressFn, Registry
 
 UrlOpt = Annotated[str | None, typer.Option(
     "--url", help="Registry server URL (default: LORAHIVE_URL, the logged-in server, or the "
@@ -54,13 +54,13 @@ def open_registry(url: str | None = None, token: str | None = None) -> Registry:
     creds = load_credentials()
     url = url or os.environ.get("LORAHIVE_URL") or creds.get("url")
     if url:
-        from hub.client import HttpRegistry
+        from lorahive.hub.client import HttpRegistry
 
         if token is None:
             token = os.environ.get("LORAHIVE_TOKEN") or (
                 creds.get("token") if creds.get("url", "").rstrip("/") == url.rstrip("/") else None)
         return HttpRegistry(url, token)
-    from registry.local import LocalRegistry
+    from lorahive.registry.local import LocalRegistry
 
     return LocalRegistry()
 

@@ -4,15 +4,15 @@ Importing this package needs only torch and nevergrad; transformers loads when a
 does (``compose.composer.model.load_base``).
 """
 
-from compose.composer.candidates import (
+from lorahive.compose.composer.candidates import (
     Candidate,
     check_candidates,
     load_candidates,
     resolve_candidates,
 )
-from compose.composer.composer import Composer, write_composed
-from compose.composer.examples import Example, examples_sha256, load_examples
-from compose.composer.search import SearchConfig, SearchResult, search
+from lorahive.compose.composer.examples import Example, examples_sha256, load_examples
+from lorahive.compose.composer.search import SearchConfig, SearchResult, search
+from lorahive.compose.composer.session import Composer, write_composed
 
 __all__ = [
     "Candidate", "Composer", "Example", "SearchConfig", "SearchResult", "check_candidates",

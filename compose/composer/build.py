@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from compose.composer.candidates import Candidate
-from hub.adapter import Adapter, LoraModule
-from hub.lowrank import truncated_factors
+from lorahive.compose.composer.candidates import Candidate
+from lorahive.hub.adapter import Adapter, LoraModule
+from lorahive.hub.lowrank import truncated_factors
 
 
 def compose_ab(cands: Sequence[Candidate], weights: Sequence[float],

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.adapter import Adapter
-from hub.errors import (
+from lorahive.hub.adapter import Adapter
+from lorahive.hub.errors import (
     BaseModelMismatchError,
     InvalidRequestError,
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
-from hub.peft_format import load_peft
+from lorahive.hub.peft_format import load_peft
 
 MODES = ("ab", "delta")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from compose.composer.examples import Example, encode
-from compose.composer.mixing import Mixer
-from compose.composer.objective import token_nll
+from lorahive.compose.composer.examples import Example, encode
+from lorahive.compose.composer.mixing import Mixer
+from lorahive.compose.composer.objective import token_nll
 
 MAX_LABELS = 10
 

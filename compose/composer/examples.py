@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hub.errors import InvalidRequestError
+from lorahive.hub.errors import InvalidRequestError
 
 IGNORE = -100
 

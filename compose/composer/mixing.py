@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compose.composer.candidates import Candidate
-from hub.errors import InvalidRequestError, ShapeMismatchError
+from lorahive.compose.composer.candidates import Candidate
+from lorahive.hub.errors import InvalidRequestError, ShapeMismatchError
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from hub.devices import resolve_device, resolve_dtype
-from hub.errors import InvalidRequestError
+from lorahive.hub.devices import resolve_device, resolve_dtype
+from lorahive.hub.errors import InvalidRequestError
 
 
 @dataclass

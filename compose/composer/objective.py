@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compose.composer.examples import IGNORE, Encoded, Packed, pack
-from compose.composer.mixing import Mixer
-from hub.errors import InvalidRequestError
+from lorahive.compose.composer.examples import IGNORE, Encoded, Packed, pack
+from lorahive.compose.composer.mixing import Mixer
+from lorahive.hub.errors import InvalidRequestError
 
 
 @dataclass

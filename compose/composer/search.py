@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hub.errors import InvalidRequestError
+from lorahive.hub.errors import InvalidRequestError
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # [K, n] -> [K]
 

@@ -1,7 +1,20 @@
-"""Fusion: N LoRA adapters into one, by a method found by name in one registry."""
+"""Fusion: N LoRA adapters into one, by a method found by name in one table.
 
-from compose.fusion.engine import FusionResult, check_compatible, fuse
-from compose.fusion.registry import METHODS, Method, Param, all_methods, fusion_method, get_method
+Each family of methods is one module whose ``@fusion_method`` decorators fill
+``methods.METHODS``; importing this package imports every family (as mergekit does), so a
+new method is one decorated function in one file.
+"""
+
+from lorahive.compose.fusion import arithmetic, core_space, peft_methods, spectral  # noqa: F401
+from lorahive.compose.fusion.engine import FusionResult, check_compatible, fuse
+from lorahive.compose.fusion.methods import (
+    METHODS,
+    Method,
+    Param,
+    all_methods,
+    fusion_method,
+    get_method,
+)
 
 __all__ = [
     "METHODS", "FusionResult", "Method", "Param", "all_methods", "check_compatible", "fuse",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from compose.fusion.registry import fusion_method
-from compose.fusion.terms import Context, Factors, Fused, Term
-from hub.errors import ShapeMismatchError
+from lorahive.compose.fusion.methods import fusion_method
+from lorahive.compose.fusion.terms import Context, Factors, Fused, Term
+from lorahive.hub.errors import ShapeMismatchError
 
 TASK_ARITHMETIC = "https://arxiv.org/abs/2212.04089"
 LORAHUB = "https://arxiv.org/abs/2307.13269"

@@ -8,9 +8,9 @@ across all modules. Every module keeps at least rank 1 so the adapter keeps its 
 
 from __future__ import annotations
 
-from compose.fusion.terms import Factors, Fused
-from hub.errors import InvalidRequestError
-from hub.lowrank import energy_kept, truncate
+from lorahive.compose.fusion.terms import Factors, Fused
+from lorahive.hub.errors import InvalidRequestError
+from lorahive.hub.lowrank import energy_kept, truncate
 
 
 def allocate_ranks(

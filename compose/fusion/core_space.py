@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 
-from compose.fusion import elementwise as ew
-from compose.fusion.registry import fusion_method
-from compose.fusion.terms import Context, Dense, Factors, Fused, Term
+from lorahive.compose.fusion import elementwise as ew
+from lorahive.compose.fusion.methods import fusion_method
+from lorahive.compose.fusion.terms import Context, Dense, Factors, Fused, Term
 
 PAPER = "https://arxiv.org/abs/2509.17786"
 Space = Literal["core", "dense"]

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from hub.errors import InvalidRequestError
+from lorahive.hub.errors import InvalidRequestError
 
 SignMethod = Literal["total", "frequency"]
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from compose.fusion.budget import allocate_ranks
-from compose.fusion.registry import Method, get_method
-from compose.fusion.terms import Context, Dense, Factors, Fused, Term
-from hub.adapter import Adapter, LoraModule
-from hub.devices import resolve_device
-from hub.errors import (
+from lorahive.compose.fusion.budget import allocate_ranks
+from lorahive.compose.fusion.methods import Method, get_method
+from lorahive.compose.fusion.terms import Context, Dense, Factors, Fused, Term
+from lorahive.hub.adapter import Adapter, LoraModule
+from lorahive.hub.devices import resolve_device
+from lorahive.hub.errors import (
     BaseModelMismatchError,
     InvalidRequestError,
     ShapeMismatchError,

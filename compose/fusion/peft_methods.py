@@ -22,10 +22,10 @@ import math
 
 import torch
 
-from compose.fusion import elementwise as ew
-from compose.fusion.registry import fusion_method
-from compose.fusion.terms import Context, Dense, Factors, Fused, Term, finish
-from hub.errors import ShapeMismatchError
+from lorahive.compose.fusion import elementwise as ew
+from lorahive.compose.fusion.methods import fusion_method
+from lorahive.compose.fusion.terms import Context, Dense, Factors, Fused, Term, finish
+from lorahive.hub.errors import ShapeMismatchError
 
 PEFT = "https://huggingface.co/docs/peft/developer_guides/model_merging"
 TIES = "https://arxiv.org/abs/2306.01708"

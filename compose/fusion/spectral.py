@@ -13,10 +13,10 @@ from typing import Literal
 
 import torch
 
-from compose.fusion import elementwise as ew
-from compose.fusion.core_space import Space, merge_matrices, rank_cap, task_matrices
-from compose.fusion.registry import fusion_method
-from compose.fusion.terms import Context, Fused, Term
+from lorahive.compose.fusion import elementwise as ew
+from lorahive.compose.fusion.core_space import Space, merge_matrices, rank_cap, task_matrices
+from lorahive.compose.fusion.methods import fusion_method
+from lorahive.compose.fusion.terms import Context, Fused, Term
 
 TSV = "https://arxiv.org/abs/2412.00081"
 KNOTS = "https://arxiv.org/abs/2410.19735"

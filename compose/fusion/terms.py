@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hub.adapter import LoraModule
-from hub.lowrank import factored_svd, truncate
+from lorahive.hub.adapter import LoraModule
+from lorahive.hub.lowrank import factored_svd, truncate
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, status
 
-from hub.registry_api import GcReport, NamespaceInfo, NewToken, TokenInfo, WhoAmI
-from registry.deps import Caller, Service, limit_json_body
-from registry.schemas import NamespaceCreateRequest, TokenCreateRequest
+from lorahive.hub.protocol import GcReport, NamespaceInfo, NewToken, TokenInfo, WhoAmI
+from lorahive.registry.deps import Caller, Service, limit_json_body
+from lorahive.registry.schemas import NamespaceCreateRequest, TokenCreateRequest
 
 router = APIRouter(tags=["accounts"], dependencies=[Depends(limit_json_body)])
 

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from hub.refs import Ref, check_name, check_version
-from hub.registry_api import AdapterInfo, SearchPage, SortKey, VersionInfo
-from registry.deps import Caller, Service, limit_json_body
-from registry.schemas import AliasRequest, CommitRequest
-from registry.service import PublishOptions
+from lorahive.hub.protocol import AdapterInfo, SearchPage, SortKey, VersionInfo
+from lorahive.hub.refs import Ref, check_name, check_version
+from lorahive.registry.deps import Caller, Service, limit_json_body
+from lorahive.registry.schemas import AliasRequest, CommitRequest
+from lorahive.registry.service import PublishOptions
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 

@@ -9,17 +9,17 @@ from fastapi import APIRouter, Depends, Header, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from hub.errors import (
+from lorahive.hub.errors import (
     IntegrityError,
     InvalidRequestError,
     LorahiveError,
     PayloadTooLargeError,
 )
-from hub.manifest import WEIGHTS_NAME, check_filename
-from registry.blobs import check_sha256
-from registry.deps import Caller, Service, limit_json_body
-from registry.routes.adapters import _ref
-from registry.schemas import BlobPutResponse, MissingBlobsRequest, MissingBlobsResponse
+from lorahive.hub.manifest import WEIGHTS_NAME, check_filename
+from lorahive.registry.blobs import check_sha256
+from lorahive.registry.deps import Caller, Service, limit_json_body
+from lorahive.registry.routes.adapters import _ref
+from lorahive.registry.schemas import BlobPutResponse, MissingBlobsRequest, MissingBlobsResponse
 
 router = APIRouter(tags=["files"])
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

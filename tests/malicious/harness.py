@@ -10,9 +10,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from registry.app import create_app
-from registry.service import RegistryService, counts
-from registry.settings import Settings
+from lorahive.registry.app import create_app
+from lorahive.registry.service import RegistryService, counts
+from lorahive.registry.settings import Settings
 
 API = "/api/v1"
 

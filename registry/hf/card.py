@@ -8,9 +8,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from hub.modelcard import render_card
-from hub.registry_api import FileEntry
-from registry.blobs import BlobStore, ingest
+from lorahive.hub.modelcard import render_card
+from lorahive.hub.protocol import FileEntry
+from lorahive.registry.blobs import BlobStore, ingest
 
 CARD = "README.md"
 

@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from compose.composer.build import compose_ab, compose_delta
-from compose.composer.candidates import Candidate, ab_scales_differ, check_candidates
-from compose.composer.evaluate import Accuracy, accuracy, label_set
-from compose.composer.examples import Example, encode, examples_sha256
-from compose.composer.mixing import Mixer, install
-from compose.composer.model import BaseModel
-from compose.composer.objective import ObjectiveFn, Scorer
-from compose.composer.search import SearchConfig, SearchResult, search
-from hub.adapter import Adapter
-from hub.errors import InvalidRequestError
-from hub.lineage import SIDECAR, Lineage, Parent
-from hub.peft_format import save_peft
+from lorahive.compose.composer.build import compose_ab, compose_delta
+from lorahive.compose.composer.candidates import Candidate, ab_scales_differ, check_candidates
+from lorahive.compose.composer.evaluate import Accuracy, accuracy, label_set
+from lorahive.compose.composer.examples import Example, encode, examples_sha256
+from lorahive.compose.composer.mixing import Mixer, install
+from lorahive.compose.composer.model import BaseModel
+from lorahive.compose.composer.objective import ObjectiveFn, Scorer
+from lorahive.compose.composer.search import SearchConfig, SearchResult, search
+from lorahive.hub.adapter import Adapter
+from lorahive.hub.errors import InvalidRequestError
+from lorahive.hub.lineage import SIDECAR, Lineage, Parent
+from lorahive.hub.peft_format import save_peft
 
 MAX_CANDIDATES = 20  # LoRAHub's advice: beyond ~20 modules the search budget is spread thin
 

@@ -16,21 +16,21 @@ from fastapi import Request
 from sqlmodel import select
 from starlette.concurrency import run_in_threadpool
 
-from hub.errors import (
+from lorahive.hub.errors import (
     AdapterNotFoundError,
     InvalidRequestError,
     LorahiveError,
     VersionNotFoundError,
 )
-from hub.modelcard import card_tags, parse_card
-from hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
-from hub.registry_api import AdapterInfo, FileEntry, VersionInfo, WhoAmI
-from registry import hf_protocol as proto
-from registry.auth import Principal
-from registry.db import session_scope
-from registry.hf_upload import signing_key
-from registry.service import PublishOptions, RegistryService
-from registry.tables import AdapterRow, Namespace
+from lorahive.hub.modelcard import card_tags, parse_card
+from lorahive.hub.protocol import AdapterInfo, FileEntry, VersionInfo, WhoAmI
+from lorahive.hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
+from lorahive.registry.auth import Principal
+from lorahive.registry.db import session_scope
+from lorahive.registry.hf import protocol as proto
+from lorahive.registry.hf.upload import signing_key
+from lorahive.registry.service import PublishOptions, RegistryService
+from lorahive.registry.tables import AdapterRow, Namespace
 
 _COMMIT = re.compile(proto.COMMIT_RE)
 # (repo, commit id) -> version: lets a commit-pinned request (every file of a snapshot_download)

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from fastapi.responses import JSONResponse
 
-from hub.registry_api import FileEntry
+from lorahive.hub.protocol import FileEntry
 
 MAIN = "main"
 COMMIT_RE = r"^[0-9a-f]{40}$"

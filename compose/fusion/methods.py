@@ -1,4 +1,4 @@
-"""One registry of fusion methods, read from typed function signatures (as mergekit does).
+"""The table of fusion methods, read from typed function signatures (as mergekit does).
 
 A method is a plain function ``fn(terms, ctx, *, param: type = default, ...) -> Fused`` that
 fuses one module. ``@fusion_method`` registers it under a name with its paper's URL; its
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from hub.errors import InvalidRequestError
+from lorahive.hub.errors import InvalidRequestError
 
 _REQUIRED = inspect.Parameter.empty
 
@@ -132,7 +132,6 @@ def fusion_method(
 
 
 def get_method(name: str) -> Method:
-    _load_all()
     try:
         return METHODS[name]
     except KeyError:
@@ -147,16 +146,6 @@ FAMILY_ORDER = ("peft", "arithmetic", "core space", "spectral")
 
 def all_methods() -> list[Method]:
     """Every method, PEFT's first, then exact arithmetic, core space and spectral ones."""
-    _load_all()
     order = {f: i for i, f in enumerate(FAMILY_ORDER)}
     return sorted(METHODS.values(), key=lambda m: order.get(m.family, len(order)))
 
-
-def _load_all() -> None:
-    """Import every method family so its decorators run (one file per family)."""
-    from compose.fusion import (  # noqa: F401
-        arithmetic,
-        core_space,
-        peft_methods,
-        spectral,
-    )

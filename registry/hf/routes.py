@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from hub.errors import (
+from lorahive.hub.errors import (
     AdapterNotFoundError,
     AuthenticationError,
     EntryNotFoundError,
@@ -35,10 +35,10 @@ from hub.errors import (
     PayloadTooLargeError,
     VersionNotFoundError,
 )
-from hub.registry_api import FileEntry
-from registry import hf_protocol as proto
-from registry.hf_backend import HfBackend, Resolved, hf_backend
-from registry.hf_upload import (
+from lorahive.hub.protocol import FileEntry
+from lorahive.registry.hf import protocol as proto
+from lorahive.registry.hf.backend import HfBackend, Resolved, hf_backend
+from lorahive.registry.hf.upload import (
     SIGNED_URL_TTL,
     apply_commit,
     check_upload_sig,
@@ -247,7 +247,7 @@ async def resolve_file(request: Request, ns: str, name: str, rev: str, path: str
 async def validate_yaml(request: Request) -> Response:
     """The client asks before committing a README; a card lorahive cannot parse is reported
     as a warning, since publishing regenerates nothing the user supplied."""
-    from hub.modelcard import parse_card
+    from lorahive.hub.modelcard import parse_card
 
     try:
         content = str((await _json_object(request)).get("content", ""))

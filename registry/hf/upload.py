@@ -28,10 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub.errors import InvalidRequestError, PayloadTooLargeError
-from hub.manifest import check_filename
-from hub.registry_api import FileEntry
-from registry.blobs import BlobStore
+from lorahive.hub.errors import InvalidRequestError, PayloadTooLargeError
+from lorahive.hub.manifest import check_filename
+from lorahive.hub.protocol import FileEntry
+from lorahive.registry.blobs import BlobStore
 
 DEFAULT_INLINE_MAX = 1024**3
 SIGNED_URL_TTL = 3600

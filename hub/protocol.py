@@ -196,7 +196,7 @@ class DirectoryPublisher:
                 description: str | None = None, metrics: dict[str, Any] | None = None,
                 progress: ProgressFn | None = None) -> VersionInfo:
         """Publish a PEFT adapter directory, or an in-memory ``hub.Adapter``, as a version."""
-        from hub.manifest import publish_source
+        from lorahive.hub.manifest import publish_source
 
         with publish_source(path) as directory:
             return self._publish_dir(directory, name, version, task=task, tags=tags,
