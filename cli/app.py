@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import typer
@@ -32,6 +33,16 @@ for _mod in COMMAND_MODULES:
     importlib.import_module(_mod).register(app)
 
 
+def as_flags(e: LorahiveError) -> str:
+    """The error's message with the library parameters it names written as this CLI's flags
+    (``rank`` -> ``--rank``, ``rank_budget`` -> ``--rank-budget``)."""
+    msg = e.message
+    for p in e.params:
+        flag = "--" + p.replace("_", "-")
+        msg = re.sub(rf"(?<![\w-]){re.escape(p)}(?![\w-])", flag, msg)
+    return msg
+
+
 def main() -> None:
     """Console entry point: user errors print one line and exit 1, never a traceback."""
     try:
@@ -39,7 +50,7 @@ def main() -> None:
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except LorahiveError as e:
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {as_flags(e)}", err=True, fg=typer.colors.RED)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)

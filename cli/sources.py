@@ -9,16 +9,16 @@ cache, and resolved to the exact version so lineage records what was really used
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorahive.hub.atomic import require_free_dir
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.lineage import read_sidecar
-from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
+from lorahive.hub.manifest import CONFIG_NAME, weights_sha256
 from lorahive.hub.refs import Ref, parse_ref
 
 
@@ -30,16 +30,6 @@ class Source:
     ref: str  # ns/name@version for registry inputs, the directory otherwise
     version: str | None
     sha256: str | None
-
-
-def _file_sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def looks_like_ref(text: str) -> bool:
@@ -65,7 +55,7 @@ def resolve_sources(items: list[str], url: str | None = None, token: str | None 
             if path.is_dir():
                 if not (path / CONFIG_NAME).is_file():
                     raise InvalidRequestError(f"{item} is a directory without adapter_config.json")
-                out.append(Source(path, str(path), None, _file_sha256(path / WEIGHTS_NAME)))
+                out.append(Source(path, str(path), None, weights_sha256(path)))
                 continue
             if not looks_like_ref(item):
                 raise InvalidRequestError(
@@ -134,8 +124,8 @@ def check_outputs(out: Path | None, publish: str | None) -> None:
         raise InvalidRequestError("give --out DIR, --publish ns/name, or both")
     if publish is not None:
         check_publish_target(publish)
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidRequestError(f"{out} exists and is not empty; choose another --out")
+    if out is not None:
+        require_free_dir(out)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import torch
 
 from lorahive.compose.fusion import fuse
 from lorahive.hub.adapter import Adapter, LoraModule
-from lorahive.hub.atomic import atomic_directory
+from lorahive.hub.atomic import atomic_directory, require_free_dir
 from lorahive.hub.devices import resolve_device, resolve_dtype
 from lorahive.hub.errors import (
     InvalidAdapterError,
@@ -32,7 +32,8 @@ from lorahive.hub.errors import (
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
-from lorahive.hub.safetensors_io import DTYPE_SIZES, read_header
+from lorahive.hub.manifest import is_pickle_name
+from lorahive.hub.safetensors_io import DTYPE_SIZES, read_header, read_metadata
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -87,7 +88,7 @@ def open_checkpoint(root: str | Path) -> Checkpoint:
     else:
         found = sorted(p.name for p in root.glob("*.safetensors"))
         if len(found) != 1:
-            other = [p.name for p in root.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+            other = [p.name for p in root.iterdir() if is_pickle_name(p.name)]
             hint = " (pickle weights are not read; convert the base to safetensors)" if other else ""
             raise InvalidRequestError(
                 f"{root} has no {SINGLE_NAME} or {INDEX_NAME}{hint}; pass a base model directory"
@@ -100,9 +101,7 @@ def open_checkpoint(root: str | Path) -> Checkpoint:
         if not path.is_file():
             raise InvalidRequestError(f"{root}: the index names {shard}, which is missing")
         header, data_start = read_header(path)
-        with open(path, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            metadata[shard] = json.loads(fh.read(n)).get("__metadata__") or {}
+        metadata[shard] = read_metadata(path)
         for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             tensors[key] = TensorInfo(shard, info["dtype"], list(info["shape"]),
                                       data_start + info["data_offsets"][0])
@@ -185,7 +184,7 @@ def build_deltas(
     method fuses the adapters first and merges the fused adapter.
     """
     if not adapters:
-        raise InvalidRequestError("give at least one --adapter")
+        raise InvalidRequestError("give at least one adapter", params="adapter")
     w = [1.0] * len(adapters) if weights is None else [float(x) for x in weights]
     if len(w) != len(adapters):
         raise InvalidRequestError(f"{len(w)} weights for {len(adapters)} adapters")
@@ -286,13 +285,13 @@ def merge_into_base(
 ) -> MergeReport:
     """Write ``base + sum of deltas`` to ``out_dir`` (same shards and index as the base)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise InvalidRequestError(f"{out_dir} exists and is not empty; choose another --out")
+    if not overwrite:
+        require_free_dir(out_dir)
     ckpt = open_checkpoint(base_dir)
     dev = resolve_device(device)
     out_dtype = resolve_dtype(dtype)
     if out_dtype is not None and out_dtype not in ST_NAMES:
-        raise InvalidRequestError(f"--dtype {dtype} cannot be stored in safetensors")
+        raise InvalidRequestError(f"dtype {dtype} cannot be stored in safetensors", params="dtype")
     deltas = build_deltas(adapters, ckpt, weights, method, params, rank, seed, dev)
     total = ckpt.total_bytes
     done = 0

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from lorahive.hub.errors import InvalidRequestError
+
 TEMP_PREFIX = ".lorahive-tmp-"
 
 
@@ -92,6 +94,15 @@ def atomic_directory(dest: str | os.PathLike[str], overwrite: bool = False) -> I
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def require_free_dir(dest: str | os.PathLike[str], param: str = "out") -> None:
+    """An output directory must be absent or empty, so a result never mixes with older files;
+    ``param`` names the argument that chose it (the CLI shows it as its flag)."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InvalidRequestError(f"{dest} exists and is not empty; choose another {param}",
+                                  params=param)
 
 
 def remove_paths(paths: Iterable[Path], min_age: float = 0.0) -> int:

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 from lorahive.hub.atomic import atomic_directory, atomic_file, fsync_dir
 from lorahive.hub.errors import IntegrityError, LorahiveError, OfflineError
-from lorahive.hub.manifest import check_filename
+from lorahive.hub.manifest import check_filename, file_sha256, read_chunks
 from lorahive.hub.protocol import FileEntry, ProgressFn, VersionInfo
 from lorahive.hub.refs import DEFAULT_ALIAS, Ref
 
@@ -125,7 +125,7 @@ class PullCache:
         """A cached blob counts only if its size and sha256 match (a corrupted file is
         fetched again)."""
         p = self.blob_path(f.sha256)
-        return p.is_file() and p.stat().st_size == f.size and _sha256_of(p) == f.sha256
+        return p.is_file() and p.stat().st_size == f.size and file_sha256(p) == f.sha256
 
     def _download(self, f: FileEntry, fetch: Fetcher, progress: ProgressFn | None) -> None:
         """Download one blob, resuming a partial file, verifying before it becomes visible."""
@@ -210,23 +210,9 @@ def _write_all(fh: BinaryIO, data: bytes) -> None:
 def _hasher_of(path: Path, length: int) -> Any:
     """A sha256 object fed with the first ``length`` bytes of ``path``."""
     h = hashlib.sha256()
-    left = length
-    with open(path, "rb") as fh:
-        while left > 0:
-            chunk = fh.read(min(CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
+    for chunk in read_chunks(path, length):
+        h.update(chunk)
     return h
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -20,7 +20,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidRequestError("--device cuda was asked for but no CUDA device is available")
+        raise InvalidRequestError("device cuda was asked for but no CUDA device is available",
+                                  params="device")
     try:
         return torch.device(device)
     except RuntimeError:

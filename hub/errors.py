@@ -2,6 +2,13 @@
 
 Each error carries a stable ``code`` (sent in JSON bodies and mapped back to the same class by
 the HTTP client) and the HTTP status the server answers with. Messages say what to do.
+
+Each class also derives from the built-in exception it refines (a malformed request is a
+``ValueError``, a missing thing a ``LookupError``, a refused token a ``PermissionError``), so
+``except ValueError`` works for library users who never heard of lorahive's types.
+
+Library messages speak of the Python parameters a caller passed (``rank``, ``device``); an
+error names them in ``params`` and the CLI rewrites them as its flags (``--rank``).
 """
 
 from __future__ import annotations
@@ -13,36 +20,37 @@ class LorahiveError(Exception):
     code = "error"
     status = 400
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, params: tuple[str, ...] | str = ()):
         super().__init__(message)
         self.message = message
+        self.params = (params,) if isinstance(params, str) else tuple(params)
 
     def __str__(self) -> str:
         return self.message
 
 
-class InvalidAdapterError(LorahiveError):
+class InvalidAdapterError(LorahiveError, ValueError):
     """Files are missing, inconsistent (shapes vs ``r``, lone A or B) or malformed."""
 
     code = "invalid_adapter"
     status = 422
 
 
-class UnsafeFileError(LorahiveError):
+class UnsafeFileError(LorahiveError, ValueError):
     """A pickle-based file was offered where only safetensors are accepted."""
 
     code = "unsafe_file"
     status = 422
 
 
-class UnsupportedAdapterError(LorahiveError):
+class UnsupportedAdapterError(LorahiveError, ValueError):
     """Math was asked of an adapter type stored opaquely (not LoRA-family)."""
 
     code = "unsupported_adapter"
     status = 422
 
 
-class ShapeMismatchError(LorahiveError):
+class ShapeMismatchError(LorahiveError, ValueError):
     """Adapters do not line up with each other or with a base model."""
 
     code = "shape_mismatch"
@@ -55,21 +63,21 @@ class BaseModelMismatchError(ShapeMismatchError):
     code = "base_model_mismatch"
 
 
-class InvalidReferenceError(LorahiveError):
+class InvalidReferenceError(LorahiveError, ValueError):
     """A reference is not ``namespace/name[@version|:alias]``."""
 
     code = "invalid_reference"
     status = 400
 
 
-class InvalidRequestError(LorahiveError):
+class InvalidRequestError(LorahiveError, ValueError):
     """A request is malformed: bad filename, bad parameter, bad manifest."""
 
     code = "invalid_request"
     status = 400
 
 
-class NotFoundError(LorahiveError):
+class NotFoundError(LorahiveError, LookupError):
     code = "not_found"
     status = 404
 
@@ -103,26 +111,26 @@ class ConflictError(LorahiveError):
     status = 409
 
 
-class AuthenticationError(LorahiveError):
+class AuthenticationError(LorahiveError, PermissionError):
     """No token, an unknown token, or an expired or revoked one."""
 
     code = "unauthenticated"
     status = 401
 
 
-class PermissionDeniedError(LorahiveError):
+class PermissionDeniedError(LorahiveError, PermissionError):
     """The token is valid but lacks the scope for this namespace."""
 
     code = "forbidden"
     status = 403
 
 
-class PayloadTooLargeError(LorahiveError):
+class PayloadTooLargeError(LorahiveError, ValueError):
     code = "payload_too_large"
     status = 413
 
 
-class IntegrityError(LorahiveError):
+class IntegrityError(LorahiveError, ValueError):
     """Content does not match its declared sha256 or size."""
 
     code = "integrity_error"
@@ -134,14 +142,14 @@ class RateLimitedError(LorahiveError):
     status = 429
 
 
-class ServiceUnavailableError(LorahiveError):
+class ServiceUnavailableError(LorahiveError, ConnectionError):
     """A backing service (database, object store) is unreachable; retry later."""
 
     code = "service_unavailable"
     status = 503
 
 
-class OfflineError(LorahiveError):
+class OfflineError(LorahiveError, ConnectionError):
     """The registry cannot be reached and the cache does not hold what was asked."""
 
     code = "offline"

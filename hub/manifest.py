@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ from lorahive.hub.atomic import TEMP_PREFIX
 from lorahive.hub.errors import InvalidAdapterError, InvalidRequestError, UnsafeFileError
 from lorahive.hub.protocol import FileEntry
 
-# The same names as hub.peft_format's; repeated so light clients need not import torch.
+# PEFT's file names (torch-free here, so light clients need not import torch).
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# Pickle-format files: never unpickled unless the user asks for a weights-only load.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "adapter_model.pkl")
 FORBIDDEN_DIRS = frozenset({".git", ".cache"})
 _DRIVE = re.compile(r"^[A-Za-z]:")
 CHUNK = 1024 * 1024
@@ -52,7 +54,7 @@ def check_filename(path: str, max_length: int = 255) -> str:
         raise bad("'.', '..' and empty segments are not allowed")
     if any(p in FORBIDDEN_DIRS for p in parts[:-1]):
         raise bad(f"folders {sorted(FORBIDDEN_DIRS)} are not allowed")
-    if path.lower().endswith(PICKLE_SUFFIXES):
+    if is_pickle_name(path):
         raise UnsafeFileError(
             f"{path} is a pickle-format file, which can run code when loaded; lorahive "
             "publishes safetensors only. Remove it from the directory (convert adapter weights "
@@ -61,12 +63,40 @@ def check_filename(path: str, max_length: int = 255) -> str:
     return path
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def is_pickle_name(path: str) -> bool:
+    """Whether a file name is of a pickle format (by suffix, case-insensitive)."""
+    return path.lower().endswith(PICKLE_SUFFIXES)
+
+
+def sha256_of_chunks(chunks: Iterable[bytes]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
+    for chunk in chunks:
+        h.update(chunk)
     return h.hexdigest()
+
+
+def read_chunks(path: str | os.PathLike[str], length: int | None = None) -> Iterator[bytes]:
+    """A file's bytes in 1 MiB chunks (only the first ``length`` bytes when given)."""
+    left = length
+    with open(path, "rb") as fh:
+        while left is None or left > 0:
+            chunk = fh.read(CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's content: what blobs are keyed by and lineage records."""
+    return sha256_of_chunks(read_chunks(path))
+
+
+def weights_sha256(adapter_dir: str | os.PathLike[str]) -> str | None:
+    """sha256 of a directory's adapter weights (what lineage records of a parent), or None."""
+    path = Path(adapter_dir) / WEIGHTS_NAME
+    return file_sha256(path) if path.is_file() else None
 
 
 def collect_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:

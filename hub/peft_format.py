@@ -17,14 +17,12 @@ from pathlib import Path
 import torch
 
 from lorahive.hub.adapter import Adapter, LoraModule
-from lorahive.hub.atomic import atomic_directory, atomic_file
+from lorahive.hub.atomic import atomic_directory, atomic_file, require_free_dir
 from lorahive.hub.config import AdapterConfig
 from lorahive.hub.errors import InvalidAdapterError, ShapeMismatchError, UnsafeFileError
+from lorahive.hub.manifest import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
 from lorahive.hub.safetensors_io import load_tensors, read_metadata, save_tensors
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "adapter_model.pkl")
 PREFIX = "base_model.model."
 
 _PARTS = "lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|lora_E"
@@ -173,8 +171,8 @@ def save_peft(
 ) -> Path:
     """Write a PEFT directory atomically: it appears whole under ``path`` or not at all."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise InvalidAdapterError(f"{path} exists and is not empty; choose another --out")
+    if not overwrite:
+        require_free_dir(path)
     config = adapter.canonical_config()
     with atomic_directory(path, overwrite=True) as tmp:
         save_tensors(to_state_dict(adapter), tmp / WEIGHTS_NAME,

@@ -30,9 +30,9 @@ DTYPE_SIZES = {
 }
 
 
-def read_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
-    """Return the validated header (without ``__metadata__``) and the data section's offset."""
-    path = Path(path)
+def _raw_header(path: Path) -> tuple[dict, dict[str, str] | None, int, int]:
+    """Parse the header with its size bounds checked: ``(tensors, metadata, header bytes,
+    file size)``; the one place the 8-byte length prefix is read."""
     size = path.stat().st_size
     name = path.name
     if size < 8:
@@ -56,6 +56,14 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
     meta = header.pop("__metadata__", None)
     if meta is not None and not isinstance(meta, dict):
         raise InvalidAdapterError(f"{name}: __metadata__ must be a string map")
+    return header, meta, n, size
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
+    """Return the validated header (without ``__metadata__``) and the data section's offset."""
+    path = Path(path)
+    name = path.name
+    header, _, n, size = _raw_header(path)
     data_len = size - 8 - n
     spans = []
     for key, info in header.items():
@@ -94,12 +102,8 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    path = Path(path)
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        if n > MAX_HEADER_BYTES:
-            raise InvalidAdapterError(f"{path.name}: safetensors header too large")
-        return json.loads(fh.read(n)).get("__metadata__") or {}
+    """The ``__metadata__`` string map of a safetensors file (``{}`` when absent)."""
+    return _raw_header(Path(path))[1] or {}
 
 
 def load_tensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -5,13 +5,12 @@ counted (the first are removed by the next start-up or ``gc``, the second by ``g
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlmodel import col, select
 
-from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
+from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME, sha256_of_chunks
 from lorahive.registry.db import session_scope
 from lorahive.registry.resilience import orphan_paths
 from lorahive.registry.service import RegistryService
@@ -31,13 +30,6 @@ class IntegrityReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _sha256(chunks: object) -> str:
-    h = hashlib.sha256()
-    for c in chunks:  # type: ignore[attr-defined]
-        h.update(c)
-    return h.hexdigest()
 
 
 def check(service: RegistryService, hashes: bool = True) -> IntegrityReport:
@@ -67,7 +59,7 @@ def check(service: RegistryService, hashes: bool = True) -> IntegrityReport:
             rep.problems.append(f"{where}: blob has {size} bytes, the version says {f.size}")
             continue
         if hashes and f.sha256 not in checked:
-            got = _sha256(store.open_range(f.sha256))
+            got = sha256_of_chunks(store.open_range(f.sha256))
             checked[f.sha256] = got
             rep.blobs_checked += 1
             rep.bytes_hashed += size

@@ -11,7 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorahive.hub import load_peft, save_peft
-from lorahive.hub.errors import InvalidAdapterError, UnsafeFileError, UnsupportedAdapterError
+from lorahive.hub.errors import (
+    InvalidAdapterError,
+    InvalidRequestError,
+    UnsafeFileError,
+    UnsupportedAdapterError,
+)
 from lorahive.hub.safetensors_io import read_header
 
 ST = "adapter_model.safetensors"
@@ -185,5 +190,5 @@ def test_save_never_leaves_partial_output(tmp_path, lora_dir, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     save_peft(a, tmp_path / "out")
-    with pytest.raises(InvalidAdapterError, match="not empty"):
+    with pytest.raises(InvalidRequestError, match="not empty"):
         save_peft(a, tmp_path / "out")

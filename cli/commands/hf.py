@@ -35,10 +35,16 @@ from lorahive.hub.errors import (
     UnsafeFileError,
     VersionNotFoundError,
 )
+from lorahive.hub.manifest import (
+    CONFIG_NAME,
+    PICKLE_NAMES,
+    PICKLE_SUFFIXES,
+    WEIGHTS_NAME,
+    is_pickle_name,
+)
 from lorahive.hub.modelcard import parse_card, render_card
 from lorahive.hub.refs import check_name, parse_ref
 
-PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
 _DERIVED_TAG = re.compile(r"^(peft|lora|safetensors|transformers|base_model:.*|license:.*|region:.*)$")
 
 
@@ -127,15 +133,13 @@ def _card_metadata(readme: Path) -> dict[str, Any]:
 def _stage(snapshot: Path, dest: Path, allow_pickle: bool) -> None:
     """Copy an adapter out of the HF cache (symlinks resolved), converting a pickle-only
     adapter to safetensors when allowed; nothing else from the repo is unpickled."""
-    from lorahive.hub.peft_format import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME  # imports torch
     if not (snapshot / CONFIG_NAME).is_file():
         raise InvalidAdapterError(f"the repository has no {CONFIG_NAME}; is it a PEFT adapter?")
     for src in sorted(snapshot.rglob("*")):
         rel = src.relative_to(snapshot)
         if src.is_dir() or rel.parts[0] == ".cache" or rel.name == ".gitattributes":
             continue
-        if rel.name in PICKLE_NAMES or src.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle",
-                                                       ".ckpt"):
+        if is_pickle_name(rel.name):
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest / rel)
@@ -186,7 +190,7 @@ def import_hf(
     with _hf_errors(f"import {repo_id}"):
         snapshot = Path(snapshot_download(
             repo_id, revision=revision,
-            ignore_patterns=None if allow_pickle else PICKLE_PATTERNS,
+            ignore_patterns=None if allow_pickle else [f"*{s}" for s in PICKLE_SUFFIXES],
         ))
     with tempfile.TemporaryDirectory(prefix="lorahive-import-") as tmp:
         staged = Path(tmp) / "adapter"

@@ -7,7 +7,6 @@ candidates that adapt different modules, as long as each module's shape agrees.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from lorahive.hub.errors import (
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
+from lorahive.hub.manifest import weights_sha256
 from lorahive.hub.peft_format import load_peft
 
 MODES = ("ab", "delta")
@@ -35,16 +35,6 @@ class Candidate:
     @property
     def name(self) -> str:
         return Path(self.ref).name or self.ref
-
-
-def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_candidates(entries: Sequence[tuple[str, Path, str | None, str | None]]) -> list[Candidate]:
@@ -73,7 +63,7 @@ def resolve_candidates(refs: Sequence[str]) -> list[Candidate]:
                 f"candidate {ref!r} is not a directory; registry references need the registry "
                 "(resolve them to local adapter directories first)"
             )
-    return load_candidates([(str(r), Path(r), _sha256(Path(r) / "adapter_model.safetensors"), None)
+    return load_candidates([(str(r), Path(r), weights_sha256(Path(r)), None)
                             for r in refs])
 
 
@@ -117,13 +107,14 @@ def check_candidates(cands: Sequence[Candidate], mode: str) -> list[str]:
                 raise ShapeMismatchError(
                     f"mode ab mixes factors element-wise, so candidates must adapt the same "
                     f"modules; {c.ref} differs from {first.ref} at {diff[0]}"
-                    f"{f' (+{len(diff) - 1} more)' if len(diff) > 1 else ''}; use --mode delta")
+                    f"{f' (+{len(diff) - 1} more)' if len(diff) > 1 else ''}; use mode delta",
+                    params="mode")
             for name in sorted(want):
                 r0, r1 = first.adapter.modules[name].rank, c.adapter.modules[name].rank
                 if r0 != r1:
                     raise ShapeMismatchError(
                         f"mode ab needs equal ranks: {name} has rank {r1} in {c.ref} but {r0} "
-                        f"in {first.ref}; use --mode delta (exact for any ranks)")
+                        f"in {first.ref}; use mode delta (exact for any ranks)", params="mode")
     return sorted(shapes)
 
 

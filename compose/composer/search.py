@@ -57,9 +57,9 @@ def make_optimizer(n: int, cfg: SearchConfig):
     import nevergrad as ng
 
     if cfg.budget < 1:
-        raise InvalidRequestError("--budget must be at least 1")
+        raise InvalidRequestError("budget must be at least 1", params="budget")
     if cfg.workers < 1:
-        raise InvalidRequestError("--workers must be at least 1")
+        raise InvalidRequestError("workers must be at least 1", params="workers")
     if not cfg.lower < cfg.upper or not cfg.lower <= cfg.init <= cfg.upper:
         raise InvalidRequestError("bounds must satisfy lower <= init <= upper, lower < upper")
     try:

@@ -19,8 +19,8 @@ def allocate_ranks(
     """Truncate every module to its share of ``budget``; returns factors and energy kept."""
     if budget < len(fused):
         raise InvalidRequestError(
-            f"--rank-budget {budget} is below the number of modules ({len(fused)}); each "
-            "module keeps at least rank 1"
+            f"rank_budget {budget} is below the number of modules ({len(fused)}); each "
+            "module keeps at least rank 1", params="rank_budget"
         )
     svds = {n: f.svd() for n, f in fused.items()}
     ranks = {n: 1 for n in fused}

@@ -22,7 +22,7 @@ SignMethod = Literal["total", "frequency"]
 
 def check_density(density: float) -> None:
     if not 0.0 <= density <= 1.0:
-        raise InvalidRequestError(f"--density must be in [0, 1]; got {density}")
+        raise InvalidRequestError(f"density must be in [0, 1]; got {density}", params="density")
 
 
 def magnitude_prune_one(t: torch.Tensor, density: float) -> torch.Tensor:

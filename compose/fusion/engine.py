@@ -89,7 +89,8 @@ def fuse(
     if len(w) != len(adapters):
         raise InvalidRequestError(f"{len(w)} weights for {len(adapters)} adapters")
     if rank is not None and rank_budget is not None:
-        raise InvalidRequestError("give --rank or --rank-budget, not both")
+        raise InvalidRequestError("give rank or rank_budget, not both",
+                                  params=("rank", "rank_budget"))
     if (rank is not None and rank < 1) or (rank_budget is not None and rank_budget < 1):
         raise InvalidRequestError("ranks must be at least 1")
     bound = m.bind(params or {})

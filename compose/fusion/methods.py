@@ -90,7 +90,7 @@ class Method:
             if v is None:
                 if p.required:
                     raise InvalidRequestError(
-                        f"method {self.name!r} needs --{p.name.replace('_', '-')}"
+                        f"method {self.name!r} needs {p.name}", params=p.name
                     )
                 v = p.default
             out[p.name] = v
