@@ -94,7 +94,7 @@ def test_compose_user_errors_are_one_line(task, tmp_path):
     r = run("compose", "--base", base, "-c", cands[0], "-c", r2, "--examples", shots,
             "--out", tmp_path / "x", "--budget", "2")
     assert r.returncode == 1
-    assert r.stderr.startswith("error: mode ab needs equal ranks") and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: --mode ab needs equal ranks") and "Traceback" not in r.stderr
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "f").write_text("x")
