@@ -734,9 +734,12 @@ class RegistryService:
         registry that ``p`` cannot read is named by nothing (not even its sha256)."""
         parents = (info.lineage or {}).get("parents") or []
         out: list[LineageEdge] = []
+        if not parents:
+            return out
         with session_scope(self.engine) as s:
             for raw in parents if isinstance(parents, list) else []:
-                if not isinstance(raw, dict):
+                if not isinstance(raw, dict):  # one edge per recorded parent, in order
+                    out.append(LineageEdge(None, None, None, None, hidden=True))
                     continue
                 weight = raw.get("weight")
                 weight = float(weight) if isinstance(weight, int | float) else None
