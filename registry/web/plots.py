@@ -74,7 +74,7 @@ def line_chart(series: Sequence[Series], x_label: str, y_label: str, *, log_y: b
     else:
         yt = nice_ticks(min(0.0, min(ys)), max(ys))
         y0, y1 = yt[0], yt[-1]
-    W = width  # noqa: N806
+    W = width
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
 
     def sx(x: float) -> float:
@@ -140,7 +140,7 @@ def bar_chart(values: Sequence[float], x_label: str, y_label: str, *, log_y: boo
     else:
         yt = nice_ticks(0.0, max(ys))
         y0, y1 = yt[0], yt[-1]
-    W = width  # noqa: N806
+    W = width
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
     n = len(vals)
     bw = pw / n

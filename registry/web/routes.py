@@ -23,7 +23,12 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lorahive.hub.errors import AuthenticationError, LorahiveError, PayloadTooLargeError
+from lorahive.hub.errors import (
+    AuthenticationError,
+    LorahiveError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from lorahive.hub.protocol import VersionInfo
 from lorahive.hub.refs import Ref, parse_ref
 from lorahive.registry.auth import SCOPES
@@ -142,6 +147,8 @@ def error_page(request: Request, status: int, message: str, code: str = "") -> H
 def _check_ns(ns: str) -> None:
     if ns in RESERVED:
         raise StarletteHTTPException(404, "Not Found")  # the APIs' own JSON 404
+    if ns == "-":
+        raise NotFoundError("there is no such page")
 
 
 def _version_ref(ns: str, name: str, version: str | None, alias: str | None) -> Ref:
