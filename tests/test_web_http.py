@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from lorahive.registry.web.session import CSRF_COOKIE, SESSION_COOKIE
-from tests.web_helpers import LiveServer, Seeded, seed
+from tests.web_helpers import LiveServer, Seeded, csrf_field, seed, sign_in
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,20 +23,6 @@ def live(tmp_path_factory, tiny_llama_dir) -> Iterator[tuple[LiveServer, Seeded]
     seeded = seed(server, tiny_llama_dir, tmp_path_factory.mktemp("web-http-work"))
     yield server, seeded
     server.stop()
-
-
-def _csrf_field(html: str) -> str:
-    m = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert m, "no CSRF field in the form"
-    return m.group(1)
-
-
-def sign_in(c: httpx.Client, token: str) -> httpx.Response:
-    page = c.get("/-/signin")
-    r = c.post("/-/signin", data={"csrf": _csrf_field(page.text), "token": token,
-                                  "next": "/-/account"})
-    assert r.status_code == 303, r.text
-    return r
 
 
 def test_root_is_the_search_page_with_strict_headers(live):
@@ -104,7 +90,7 @@ def test_session_cookie_flags_and_secure_over_https(live):
     with server.client(headers={"x-forwarded-proto": "https"}) as c:  # behind a TLS proxy
         page = c.get("/-/signin")
         assert "secure" in page.headers["set-cookie"].lower()
-        csrf = _csrf_field(page.text)  # a Secure cookie: httpx keeps it for https URLs only
+        csrf = csrf_field(page.text)  # a Secure cookie: httpx keeps it for https URLs only
         r = c.post("/-/signin", data={"csrf": csrf, "token": seeded.alice_token},
                    headers={"cookie": f"{CSRF_COOKIE}={csrf}"})
         cookie = next(v for k, v in r.headers.multi_items()
@@ -123,7 +109,7 @@ def test_csrf_refusals(live):
     server, seeded = live
     with server.client() as c:
         page = c.get("/-/signin")
-        token = _csrf_field(page.text)
+        token = csrf_field(page.text)
         no_field = c.post("/-/signin", data={"token": seeded.alice_token})
         wrong = c.post("/-/signin", data={"csrf": "x" * 43, "token": seeded.alice_token})
         other_site = c.post("/-/signin", data={"csrf": token, "token": seeded.alice_token},
@@ -137,7 +123,7 @@ def test_csrf_refusals(live):
     with server.client() as c:
         sign_in(c, seeded.alice_token)
         account = c.get("/-/account")
-        csrf = _csrf_field(account.text)
+        csrf = csrf_field(account.text)
         assert c.post("/-/tokens", data={"name": "x", "scope": "read"}).status_code == 403
         assert c.post("/-/tokens", data={"name": "x", "scope": "read", "csrf": csrf},
                       headers={"origin": "http://evil.example"}).status_code == 403
@@ -164,7 +150,7 @@ def test_revoking_the_token_or_signing_out_ends_the_session(live):
     with server.client() as c:
         sign_in(c, tok2.token)
         sid = c.cookies[SESSION_COOKIE]
-        csrf = _csrf_field(c.get("/-/account").text)
+        csrf = csrf_field(c.get("/-/account").text)
         out = c.post("/-/signout", data={"csrf": csrf})
         assert out.status_code == 303
     assert server.service.web_session(sid) is None  # gone server-side, not just the cookie
@@ -178,7 +164,7 @@ def test_revoking_from_the_page(live):
     victim = server.admin.create_token("victim", scope="read", user="alice")
     with server.client() as c:
         sign_in(c, tok.token)
-        csrf = _csrf_field(c.get("/-/account").text)
+        csrf = csrf_field(c.get("/-/account").text)
         r = c.post(f"/-/tokens/{victim.info.id}/revoke", data={"csrf": csrf})
         assert r.status_code == 303
         with pytest.raises(Exception, match="revoked"):

@@ -5,6 +5,7 @@ lineage names a public and a private parent, and a hostile model card."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import threading
@@ -178,6 +179,21 @@ def seed(server: LiveServer, base_dir: Path, work: Path) -> Seeded:
     (h / "README.md").write_text(HOSTILE_CARD)
     reg.publish(h, "admin/hostile", task="qa", tags=["hostile"])
     return Seeded(alice_token=alice.token)
+
+
+def csrf_field(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF field in the form"
+    return m.group(1)
+
+
+def sign_in(c: httpx.Client, token: str) -> httpx.Response:
+    """Sign a client in through the sign-in form, as a browser does."""
+    page = c.get("/-/signin")
+    r = c.post("/-/signin", data={"csrf": csrf_field(page.text), "token": token,
+                                  "next": "/-/account"})
+    assert r.status_code == 303, r.text
+    return r
 
 
 def copy_adapter(src: Path, dst: Path, base_model: str) -> Path:
