@@ -698,16 +698,36 @@ class RegistryService:
         r = parse_ref(ref) if isinstance(ref, str) else ref
         with session_scope(self.engine) as s:
             a, _ = self._adapter(s, p, r)
-            aliases: dict[int, list[str]] = {}
-            for al in s.exec(select(AliasRow).where(AliasRow.adapter_id == a.id)
-                             .order_by(AliasRow.name)).all():
-                aliases.setdefault(al.version_id, []).append(al.name)
-            rows = s.exec(select(VersionRow.id, VersionRow.version, VersionRow.created_at,
-                                 VersionRow.size, VersionRow.downloads, VersionRow.rank)
-                          .where(VersionRow.adapter_id == a.id)
-                          .order_by(col(VersionRow.seq).desc())).all()
-            return [VersionBrief(version=v, created_at=c, size=sz, downloads=d, rank=rk,
-                                 aliases=aliases.get(i, [])) for i, v, c, sz, d, rk in rows]
+            return self._version_briefs(s, a)
+
+    def _version_briefs(self, s: Session, a: AdapterRow) -> list[VersionBrief]:
+        aliases: dict[int, list[str]] = {}
+        for al in s.exec(select(AliasRow).where(AliasRow.adapter_id == a.id)
+                         .order_by(AliasRow.name)).all():
+            aliases.setdefault(al.version_id, []).append(al.name)
+        rows = s.exec(select(VersionRow.id, VersionRow.version, VersionRow.created_at,
+                             VersionRow.size, VersionRow.downloads, VersionRow.rank)
+                      .where(VersionRow.adapter_id == a.id)
+                      .order_by(col(VersionRow.seq).desc())).all()
+        return [VersionBrief(version=v, created_at=c, size=sz, downloads=d, rank=rk,
+                             aliases=aliases.get(i, [])) for i, v, c, sz, d, rk in rows]
+
+    def adapter_view(self, p: Principal, ref: str | Ref, file: str | None = None,
+                     max_bytes: int = 0) -> AdapterView:
+        """What an adapter's page shows, read in one transaction: the adapter, the version
+        ``ref`` names, the list of its versions and, optionally, the first ``max_bytes`` of
+        one of that version's files (its model card)."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        with session_scope(self.engine) as s:
+            a, ns = self._adapter(s, p, r)
+            view = AdapterView(self._adapter_infos(s, [(a, ns)])[0],
+                               self._version_info(s, ns, a, self._version(s, a, r)),
+                               self._version_briefs(s, a))
+        entry = next((f for f in view.version.files if f.path == file), None)
+        if entry is not None and max_bytes > 0:
+            end = min(entry.size, max_bytes) - 1
+            view.file = b"".join(self.store.open_range(entry.sha256, 0, end)) if end >= 0 else b""
+        return view
 
     def owned_namespaces(self, p: Principal) -> list[str]:
         """Namespaces the signed-in user owns (all of them for a site admin)."""
@@ -719,15 +739,6 @@ class RegistryService:
                 q = q.where(Namespace.owner_id == p.user_id)
             names = list(s.exec(q).all())
         return [n for n in names if not p.namespaces or n in p.namespaces]
-
-    def read_file(self, p: Principal, info: VersionInfo, path: str, max_bytes: int) -> bytes | None:
-        """The first ``max_bytes`` of a file of a version ``p`` may see (``None`` if absent)."""
-        self.adapter(p, Ref(info.namespace, info.name))  # 404 unless visible
-        entry = next((f for f in info.files if f.path == path), None)
-        if entry is None or entry.size == 0:
-            return None if entry is None else b""
-        end = min(entry.size, max_bytes) - 1
-        return b"".join(self.store.open_range(entry.sha256, 0, end))
 
     def lineage_parents(self, p: Principal, info: VersionInfo) -> list[LineageEdge]:
         """The parents recorded in a version's lineage as ``p`` may see them: a parent in the
@@ -954,6 +965,16 @@ class VersionBrief:
     downloads: int
     rank: int | None
     aliases: list[str]
+
+
+@dataclass
+class AdapterView:
+    """An adapter with one version, its version list and optionally one file's head."""
+
+    adapter: AdapterInfo
+    version: VersionInfo
+    versions: list[VersionBrief]
+    file: bytes | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ same 404 as a missing one.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.suffix in STATIC_T
 templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
     autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
-    trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+    trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined, auto_reload=False,
 )
 
 
@@ -195,7 +196,7 @@ def search_page(
     result = svc.search(v.principal, q or None, task=task or None, base_model=base_model or None,
                         tags=tags, namespace=namespace or None, sort=sort,
                         offset=(page - 1) * PER_PAGE, limit=PER_PAGE)
-    facets = svc.facets(v.principal)
+    facets = _facets(svc, v)
     pages = max(1, math.ceil(result.total / PER_PAGE))
     state = dict(q=q, task=task, base_model=base_model, tag=tags, namespace=namespace, sort=sort)
 
@@ -204,6 +205,26 @@ def search_page(
 
     return render(request, "search.html", result=result, facets=facets, page=page, pages=pages,
                   state=state, link=link, sorts=SORTS, per_page=PER_PAGE)
+
+
+FACETS_TTL = 30.0
+_FACETS: dict[tuple[Any, ...], tuple[float, dict[str, list[tuple[str, int]]]]] = {}
+
+
+def _facets(svc: RegistryService, v: Visitor) -> dict[str, list[tuple[str, int]]]:
+    """The filters' choices and counts, kept ``FACETS_TTL`` seconds per kind of visitor (they
+    group every visible adapter; the results themselves are always read fresh)."""
+    p = v.principal
+    key = (p.user_id, p.is_admin, p.scope, p.namespaces)
+    now = time.monotonic()
+    hit = _FACETS.get(key)
+    if hit is not None and now - hit[0] < FACETS_TTL:
+        return hit[1]
+    facets = svc.facets(p)
+    if len(_FACETS) > 1024:
+        _FACETS.clear()
+    _FACETS[key] = (now, facets)
+    return facets
 
 
 # -------------------------------------------------------------------------- accounts
@@ -373,28 +394,27 @@ def _config_rows(info: VersionInfo) -> list[tuple[str, Any]]:
 
 # -------------------------------------------------------------------------- adapter pages
 def _adapter_ctx(request: Request, v: Visitor, ns: str, name: str, version: str | None,
-                 alias: str | None, tab: str) -> dict[str, Any]:
-    svc = svc_of(request)
+                 alias: str | None, tab: str, card: bool = False) -> dict[str, Any]:
     ref = _version_ref(ns, name, version, alias)
-    adapter = svc.adapter(v.principal, ref)
-    info = svc.resolve(v.principal, ref)
+    view = svc_of(request).adapter_view(v.principal, ref, "README.md" if card else None,
+                                        CARD_BYTES)
     pinned = {"version": version} if version else ({"alias": alias} if alias else {})
     base = f"/{ns}/{name}"
-    return dict(adapter=adapter, info=info, tab=tab, base=base, pinned=pinned,
+    return dict(adapter=view.adapter, info=view.version, tab=tab, base=base, pinned=pinned,
                 tab_url=lambda t: _url(base + ("" if t == "card" else f"/{t}"), **pinned),
                 version_url=lambda ver: _url(base + ("" if tab == "card" else f"/{tab}"),
                                              version=ver),
-                versions=svc.version_list(v.principal, ref), config=_config_rows(info))
+                versions=view.versions, config=_config_rows(view.version), card_bytes=view.file)
 
 
 @router.get("/{ns}/{name}")
 def adapter_page(ns: str, name: str, request: Request, v: Visitor = Page,
                  version: str | None = None, alias: str | None = None) -> HTMLResponse:
-    ctx = _adapter_ctx(request, v, ns, name, version, alias, "card")
+    ctx = _adapter_ctx(request, v, ns, name, version, alias, "card", card=True)
     svc = svc_of(request)
     info: VersionInfo = ctx["info"]
     parents = svc.lineage_parents(v.principal, info)
-    raw = svc.read_file(v.principal, info, "README.md", CARD_BYTES)
+    raw = ctx.pop("card_bytes")
     card = None
     if raw is not None:
         card = cards.render_card(_redact(raw.decode("utf-8", "replace"), info, parents))
