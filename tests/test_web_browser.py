@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from lorahive.registry.web import cards
 from tests.web_helpers import CHROMIUM, TABLE_COLS, TABLE_ROWS, LiveServer, Seeded, seed
 
 pytestmark = pytest.mark.timeout(180)
@@ -35,10 +36,15 @@ def browser_context_args(browser_context_args):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_llama_dir) -> Iterator[tuple[LiveServer, Seeded]]:
+    # a loaded test machine must not turn the hostile card into plain text (the time budget
+    # has its own unit test): these tests are about what a rendered card can do
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cards, "RENDER_SECONDS", 60.0)
     server = LiveServer(tmp_path_factory.mktemp("web-browser"))
     seeded = seed(server, tiny_llama_dir, tmp_path_factory.mktemp("web-browser-work"))
     yield server, seeded
     server.stop()
+    mp.undo()
 
 
 def shot(page: Page, name: str) -> None:
@@ -48,9 +54,9 @@ def shot(page: Page, name: str) -> None:
 
 
 def test_search_then_open_an_adapter(site, page: Page):
-    server, _ = site
+    server, seeded = site
     page.goto(server.url + "/")
-    expect(page.get_by_test_id("count")).to_contain_text("of 4")
+    expect(page.get_by_test_id("count")).to_contain_text(f"of {seeded.public}")
     page.fill("#f-q", "sentiment")
     page.select_option("#f-task", "text-classification")
     page.get_by_role("button", name="Apply").click()
@@ -58,7 +64,8 @@ def test_search_then_open_an_adapter(site, page: Page):
     expect(results).to_contain_text("sentiment-en")
     expect(results).not_to_contain_text("summarise-news")
     expect(page).to_have_url(re.compile(r"q=sentiment.*task=text-classification"))
-    page.goto(server.url + "/?sort=downloads")
+    page.goto(server.url + "/?tag=en&sort=downloads")
+    expect(page.get_by_test_id("results").locator("li").first).to_contain_text("support-intent")
     shot(page, "search")
     page.goto(server.url + "/?q=sentiment")
     page.locator("a.repo-link", has_text="sentiment-en").click()
@@ -117,17 +124,18 @@ def test_sign_in_to_see_a_private_adapter_then_sign_out(site, page: Page):
     page.goto(server.url + "/alice/secret-project")
     expect(page.get_by_test_id("error")).to_contain_text("Not found")
     page.get_by_test_id("error").get_by_role("link", name="Sign in").click()
+    shot(page, "signin")
     page.fill("#token", "lh_wrong")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_test_id("signin-error")).to_contain_text("unknown token")
     page.fill("#token", seeded.alice_token)
-    shot(page, "signin")
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(server.url + "/alice/secret-project")
     expect(page.locator("h1.repo")).to_contain_text("private")
     expect(page.get_by_test_id("who")).to_have_text("alice")
     page.get_by_test_id("who").click()
     expect(page.get_by_test_id("mine-alice")).to_contain_text("alice/secret-project")
+    shot(page, "account")
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("link", name="Sign in")).to_be_visible()
     page.goto(server.url + "/alice/secret-project")

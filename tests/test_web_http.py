@@ -219,7 +219,7 @@ def test_search_filters_sort_and_pages(live):
         assert "secret-project" not in c.get("/?namespace=alice").text
         assert '<option value="alice"' not in c.get("/").text  # facets leak nothing
         first = c.get("/?sort=name&page=1")
-        assert "1–4 of 4" in first.text
+        assert f"1–{seeded.public} of {seeded.public}" in first.text
         assert c.get("/?page=0").status_code == 400
         assert c.get("/?page=2").status_code == 200
         sign_in(c, seeded.alice_token)
@@ -283,3 +283,24 @@ def test_api_paths_keep_json_errors(live):
         assert c.get("/-/static/..%2fapp.py").status_code == 404
         assert c.get("/-/static/../app.py").status_code == 404  # the client makes it /-/app.py
         assert c.get("/-/nowhere").status_code == 404
+
+
+@pytest.mark.slow
+def test_lorahive_serve_shows_the_page_and_sessions_work_across_workers(tmp_path):
+    """The real ``lorahive serve`` with two worker processes: ``/`` is the page, and a session
+    made by one worker is honoured by the other (sessions live in the database)."""
+    from tests.registry_helpers import start_server
+
+    server = start_server(tmp_path / "serve", workers=2)
+    try:
+        root = httpx.get(server.url + "/")
+        assert root.status_code == 200 and "<title>Adapters · lorahive</title>" in root.text
+        with httpx.Client(base_url=server.url) as c:
+            sign_in(c, server.admin_token)
+            cookie = f"{SESSION_COOKIE}={c.cookies[SESSION_COOKIE]}"
+        for _ in range(24):  # a new connection each time: the kernel spreads them over workers
+            r = httpx.get(server.url + "/-/account", headers={"cookie": cookie,
+                                                              "connection": "close"})
+            assert r.status_code == 200 and "Signed in with a <strong>admin</strong>" in r.text
+    finally:
+        server.stop()

@@ -109,7 +109,19 @@ e: [*d, *d, *d, *d, *d, *d, *d, *d, *d]
 @dataclass
 class Seeded:
     alice_token: str
+    public: int  # adapters an anonymous visitor sees
     private_repo: str = "alice/secret-project"
+
+
+# more adapters of a plausible registry (same small weights, their own metadata)
+MORE = [
+    ("team-nlp/ner-de", "token-classification", ["de", "ner"], "German named entities.", 31),
+    ("team-nlp/translate-en-fr", "translation", ["en", "fr"], "English to French.", 12),
+    ("acme/support-intent", "text-classification", ["en", "support"],
+     "Intent of customer-support tickets.", 57),
+    ("acme/legal-clauses", "text-classification", ["en", "legal"],
+     "Finds clause types in contracts.", 4),
+]
 
 
 class LiveServer:
@@ -178,7 +190,17 @@ def seed(server: LiveServer, base_dir: Path, work: Path) -> Seeded:
     h = make_peft_adapter(base_dir, work / "hostile", seed=6)
     (h / "README.md").write_text(HOSTILE_CARD)
     reg.publish(h, "admin/hostile", task="qa", tags=["hostile"])
-    return Seeded(alice_token=alice.token)
+    admin = server.service.authenticate(server.token)
+    for repo, task, tags, text, downloads in MORE:
+        ns = repo.split("/")[0]
+        if ns not in server.service.owned_namespaces(admin):
+            server.service.create_namespace(admin, ns)
+        reg.publish(a1, repo, task=task, tags=tags, description=text)
+        for _ in range(downloads):
+            server.service.record_download(admin, repo + "@1")
+    for _ in range(9):
+        server.service.record_download(admin, "admin/sentiment-en@2")
+    return Seeded(alice_token=alice.token, public=4 + len(MORE))
 
 
 def csrf_field(html: str) -> str:

@@ -78,9 +78,10 @@ def sanitise(html: str) -> str:
                      link_rel="noopener noreferrer nofollow", strip_comments=True)
 
 
-def markdown_html(text: str, budget: float = RENDER_SECONDS) -> tuple[str, bool]:
-    """``(sanitised HTML, rendered as Markdown)``; plain escaped text when over budget."""
-    env = {"deadline": time.monotonic() + budget}
+def markdown_html(text: str, budget: float | None = None) -> tuple[str, bool]:
+    """``(sanitised HTML, rendered as Markdown)``; plain escaped text when over budget
+    (``RENDER_SECONDS`` unless given)."""
+    env = {"deadline": time.monotonic() + (RENDER_SECONDS if budget is None else budget)}
     if table_cells(text) > MAX_TABLE_CELLS:
         return f'<pre class="card-plain">{escape(text)}</pre>', False
     try:

@@ -77,6 +77,10 @@ def lineage_svg(center: tuple[str, str], parents: Sequence[LineageEdge],
             more = total - len(edges)
             out.append(_node(cols[side], ys[-1], None, f"+{more} more", "listed below", None,
                              "more"))
+        if not edges:
+            title = "no recorded parents" if side == 0 else "nothing made from it yet"
+            sub = "" if side == 0 else "fuse or compose it to see it here"
+            out.append(_node(cols[side], cy, None, title, sub, None, "more"))
     out.append(_node(cols[1], cy, None, center[0], center[1], None, "center"))
     out.append("</svg>")
     return Markup("".join(out))

@@ -252,9 +252,11 @@ async def signin(request: Request, v: Visitor = Page) -> Response:
         sid, _, _ = await run_in_threadpool(svc.start_web_session, form.get("token", "").strip())
     except AuthenticationError as e:
         limiter.failed(key)
-        response = render(request, "signin.html", 401, next=target, error=e.message,
-                          form_csrf=form.get("csrf", ""))
-        return response
+        msg = e.message
+        if msg.startswith("unknown token"):  # the CLI's hint names its own settings
+            msg = "unknown token: paste the whole token, as `lorahive token create` printed it"
+        return render(request, "signin.html", 401, next=target, error=msg,
+                      form_csrf=form.get("csrf", ""))
     response = RedirectResponse(target, status_code=303)
     set_session(response, request, sid, int(svc.settings.web_session_hours * 3600))
     return response
