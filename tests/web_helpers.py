@@ -7,21 +7,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from lorahive.hub.lineage import Lineage, Parent, write_sidecar
-from lorahive.registry.app import create_app
 from lorahive.registry.local import LocalRegistry
-from lorahive.registry.service import RegistryService
-from lorahive.registry.settings import Settings
 from tests.models import make_peft_adapter
+from tests.registry_helpers import ThreadedServer as LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -122,37 +116,6 @@ MORE = [
     ("acme/legal-clauses", "text-classification", ["en", "legal"],
      "Finds clause types in contracts.", 4),
 ]
-
-
-class LiveServer:
-    """The registry app under uvicorn in a thread; ``service`` and an admin registry beside it."""
-
-    def __init__(self, home: Path, **settings: object):
-        self.home = home
-        self.service = RegistryService(Settings(home=home, **settings))
-        self.admin = LocalRegistry(service=self.service)  # bootstraps user admin + token
-        self.token = self.admin.token
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(
-            create_app(service=self.service), host="127.0.0.1", port=self.port,
-            log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-    def client(self, **kw: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, follow_redirects=False, **kw)
 
 
 def seed(server: LiveServer, base_dir: Path, work: Path) -> Seeded:

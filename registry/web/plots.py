@@ -6,7 +6,7 @@ come from the uploaded weights."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
@@ -52,6 +52,42 @@ def fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _y_ticks(ys: Sequence[float], log_y: bool) -> list[float]:
+    """Tick values in plotted units: whole powers of ten (log) or round numbers from 0."""
+    if log_y:
+        lo, hi = math.floor(min(ys)), math.ceil(max(ys))
+        if hi == lo:
+            lo -= 1
+        return [float(t) for t in range(int(lo), int(hi) + 1)]
+    return nice_ticks(min(0.0, min(ys)), max(ys))
+
+
+def _frame(width: int, yt: Sequence[float], log_y: bool, x_label: str, y_label: str,
+           title: str) -> tuple[list[str], Callable[[float], float]]:
+    """The chart's opening tag, grid, y ticks, axes and labels; and the y scale."""
+    pw, ph = width - LEFT - RIGHT, H - TOP - BOTTOM
+    y0, y1 = yt[0], yt[-1]
+
+    def sy(y: float) -> float:
+        return TOP + ph - (y - y0) / (y1 - y0) * ph
+
+    out = [f'<svg class="chart" viewBox="0 0 {width} {H}" role="img" '
+           f'aria-label="{escape(title or y_label)}" xmlns="http://www.w3.org/2000/svg">']
+    for t in yt:
+        label = fmt(10 ** t) if log_y else fmt(t)
+        out.append(f'<line class="grid" x1="{LEFT}" x2="{width - RIGHT}" y1="{sy(t):.1f}" '
+                   f'y2="{sy(t):.1f}"/><text class="tick" x="{LEFT - 6}" y="{sy(t) + 4:.1f}" '
+                   f'text-anchor="end">{escape(label)}</text>')
+    out.append(f'<line class="axis" x1="{LEFT}" x2="{width - RIGHT}" y1="{TOP + ph}" '
+               f'y2="{TOP + ph}"/>')
+    out.append(f'<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + ph}"/>')
+    out.append(f'<text class="axis-label" x="{LEFT + pw / 2:.1f}" y="{H - 6}" '
+               f'text-anchor="middle">{escape(x_label)}</text>')
+    out.append(f'<text class="axis-label" x="14" y="{TOP + ph / 2:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 14 {TOP + ph / 2:.1f})">{escape(y_label)}</text>')
+    return out, sy
+
+
 def line_chart(series: Sequence[Series], x_label: str, y_label: str, *, log_y: bool = False,
                integer_x: bool = True, title: str = "", width: int = W) -> Markup:
     """Lines with markers for each series; ``log_y`` plots log10 of positive values. ``width``
@@ -62,44 +98,19 @@ def line_chart(series: Sequence[Series], x_label: str, y_label: str, *, log_y: b
     if not pts:
         return Markup('<p class="muted">Nothing to plot.</p>')
     xs = [x for x, _ in pts]
-    ys = [math.log10(y) if log_y else y for _, y in pts]
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
-    if log_y:
-        y0, y1 = math.floor(min(ys)), math.ceil(max(ys))
-        if y1 == y0:
-            y1 = y0 + 1
-        yt = [float(t) for t in range(int(y0), int(y1) + 1)]
-    else:
-        yt = nice_ticks(min(0.0, min(ys)), max(ys))
-        y0, y1 = yt[0], yt[-1]
-    W = width
-    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
+    yt = _y_ticks([math.log10(y) if log_y else y for _, y in pts], log_y)
+    out, sy = _frame(width, yt, log_y, x_label, y_label, title)
+    pw = width - LEFT - RIGHT
 
     def sx(x: float) -> float:
         return LEFT + (x - x0) / (x1 - x0) * pw
 
-    def sy(y: float) -> float:
-        return TOP + ph - (y - y0) / (y1 - y0) * ph
-
-    out = [f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" '
-           f'aria-label="{escape(title or y_label)}" xmlns="http://www.w3.org/2000/svg">']
-    for t in yt:
-        label = fmt(10 ** t) if log_y else fmt(t)
-        out.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(t):.1f}" '
-                   f'y2="{sy(t):.1f}"/><text class="tick" x="{LEFT - 6}" y="{sy(t) + 4:.1f}" '
-                   f'text-anchor="end">{escape(label)}</text>')
-    xt = _x_ticks(x0, x1, integer_x)
-    for t in xt:
+    for t in _x_ticks(x0, x1, integer_x):
         out.append(f'<text class="tick" x="{sx(t):.1f}" y="{H - BOTTOM + 16}" '
                    f'text-anchor="middle">{escape(fmt(t))}</text>')
-    out.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + ph}" y2="{TOP + ph}"/>')
-    out.append(f'<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + ph}"/>')
-    out.append(f'<text class="axis-label" x="{LEFT + pw / 2:.1f}" y="{H - 6}" '
-               f'text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text class="axis-label" x="14" y="{TOP + ph / 2:.1f}" text-anchor="middle" '
-               f'transform="rotate(-90 14 {TOP + ph / 2:.1f})">{escape(y_label)}</text>')
     for i, s in enumerate(series):
         cls = f"s{i % PALETTE_SIZE}"
         sp = [(x, y) for x, y in s.points if math.isfinite(y) and (y > 0 or not log_y)]
@@ -126,36 +137,15 @@ def _x_ticks(x0: float, x1: float, integer: bool) -> list[float]:
 def bar_chart(values: Sequence[float], x_label: str, y_label: str, *, log_y: bool = True,
               title: str = "", width: int = W) -> Markup:
     """One bar per value (e.g. singular values, largest first), index from 1."""
-    vals = [v for v in values if math.isfinite(v)]
-    if log_y:
-        vals = [v for v in vals if v > 0]
+    vals = [v for v in values if math.isfinite(v) and (v > 0 or not log_y)]
     if not vals:
         return Markup('<p class="muted">Nothing to plot.</p>')
     ys = [math.log10(v) for v in vals] if log_y else vals
-    if log_y:
-        y0, y1 = math.floor(min(ys)), math.ceil(max(ys))
-        if y1 == y0:
-            y0 -= 1
-        yt = [float(t) for t in range(int(y0), int(y1) + 1)]
-    else:
-        yt = nice_ticks(0.0, max(ys))
-        y0, y1 = yt[0], yt[-1]
-    W = width
-    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
+    yt = _y_ticks(ys, log_y)
+    out, sy = _frame(width, yt, log_y, x_label, y_label, title)
     n = len(vals)
-    bw = pw / n
-
-    def sy(y: float) -> float:
-        return TOP + ph - (y - y0) / (y1 - y0) * ph
-
-    out = [f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" '
-           f'aria-label="{escape(title or y_label)}" xmlns="http://www.w3.org/2000/svg">']
-    for t in yt:
-        label = fmt(10 ** t) if log_y else fmt(t)
-        out.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(t):.1f}" '
-                   f'y2="{sy(t):.1f}"/><text class="tick" x="{LEFT - 6}" y="{sy(t) + 4:.1f}" '
-                   f'text-anchor="end">{escape(label)}</text>')
-    base = sy(y0)
+    bw = (width - LEFT - RIGHT) / n
+    base = sy(yt[0])
     for i, (v, y) in enumerate(zip(vals, ys, strict=True)):
         x = LEFT + i * bw + bw * 0.1
         top = sy(y)
@@ -166,10 +156,5 @@ def bar_chart(values: Sequence[float], x_label: str, y_label: str, *, log_y: boo
     for i in range(0, n, step):
         out.append(f'<text class="tick" x="{LEFT + (i + 0.5) * bw:.1f}" y="{H - BOTTOM + 16}" '
                    f'text-anchor="middle">{i + 1}</text>')
-    out.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + ph}" y2="{TOP + ph}"/>')
-    out.append(f'<text class="axis-label" x="{LEFT + pw / 2:.1f}" y="{H - 6}" '
-               f'text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text class="axis-label" x="14" y="{TOP + ph / 2:.1f}" text-anchor="middle" '
-               f'transform="rotate(-90 14 {TOP + ph / 2:.1f})">{escape(y_label)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
