@@ -136,6 +136,17 @@ def test_csrf_refusals(live):
     assert CSRF_COOKIE == "lorahive_csrf"
 
 
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example", "/\\evil.example",
+                                    "/\t/evil.example", "javascript:alert(1)", "/%0a/x\n"])
+def test_sign_in_redirects_only_within_the_site(live, target):
+    server, seeded = live
+    with server.client() as c:
+        page = c.get("/-/signin")
+        r = c.post("/-/signin", data={"csrf": csrf_field(page.text), "token": seeded.alice_token,
+                                      "next": target})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+
+
 def test_revoking_the_token_or_signing_out_ends_the_session(live):
     server, _ = live
     tok = server.admin.create_token("short-lived", scope="read", user="alice")

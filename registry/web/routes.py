@@ -162,8 +162,11 @@ def _version_ref(ns: str, name: str, version: str | None, alias: str | None) -> 
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this site (no scheme, no ``//host``) may be a redirect target."""
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+    """Only a path on this site may be a redirect target: no scheme, no ``//host``, and no
+    backslash, whitespace or control character (browsers drop tabs and newlines and read
+    a backslash as ``/``, which would turn "/<tab>/evil.example" into "//evil.example")."""
+    if (not target or not target.startswith("/") or target.startswith("//")
+            or any(c == "\\" or c.isspace() or ord(c) < 32 or ord(c) == 127 for c in target)):
         return "/"
     return target
 
