@@ -19,6 +19,7 @@ from lorahive.registry.service import LineageEdge, RegistryService
 from lorahive.registry.settings import Settings
 from lorahive.registry.web import cards, plots
 from lorahive.registry.web.graph import lineage_svg
+from tests.registry_helpers import pg  # noqa: F401
 from tests.web_helpers import HOSTILE_CARD
 
 DANGEROUS_TAGS = ("<script", "<iframe", "<object", "<form", "<style", "<meta", "<svg", "<input")
@@ -168,3 +169,26 @@ def test_facets_count_only_what_the_caller_sees(reg, lora_dir):
     full = svc.facets(svc.authenticate(reg.token))
     assert ("secret-task", 1) in full["task"] and ("hidden", 1) in full["tag"]
     assert [v.version for v in svc.version_list(svc.authenticate(None), "admin/pub")] == ["1"]
+
+
+@pytest.mark.postgres
+def test_web_reads_and_sessions_on_postgres(pg, lora_dir, tmp_path):  # noqa: F811
+    """The same reads on PostgreSQL (JSON cast to text for lineage, grouped facets) and a
+    session that ends when its token is revoked."""
+    svc = RegistryService(Settings(home=tmp_path / "home", database_url=pg.url(pg.create_db())))
+    reg = LocalRegistry(service=svc)
+    try:
+        reg.publish(lora_dir, "admin/x_y", task="qa", tags=["t"])
+        reg.publish(_child(lora_dir, tmp_path, "c1", ["admin/x_y@1"]), "admin/kid")
+        anon = svc.authenticate(None)
+        assert [k.repo for k in svc.lineage_children(anon, "admin/x_y")] == ["admin/kid"]
+        assert svc.facets(anon)["task"] == [("qa", 1)] and svc.facets(anon)["tag"] == [("t", 1)]
+        tok = reg.create_token("web", scope="read")
+        sid, csrf, p = svc.start_web_session(tok.token)
+        assert svc.web_session(sid) == (p, csrf)
+        svc.revoke_token(svc.authenticate(reg.token), tok.info.id)
+        assert svc.web_session(sid) is None
+        view = svc.adapter_view(anon, "admin/kid", "README.md", 1000)
+        assert view.file is not None and view.file.startswith(b"---")
+    finally:
+        svc.close()
