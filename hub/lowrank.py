@@ -62,3 +62,24 @@ def truncated_factors(
     U, S, Vh = factored_svd(B, A, compute_dtype)
     b, a = truncate(U, S, Vh, rank)
     return b, a, energy_kept(S, rank)
+
+
+def singular_subspaces(
+    B: torch.Tensor, A: torch.Tensor, rtol: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal bases of the output (out x k) and input (in x k) spaces ``B @ A`` acts on,
+    ``k`` its numerical rank (singular values above ``rtol`` times the largest)."""
+    U, S, Vh = factored_svd(B, A)
+    k = int((S / S[0] > rtol).sum()) if S.numel() and float(S[0]) > 0 else 0
+    return U[:, :k], Vh[:k].T
+
+
+def subspace_similarity(U1: torch.Tensor, U2: torch.Tensor) -> float:
+    """``||U1^T U2||_F^2 / min(k1, k2)`` for orthonormal ``U1`` (d x k1) and ``U2`` (d x k2):
+    1 when one subspace contains the other, 0 when they are orthogonal. The normalised
+    subspace similarity of Hu et al. (LoRA, 2021, section 7.2), used there to compare adapters."""
+    k = min(U1.shape[1], U2.shape[1])
+    if k == 0:
+        return 0.0
+    m = U1.to(torch.float64).T @ U2.to(torch.float64)
+    return float((m * m).sum()) / k

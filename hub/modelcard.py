@@ -83,14 +83,19 @@ def render_card(
 
 def parse_card(text: str) -> dict[str, Any]:
     """The YAML front matter of a model card (``{}`` when there is none or it is malformed)."""
+    return split_card(text)[0]
+
+
+def split_card(text: str) -> tuple[dict[str, Any], str]:
+    """``(front matter, Markdown body)``; a card without (valid) front matter is all body."""
     m = _FRONT.match(text)
     if not m:
-        return {}
+        return {}, text
     try:
         data = yaml.safe_load(m.group(1))
     except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
+        return {}, text[m.end():]
+    return (data if isinstance(data, dict) else {}), text[m.end():]
 
 
 _PIPELINE_TAGS = {

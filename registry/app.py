@@ -19,7 +19,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorahive.hub.errors import LorahiveError
-from lorahive.registry import ratelimit, resilience
+from lorahive.registry import ratelimit, resilience, web
 from lorahive.registry.hf import routes as hf_routes
 from lorahive.registry.metrics import Metrics
 from lorahive.registry.routes import accounts, adapters, files
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
     for r in (adapters.router, files.router, accounts.router):
         app.include_router(r, prefix=API_PREFIX)
     app.include_router(hf_routes.router)  # Hugging Face Hub-compatible routes (HF_ENDPOINT)
+    app.include_router(web.router)  # the web pages at / (last: the APIs' paths win)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> JSONResponse:

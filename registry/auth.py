@@ -90,6 +90,12 @@ def authenticate(session: Session, secret: str | None) -> Principal:
     row = session.exec(select(Token).where(Token.token_hash == digest)).first()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise AuthenticationError("unknown token; check LORAHIVE_TOKEN or run `lorahive login`")
+    return token_principal(session, row)
+
+
+def token_principal(session: Session, row: Token) -> Principal:
+    """The principal acting through token ``row``; 401 when it is revoked or expired, or its
+    user is gone (checked on every request, so revocation takes effect at once)."""
     if row.revoked:
         raise AuthenticationError("this token was revoked; create a new one")
     if row.expires_at is not None and _aware(row.expires_at) <= utcnow():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import Text, cast, func, or_, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlmodel import Session, col, select
 
@@ -34,6 +35,7 @@ from lorahive.hub.errors import (
     InvalidRequestError,
     NamespaceNotFoundError,
     NotFoundError,
+    PayloadTooLargeError,
     PermissionDeniedError,
     VersionNotFoundError,
 )
@@ -55,10 +57,12 @@ from lorahive.registry import blobs as blobmod
 from lorahive.registry.auth import (
     SCOPES,
     Principal,
+    _aware,
     authenticate,
     hash_token,
     new_secret,
     scope_rank,
+    token_principal,
 )
 from lorahive.registry.db import ensure_schema, make_engine, session_scope
 from lorahive.registry.hf.card import with_model_card
@@ -73,6 +77,7 @@ from lorahive.registry.tables import (
     Token,
     User,
     VersionRow,
+    WebSession,
     utcnow,
 )
 from lorahive.registry.validation import (
@@ -258,16 +263,9 @@ class RegistryService:
         if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_PAGE:
             raise InvalidRequestError(f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_PAGE}")
         q = select(AdapterRow, Namespace).join(Namespace)
-        if not (p.is_admin and p.has_scope("read") and not p.namespaces):
-            visible = [AdapterRow.private == False]  # noqa: E712
-            if not p.anonymous and p.has_scope("read"):
-                owned = Namespace.owner_id == p.user_id
-                if p.is_admin:
-                    owned = col(Namespace.id).is_not(None)
-                if p.namespaces:
-                    owned = owned & col(Namespace.name).in_(p.namespaces)  # type: ignore[assignment]
-                visible.append(owned)  # type: ignore[arg-type]
-            q = q.where(or_(*visible))
+        visible = _visible_to(p)
+        if visible is not None:
+            q = q.where(visible)
         for word in (text or "").lower().split():
             pat = f"%{_escape_like(word)}%"
             q = q.where(or_(*(func.lower(c).like(pat, escape="\\") for c in (
@@ -665,6 +663,256 @@ class RegistryService:
             t.revoked = True
             s.add(t)
 
+    # ======================================================================================
+    # Reads and sign-in sessions for the web pages (``registry/web``). The pages are a door
+    # onto this service like the REST routes: every visibility rule below is the one above.
+    # ======================================================================================
+    def facets(self, p: Principal, limit: int = 50) -> dict[str, list[tuple[str, int]]]:
+        """The most common tasks, base models, tags and namespaces among the adapters ``p``
+        sees, with counts (the search page's filters); nothing private leaks into them."""
+        visible = _visible_to(p)
+
+        def top(column: Any, *joins: Any) -> list[tuple[str, int]]:
+            n = func.count().label("n")
+            q = select(column, n).select_from(AdapterRow).join(Namespace)
+            for j in joins:
+                q = q.join(*j)
+            q = q.where(column.is_not(None))
+            if visible is not None:
+                q = q.where(visible)
+            q = q.group_by(column).order_by(n.desc(), column.asc()).limit(limit)
+            return [(str(v), int(c)) for v, c in s.exec(q).all()]
+
+        with session_scope(self.engine) as s:
+            return {
+                "task": top(col(AdapterRow.task)),
+                "base_model": top(col(AdapterRow.base_model)),
+                "tag": top(col(AdapterTag.tag),
+                           (AdapterTag, col(AdapterTag.adapter_id) == AdapterRow.id)),
+                "namespace": top(col(Namespace.name)),
+            }
+
+    def version_list(self, p: Principal, ref: str | Ref) -> list[VersionBrief]:
+        """Every version of an adapter, newest first, without files or statistics (what a
+        version switcher shows; two queries whatever the number of versions)."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        with session_scope(self.engine) as s:
+            a, _ = self._adapter(s, p, r)
+            return self._version_briefs(s, a)
+
+    def _version_briefs(self, s: Session, a: AdapterRow) -> list[VersionBrief]:
+        aliases: dict[int, list[str]] = {}
+        for al in s.exec(select(AliasRow).where(AliasRow.adapter_id == a.id)
+                         .order_by(AliasRow.name)).all():
+            aliases.setdefault(al.version_id, []).append(al.name)
+        rows = s.exec(select(VersionRow.id, VersionRow.version, VersionRow.created_at,
+                             VersionRow.size, VersionRow.downloads, VersionRow.rank)
+                      .where(VersionRow.adapter_id == a.id)
+                      .order_by(col(VersionRow.seq).desc())).all()
+        return [VersionBrief(version=v, created_at=c, size=sz, downloads=d, rank=rk,
+                             aliases=aliases.get(i, [])) for i, v, c, sz, d, rk in rows]
+
+    def adapter_view(self, p: Principal, ref: str | Ref, file: str | None = None,
+                     max_bytes: int = 0) -> AdapterView:
+        """What an adapter's page shows, read in one transaction: the adapter, the version
+        ``ref`` names, the list of its versions and, optionally, the first ``max_bytes`` of
+        one of that version's files (its model card)."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        with session_scope(self.engine) as s:
+            a, ns = self._adapter(s, p, r)
+            view = AdapterView(self._adapter_infos(s, [(a, ns)])[0],
+                               self._version_info(s, ns, a, self._version(s, a, r)),
+                               self._version_briefs(s, a))
+        entry = next((f for f in view.version.files if f.path == file), None)
+        if entry is not None and max_bytes > 0:
+            end = min(entry.size, max_bytes) - 1
+            view.file = b"".join(self.store.open_range(entry.sha256, 0, end)) if end >= 0 else b""
+        return view
+
+    def owned_namespaces(self, p: Principal) -> list[str]:
+        """Namespaces the signed-in user owns (all of them for a site admin)."""
+        if p.anonymous:
+            return []
+        with session_scope(self.engine) as s:
+            q = select(Namespace.name).order_by(Namespace.name)
+            if not p.is_admin:
+                q = q.where(Namespace.owner_id == p.user_id)
+            names = list(s.exec(q).all())
+        return [n for n in names if not p.namespaces or n in p.namespaces]
+
+    def lineage_parents(self, p: Principal, info: VersionInfo) -> list[LineageEdge]:
+        """The parents recorded in a version's lineage as ``p`` may see them: a parent in the
+        registry that ``p`` cannot read is named by nothing (not even its sha256)."""
+        parents = (info.lineage or {}).get("parents") or []
+        out: list[LineageEdge] = []
+        if not parents:
+            return out
+        with session_scope(self.engine) as s:
+            for raw in parents if isinstance(parents, list) else []:
+                if not isinstance(raw, dict):  # one edge per recorded parent, in order
+                    out.append(LineageEdge(None, None, None, None, hidden=True))
+                    continue
+                weight = raw.get("weight")
+                weight = float(weight) if isinstance(weight, int | float) else None
+                text = str(raw.get("ref") or "")
+                try:
+                    r = parse_ref(text)
+                except InvalidReferenceError:
+                    # a local directory when it was made: not a link, named as recorded
+                    out.append(LineageEdge(None, None, None, weight, local=text))
+                    continue
+                try:
+                    self._adapter(s, p, r)
+                except AdapterNotFoundError:
+                    out.append(LineageEdge(None, None, None, weight, hidden=True))
+                    continue
+                version = r.version or (str(raw["version"]) if raw.get("version") else None)
+                out.append(LineageEdge(r.namespace, r.name, version, weight,
+                                       sha256=raw.get("sha256")))
+        return out
+
+    def lineage_children(self, p: Principal, ref: str | Ref, limit: int = 200
+                         ) -> list[LineageEdge]:
+        """Versions ``p`` may see whose lineage names this adapter as a parent (what was fused,
+        merged or composed from it), newest first, with the method and the parent's weight."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        repo = r.repo
+        pats = [f'%"{_escape_like(repo)}@%', f'%"{_escape_like(repo)}"%']
+        with session_scope(self.engine) as s:
+            self._adapter(s, p, Ref(r.namespace, r.name))
+            text = cast(VersionRow.lineage, Text)
+            q = (select(VersionRow.version, VersionRow.lineage, AdapterRow.name, Namespace.name)
+                 .join(AdapterRow, col(VersionRow.adapter_id) == AdapterRow.id)
+                 .join(Namespace, col(AdapterRow.namespace_id) == Namespace.id)
+                 .where(col(VersionRow.lineage).is_not(None))
+                 .where(or_(*(text.like(pt, escape="\\") for pt in pats))))
+            visible = _visible_to(p)
+            if visible is not None:
+                q = q.where(visible)
+            rows = s.exec(q.order_by(col(VersionRow.created_at).desc()).limit(limit * 4)).all()
+        out: list[LineageEdge] = []
+        for version, lineage, name, ns in rows:
+            for raw in (lineage or {}).get("parents") or []:
+                ref_text = str(raw.get("ref") or "") if isinstance(raw, dict) else ""
+                if ref_text == repo or ref_text.startswith(repo + "@"):
+                    w = raw.get("weight")
+                    out.append(LineageEdge(ns, name, version,
+                                           float(w) if isinstance(w, int | float) else None,
+                                           method=str((lineage or {}).get("method") or ""),
+                                           parent_version=ref_text.partition("@")[2] or None))
+                    break
+            if len(out) >= limit:
+                break
+        return out
+
+    def subspace_overlap(self, p: Principal, a: str | Ref, b: str | Ref
+                         ) -> dict[str, tuple[float, float]]:
+        """Per module both adapters adapt (same shape): how much the output and the input
+        subspaces of their deltas overlap (``hub.lowrank.subspace_similarity``, 0..1).
+
+        Stored statistics keep singular values only, so the weights are loaded here, up to
+        ``settings.web_overlap_max_bytes`` for both."""
+        from lorahive.hub.lowrank import singular_subspaces, subspace_similarity
+
+        infos = [self.resolve(p, a), self.resolve(p, b)]
+        total = sum(f.size for i in infos for f in i.files if f.path == WEIGHTS_NAME)
+        limit = self.settings.web_overlap_max_bytes
+        if total > limit:
+            raise PayloadTooLargeError(
+                f"the two adapters' weights are {total} bytes, over the {limit} this server "
+                "compares (web_overlap_max_bytes)")
+        ad = [self._load_version(i) for i in infos]
+        if not (ad[0].is_lora and ad[1].is_lora):
+            return {}
+        out: dict[str, tuple[float, float]] = {}
+        with single_threaded_torch():
+            for name in sorted(set(ad[0].modules) & set(ad[1].modules)):
+                ma, mb = ad[0].modules[name], ad[1].modules[name]
+                if (ma.out_features, ma.in_features) != (mb.out_features, mb.in_features):
+                    continue
+                ua, va = singular_subspaces(ma.B, ma.A)
+                ub, vb = singular_subspaces(mb.B, mb.A)
+                out[name] = (subspace_similarity(ua, ub), subspace_similarity(va, vb))
+        return out
+
+    def _load_version(self, info: VersionInfo) -> Any:
+        """The adapter of a (visible, already resolved) version, loaded with ``hub``."""
+        from lorahive.hub.peft_format import load_peft
+
+        by_path = {f.path: f for f in info.files}
+        tmp = Path(tempfile.mkdtemp(prefix=".lorahive-tmp-web-", dir=self.settings.home))
+        try:
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                if name in by_path:
+                    sha = by_path[name].sha256
+                    src = self.store.local_path(sha)
+                    if src is not None:
+                        os.symlink(src, tmp / name)
+                    else:
+                        blobmod.copy_blob(self.store, sha, tmp / name)
+            return load_peft(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def start_web_session(self, secret: str) -> tuple[str, str, Principal]:
+        """Sign a browser in with an API token: ``(session secret, CSRF token, principal)``.
+        The session acts through that token and ends when it is revoked or expires, at sign
+        out, or after ``settings.web_session_hours``."""
+        p = self.authenticate(secret)
+        if p.anonymous or p.token_id is None:
+            raise AuthenticationError("sign in with an API token")
+        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        now = utcnow()
+        expires = now + dt.timedelta(hours=self.settings.web_session_hours)
+        with session_scope(self.engine, write=True) as s:
+            tok = s.get(Token, p.token_id)
+            if tok is not None and tok.expires_at is not None:
+                expires = min(expires, _aware(tok.expires_at))
+            for old in s.exec(select(WebSession).where(WebSession.expires_at <= now)
+                              .limit(100)).all():
+                s.delete(old)
+            s.add(WebSession(session_hash=hash_token(sid), token_id=p.token_id, csrf=csrf,
+                             created_at=now, expires_at=expires))
+        return sid, csrf, p
+
+    def web_session(self, sid: str) -> tuple[Principal, str] | None:
+        """``(principal, CSRF token)`` of a live session, else ``None`` (unknown, expired, or
+        its token revoked or expired)."""
+        if not sid or len(sid) > 128:
+            return None
+        with session_scope(self.engine) as s:
+            row = s.exec(select(WebSession, Token)
+                         .join(Token, col(WebSession.token_id) == Token.id)
+                         .where(WebSession.session_hash == hash_token(sid))).first()
+            if row is None or _aware(row[0].expires_at) <= utcnow():
+                return None
+            try:
+                return token_principal(s, row[1]), row[0].csrf
+            except AuthenticationError:
+                return None
+
+    def end_web_session(self, sid: str) -> None:
+        with session_scope(self.engine, write=True) as s:
+            for row in s.exec(select(WebSession)
+                              .where(WebSession.session_hash == hash_token(sid))).all():
+                s.delete(row)
+
+
+def _visible_to(p: Principal) -> Any:
+    """The SQL condition on (AdapterRow, Namespace) for adapters ``p`` may read; ``None`` for
+    an unrestricted site admin, who sees everything."""
+    if p.is_admin and p.has_scope("read") and not p.namespaces:
+        return None
+    visible = [AdapterRow.private == False]  # noqa: E712
+    if not p.anonymous and p.has_scope("read"):
+        owned = Namespace.owner_id == p.user_id
+        if p.is_admin:
+            owned = col(Namespace.id).is_not(None)
+        if p.namespaces:
+            owned = owned & col(Namespace.name).in_(p.namespaces)  # type: ignore[assignment]
+        visible.append(owned)  # type: ignore[arg-type]
+    return or_(*visible)
+
 
 def _version_not_found(ref: Ref) -> VersionNotFoundError:
     what = f"version {ref.version}" if ref.version else f"alias {ref.alias or DEFAULT_ALIAS!r}"
@@ -704,3 +952,46 @@ def counts(service: RegistryService) -> dict[str, float]:
             "versions": s.exec(select(func.count()).select_from(VersionRow)).one(),
             "files": s.exec(select(func.count()).select_from(FileRow)).one(),
         }
+
+
+# -- for the web pages' block of RegistryService ---------------------------------------------
+@dataclass
+class VersionBrief:
+    """One line of an adapter's version list."""
+
+    version: str
+    created_at: dt.datetime
+    size: int
+    downloads: int
+    rank: int | None
+    aliases: list[str]
+
+
+@dataclass
+class AdapterView:
+    """An adapter with one version, its version list and optionally one file's head."""
+
+    adapter: AdapterInfo
+    version: VersionInfo
+    versions: list[VersionBrief]
+    file: bytes | None = None
+
+
+@dataclass
+class LineageEdge:
+    """One end of a lineage edge as a caller may see it: an adapter version in the registry,
+    a parent hidden from this caller (no name), or a local directory (``local``)."""
+
+    namespace: str | None
+    name: str | None
+    version: str | None
+    weight: float | None
+    hidden: bool = False
+    local: str | None = None
+    sha256: str | None = None
+    method: str | None = None
+    parent_version: str | None = None
+
+    @property
+    def repo(self) -> str | None:
+        return f"{self.namespace}/{self.name}" if self.namespace and self.name else None

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = 1024**2
     gc_grace_seconds: float = 3600.0
     db_pool_size: int = 5
+    web_session_hours: float = 24.0 * 7  # a browser sign-in lasts this long at most
+    web_overlap_max_bytes: int = 512 * 1024**2  # weights loaded to compare subspaces (both)
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

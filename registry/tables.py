@@ -112,3 +112,16 @@ class AliasRow(SQLModel, table=True):
     adapter_id: int = Field(foreign_key="adapters.id", primary_key=True)
     name: str = Field(primary_key=True, max_length=64)
     version_id: int = Field(foreign_key="versions.id", index=True)
+
+
+class WebSession(SQLModel, table=True):
+    """A browser's sign-in to the web pages, acting through one API token: only the sha256 of
+    the cookie's secret is stored; revoking the token (or signing out) ends the session."""
+
+    __tablename__ = "web_sessions"
+    id: int | None = Field(default=None, primary_key=True)
+    session_hash: str = Field(index=True, unique=True, max_length=64)
+    token_id: int = Field(foreign_key="tokens.id", index=True)
+    csrf: str = Field(max_length=64)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    expires_at: dt.datetime = Field(index=True)

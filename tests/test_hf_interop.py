@@ -10,17 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -29,41 +25,13 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from lorahive.registry.app import create_app
 from lorahive.registry.local import LocalRegistry
-from lorahive.registry.service import RegistryService
 from lorahive.registry.settings import Settings
 from tests.models import BASE_ID, make_peft_adapter
+from tests.registry_helpers import ThreadedServer as Server
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)
-
-
-class Server:
-    """A lorahive server in a thread, its admin registry handle and URL."""
-
-    def __init__(self, home: Path):
-        self.home = home
-        self.service = RegistryService(Settings(home=home))
-        self.admin = LocalRegistry(service=self.service)  # bootstraps user admin + token
-        self.token = self.admin.token
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(uvicorn.Config(
-            create_app(service=self.service), host="127.0.0.1", port=port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

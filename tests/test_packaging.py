@@ -35,5 +35,7 @@ def test_wheel_has_one_top_level_package(tmp_path):
     assert tops == {"lorahive"}
     assert "lorahive/hub/adapter.py" in names
     assert "lorahive/registry/migrations/versions/0001_initial_schema.py" in names
+    assert "lorahive/registry/web/templates/base.html" in names  # the web pages' assets
+    assert "lorahive/registry/web/static/lorahive.css" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "lorahive = lorahive.cli.app:main" in zipfile.ZipFile(wheel).read(entry).decode()

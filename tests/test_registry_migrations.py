@@ -63,7 +63,7 @@ def test_upgrade_from_first_schema_keeps_data(db_url, tmp_path):
     engine.dispose()
 
     svc = RegistryService(Settings(home=tmp_path / "home", database_url=db_url))  # start-up
-    assert current_revision(svc.engine) == head_revision() == "0002"
+    assert current_revision(svc.engine) == head_revision() == "0003"
     who = svc.authenticate("lh_old")
     v = svc.resolve(who, "old/legacy")
     assert v.version == "1" and v.downloads == 0 and v.metrics == {"acc": 1}
@@ -99,5 +99,5 @@ def test_downgrade_and_upgrade_roundtrip(tmp_path):
         command.downgrade(cfg, "0001")
     assert current_revision(engine) == "0001"
     migrate(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     engine.dispose()
