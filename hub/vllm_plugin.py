@@ -55,6 +55,7 @@ def register() -> None:
     vLLM runs general plugins in each of its processes; nothing here touches the network.
     """
     global _plugin
+    _log_like_vllm()
     core = ServingResolver.from_environment()
     if core is None:
         logger.info("lorahive: no registry configured (LORAHIVE_URL or `lorahive login`); "
@@ -66,6 +67,16 @@ def register() -> None:
 
 def active_resolver() -> LorahiveResolver | None:
     return _plugin
+
+
+def _log_like_vllm() -> None:
+    """lorahive's messages go where, and look as, vLLM's own do."""
+    ours, theirs = logging.getLogger("lorahive"), logging.getLogger("vllm")
+    if not ours.handlers and theirs.handlers:
+        for handler in theirs.handlers:
+            ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
 
 
 Scope = MutableMapping[str, Any]
