@@ -218,7 +218,8 @@ def test_alias_refresh_unloads_a_moved_alias_and_replays_the_body(
     unloaded, seen = [], []
 
     class Models:  # the two members of vLLM's OpenAIServingModels the middleware uses
-        lora_requests = {"acme/a:prod": LoRARequest("acme/a:prod", 1, "/x")}
+        def __init__(self):
+            self.lora_requests = {"acme/a:prod": LoRARequest("acme/a:prod", 1, "/x")}
 
         async def unload_lora_adapter(self, request):
             unloaded.append(request.lora_name)
