@@ -69,12 +69,18 @@ def active_resolver() -> LorahiveResolver | None:
     return _plugin
 
 
+class _ToVllmLog(logging.Handler):
+    """Hands lorahive's log records to vLLM's logger tree, configured or not yet."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("vllm.plugins.lorahive").handle(record)
+
+
 def _log_like_vllm() -> None:
     """lorahive's messages go where, and look as, vLLM's own do."""
-    ours, theirs = logging.getLogger("lorahive"), logging.getLogger("vllm")
-    if not ours.handlers and theirs.handlers:
-        for handler in theirs.handlers:
-            ours.addHandler(handler)
+    ours = logging.getLogger("lorahive")
+    if not any(isinstance(h, _ToVllmLog) for h in ours.handlers):
+        ours.addHandler(_ToVllmLog())
         ours.setLevel(logging.INFO)
         ours.propagate = False
 
