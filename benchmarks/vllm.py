@@ -10,7 +10,9 @@ factors, published to a real ``lorahive serve`` on loopback and named in request
 
 - tokens/s of a burst of concurrent requests: the base model alone; mixed batches whose
   requests name N distinct adapters (round robin); and each merged model (``lorahive merge``)
-  on its own vLLM server, generation only and with the server restart that switching costs;
+  on its own vLLM server, generation only and with the server restart that switching costs.
+  vLLM's CPU backend runs eagerly when LoRA is enabled, so merged models run with
+  ``--enforce-eager`` too (the same engine path; ``--merged-compiled`` lets vLLM compile them);
 - first-request latency of an adapter (resolve + pull + verify + load + 1 token) and warm
   latency (the same adapter again), against a 1-token request to the base model.
 """
@@ -74,6 +76,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=None, help="tokens generated per request")
     ap.add_argument("--merged", type=int, default=None,
                     help="merged models to serve in turn (default 2; --small: 1)")
+    ap.add_argument("--merged-compiled", action="store_true",
+                    help="let vLLM torch.compile the merged models (slow start on CPU)")
     args = ap.parse_args()
     mixes = args.adapters or ([1, 2] if args.small else [1, 4, 16])
     requests = args.requests or (4 if args.small else 32)
@@ -97,7 +101,7 @@ def main() -> None:
             rows, lat = serve_with_plugin(base, env, work, refs, mixes, requests, tokens,
                                           prompts)
             rows += serve_merged(base, registry, work, refs[:n_merged], requests, tokens,
-                                 prompts)
+                                 prompts, compiled=args.merged_compiled)
         finally:
             registry.stop()
     print_tables(rows, lat, requests, tokens)
@@ -130,10 +134,10 @@ def serve_with_plugin(base: Path, env: dict[str, str], work: Path, refs: list[st
         for ref in refs[3:]:  # every adapter loaded before the throughput bursts
             timed(server, ref, prompts[0])
         b = burst(server, [name] * requests, prompts, tokens)
-        rows.append({"what": "base model alone", "n": 0, **b})
+        rows.append({"what": "base model alone (same LoRA-enabled server)", "n": 0, **b})
         for n in mixes:
             b = burst(server, [refs[i % n] for i in range(requests)], prompts, tokens)
-            rows.append({"what": "vLLM + lorahive resolver, mixed batch", "n": n, **b})
+            rows.append({"what": "base + lorahive resolver, mixed batch", "n": n, **b})
         lat["startup"] = server.started_s
     finally:
         server.stop()
@@ -141,7 +145,7 @@ def serve_with_plugin(base: Path, env: dict[str, str], work: Path, refs: list[st
 
 
 def serve_merged(base: Path, registry: Server, work: Path, refs: list[str], requests: int,
-                 tokens: int, prompts: list[list[int]]) -> list[dict]:
+                 tokens: int, prompts: list[list[int]], compiled: bool = False) -> list[dict]:
     rows = []
     env = {**os.environ, "LORAHIVE_URL": registry.url, "LORAHIVE_TOKEN": registry.token,
            "LORAHIVE_HOME": str(work / "cli-home")}
@@ -151,12 +155,14 @@ def serve_merged(base: Path, registry: Server, work: Path, refs: list[str], requ
                         "--adapter", ref, "--out", str(out)], env=env, cwd=ROOT, check=True,
                        capture_output=True)
         server = start_vllm(out, vllm_env(registry.url, None, work / "cache"),
-                            work / f"vllm-merged-{i}.log", lora=False)
+                            work / f"vllm-merged-{i}.log", lora=False,
+                            extra=() if compiled else ("--enforce-eager",))
         try:
             b = burst(server, [str(out)] * requests, prompts, tokens)
         finally:
             server.stop()
-        rows.append({"what": f"merged model ({ref}), own server", "n": 1, **b,
+        mode = "compiled" if compiled else "eager"
+        rows.append({"what": f"merged model ({ref}), own server, {mode}", "n": 1, **b,
                      "restart": server.started_s})
     return rows
 
@@ -168,7 +174,7 @@ def print_tables(rows: list[dict], lat: dict, requests: int, tokens: int) -> Non
     print("|---|---|---|---|---|---|")
     for r in rows:
         restart = r.get("restart")
-        with_restart = (f"{r['tokens'] / (r['wall'] + restart):.1f} ({restart:.0f} s start)"
+        with_restart = (f"{r['tokens'] / (r['wall'] + restart):.2f} ({restart:.0f} s start)"
                         if restart is not None else "")
         print(f"| {r['what']} | {r['n']} | {r['wall']:.2f} | {r['tok_s']:.1f} | "
               f"{r['tok_s'] / base:.2f} | {with_restart} |")
