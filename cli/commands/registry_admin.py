@@ -13,11 +13,10 @@ from lorahive.cli.commands.registry_client import (
     JsonOpt,
     TokenOpt,
     UrlOpt,
-    credentials_file,
     registry_session,
-    save_credentials,
 )
 from lorahive.cli.output import console, err_console, print_json
+from lorahive.hub.credentials import credentials_file, save_credentials
 
 
 def serve(

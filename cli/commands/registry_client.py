@@ -4,16 +4,13 @@ or, by default, the embedded local registry; plus shared options and progress ba
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lorahive.cli.output import byte_progress, err_console
-from lorahive.hub.atomic import atomic_file
+from lorahive.hub.credentials import server_selection
 from lorahive.hub.protocol import ProgressFn, Registry
 
 UrlOpt = Annotated[str | None, typer.Option(
@@ -25,40 +22,12 @@ TokenOpt = Annotated[str | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def home() -> Path:
-    return Path(os.environ.get("LORAHIVE_HOME") or Path.home() / ".lorahive").expanduser()
-
-
-def credentials_file() -> Path:
-    return home() / "credentials.json"
-
-
-def load_credentials() -> dict[str, str]:
-    try:
-        data = json.loads(credentials_file().read_text())
-        return data if isinstance(data, dict) else {}
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def save_credentials(url: str, token: str) -> Path:
-    path = credentials_file()
-    with atomic_file(path, "w") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        json.dump({"url": url, "token": token}, fh)
-    return path
-
-
 def open_registry(url: str | None = None, token: str | None = None) -> Registry:
     """The registry selected by flags, environment and saved login (in that order)."""
-    creds = load_credentials()
-    url = url or os.environ.get("LORAHIVE_URL") or creds.get("url")
+    url, token = server_selection(url, token)
     if url:
         from lorahive.hub.client import HttpRegistry
 
-        if token is None:
-            token = os.environ.get("LORAHIVE_TOKEN") or (
-                creds.get("token") if creds.get("url", "").rstrip("/") == url.rstrip("/") else None)
         return HttpRegistry(url, token)
     from lorahive.registry.local import LocalRegistry
 
