@@ -40,8 +40,9 @@ def compose(
         help="Candidate adapters: directories or registry references ns/name[@version|:alias] "
         "(repeat the option)."),
     select: str | None = typer.Option(
-        None, "--select", help="Candidates from the registry by filter, e.g. "
-        "'base_model=org/model,task=classification,tag=en' (latest version of each)."),
+        None, "--select", help="Candidates from the registry: the latest version of each "
+        "adapter matching KEY=VALUE pairs separated by commas (keys base_model, task, tag, "
+        "text, namespace, peft_type; at most 20), e.g. task=classification,tag=en."),
     examples: Path = typer.Option(..., "--examples", help="Few-shot examples, JSONL "
                                   '{"input": ..., "output": ...}.'),
     out: Path | None = typer.Option(None, "--out", help="Directory for the composed PEFT adapter."),
