@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from lorahive.cli.output import console, err_console, print_json
+from lorahive.cli.output import Col, console, err_console, print_json, print_table
 from lorahive.cli.sources import (
     check_outputs,
     output_dir,
@@ -146,12 +145,9 @@ def compose(
         print_json({"out": str(out) if out else None, "published": published,
                     "weights": weights, "trace": result.trace, **metrics})
         return
-    table = Table(title="mixing weights")
-    table.add_column("candidate", overflow="fold")
-    table.add_column("weight", justify="right")
-    for ref, w in sorted(weights.items(), key=lambda kv: -abs(kv[1])):
-        table.add_row(ref, f"{w:+.4f}")
-    console.print(table)
+    print_table((Col("candidate"), Col("weight", justify="right")), (
+        (ref, f"{w:+.4f}") for ref, w in sorted(weights.items(), key=lambda kv: -abs(kv[1]))),
+        title="mixing weights")
     best = result.best_trace
     marks = sorted({0, len(best) // 4, len(best) // 2, 3 * len(best) // 4, len(best) - 1})
     console.print("objective trace (best so far): " + "  ".join(
