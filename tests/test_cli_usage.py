@@ -162,3 +162,15 @@ def test_option_help_keeps_square_brackets():
     assert "namespace/name[@version|:alias]" in _flat(r.stdout)
     r = run("fuse", "--help", columns=120)
     assert "ns/name[@version]" in _flat(r.stdout)
+
+
+def test_url_help_says_what_the_default_is():
+    """Every --url defaults to the logged-in server before the local registry (open_registry);
+    no command's help may say the local registry alone."""
+    seen = 0
+    for path, cmd in _commands():
+        for p in cmd.params:
+            if "--url" in getattr(p, "opts", []) and path != ["login"]:
+                seen += 1
+                assert "logged-in server" in p.help, (path, p.help)
+    assert seen > 15

@@ -49,10 +49,12 @@ def compose(
         None, "--publish", help="Publish the composed adapter to the registry as ns/name "
         "(with its lineage)."),
     task: str | None = typer.Option(None, "--task", help="Task recorded when publishing."),
-    url: str | None = typer.Option(None, "--url", envvar="LORAHIVE_URL",
-                                   help="Registry server (default: the local registry)."),
+    url: str | None = typer.Option(
+        None, "--url", envvar="LORAHIVE_URL", help="Registry server for references, --select "
+        "and --publish (default: the logged-in server, else the local embedded registry)."),
     token: str | None = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN",
-                                     help="Registry token."),
+                                     help="API token for that server (default: the saved "
+                                     "login)."),
     eval_file: Path | None = typer.Option(None, "--eval", help="Held-out JSONL for accuracy."),
     budget: int = typer.Option(40, help="Objective evaluations (nevergrad budget)."),
     optimizer: str = typer.Option("NGOpt", help="Any nevergrad optimizer by name."),

@@ -65,8 +65,10 @@ WEIGHTS = typer.Option(None, "--weights", help="One weight per adapter, comma se
                        "(default 1 each).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
 URL = typer.Option(None, "--url", envvar="LORAHIVE_URL",
-                   help="Registry server for references (default: the local registry).")
-TOKEN = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN", help="Registry token.")
+                   help="Registry server for references and --publish (default: the "
+                   "logged-in server, else the local embedded registry).")
+TOKEN = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN",
+                     help="API token for that server (default: the saved login).")
 
 
 def _parents(sources: list[Source], weights: list[float] | None) -> list[Parent]:
@@ -195,7 +197,7 @@ def merge_cmd(
 
 
 def methods_cmd(
-    json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print the methods as JSON."),
 ) -> None:
     """List fusion methods: name, what it does, parameters with defaults, paper."""
     from lorahive.compose.fusion import all_methods

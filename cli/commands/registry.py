@@ -88,7 +88,9 @@ def pull(
 
 
 def search(
-    text: Annotated[str | None, typer.Argument(help="Words to find in name/description/task.")] = None,
+    text: Annotated[str | None, typer.Argument(
+        help="Words that must each appear in the name, namespace, description, task or base "
+        "model.")] = None,
     task: Annotated[str | None, typer.Option(help="Exact task.")] = None,
     base_model: Annotated[str | None, typer.Option(help="Exact base model id.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Required tag (repeatable).")] = None,
