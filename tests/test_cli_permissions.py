@@ -57,29 +57,17 @@ def setup(tiny_llama_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("umask", UMASKS)
-def test_fuse_honours_umask(setup, tmp_path, umask):
-    _, (a, b), _ = setup
-    out = tmp_path / "fused"
-    r = run(umask, "fuse", a, b, "--method", "cat", "--device", "cpu", "--out", out)
-    assert r.returncode == 0, r.stderr
-    assert_cp_modes(out, umask)
-
-
-@pytest.mark.parametrize("umask", UMASKS)
-def test_merge_honours_umask(setup, tmp_path, umask):
-    base, (a, _), _ = setup
-    out = tmp_path / "merged"
-    r = run(umask, "merge", "--base", base, "--adapter", a, "--device", "cpu", "--out", out)
-    assert r.returncode == 0, r.stderr
-    assert_cp_modes(out, umask)
-
-
-@pytest.mark.parametrize("umask", UMASKS)
-def test_compose_honours_umask(setup, tmp_path, umask):
+@pytest.mark.parametrize("command", ["fuse", "merge", "compose"])
+def test_results_honour_umask(setup, tmp_path, command, umask):
     base, (a, b), shots = setup
-    out = tmp_path / "composed"
-    r = run(umask, "compose", "--base", base, "-c", a, "-c", b, "--examples", shots,
-            "--budget", "2", "--device", "cpu", "--out", out)
+    out = tmp_path / "result"
+    args = {
+        "fuse": ["fuse", a, b, "--method", "cat"],
+        "merge": ["merge", "--base", base, "--adapter", a],
+        "compose": ["compose", "--base", base, "-c", a, "-c", b, "--examples", shots,
+                    "--budget", "2"],
+    }[command]
+    r = run(umask, *args, "--device", "cpu", "--out", out)
     assert r.returncode == 0, r.stderr
     assert_cp_modes(out, umask)
 

@@ -21,7 +21,7 @@ import torch
 from lorahive.compose.composer import Example
 from lorahive.compose.composer.examples import write_examples
 from tests.compose_fixtures import add_tokenizer
-from tests.models import load_base, make_peft_adapter
+from tests.models import make_peft_adapter, make_pissa_adapters
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -61,7 +61,6 @@ def skipped(cmd: str) -> str | None:
 @pytest.fixture(scope="module")
 def workdir(tiny_llama_dir, tmp_path_factory):
     """A directory with what the README's examples expect to find, and `lorahive` on PATH."""
-    from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file
 
     root = tmp_path_factory.mktemp("readme")
@@ -73,15 +72,7 @@ def workdir(tiny_llama_dir, tmp_path_factory):
     old = shutil.copytree(work / "my-adapter", work / "old")  # a pickle-only adapter
     torch.save(load_file(old / "adapter_model.safetensors"), old / "adapter_model.bin")
     (old / "adapter_model.safetensors").unlink()
-    torch.manual_seed(0)
-    model = get_peft_model(load_base(base), LoraConfig(r=4, target_modules=["q_proj"],
-                                                       init_lora_weights="pissa"))
-    model.save_pretrained(work / "pissa-init")
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.add_(0.05)
-    model.save_pretrained(work / "pissa")
+    make_pissa_adapters(base, work / "pissa-init", work / "pissa")
     write_examples(work / "shots.jsonl", [Example("the cat is red ?", "yes"),
                                           Example("the dog is blue ?", "no")])
     write_examples(work / "heldout.jsonl", [Example("the sun is big ?", "yes"),
