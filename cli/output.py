@@ -42,8 +42,8 @@ def print_json(data: Any) -> None:
 
 
 def line(text: str = "") -> None:
-    """One line of output, printed as given: no markup, no highlighting, no wrapping."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    """One line of output, printed as given: no markup, emoji codes, highlighting or wrapping."""
+    console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 # -- sizes and ordering ------------------------------------------------------------------------
