@@ -123,10 +123,10 @@ def print_table(cols: Sequence[Col], rows: Iterable[Sequence[Any]],
         cells = [[r[i] for i in keep] for r in data]
         if table_fits(shown, cells, width):
             table = Table(title=title, box=box.HEAVY_HEAD)
-            for c in shown:
+            for j, c in enumerate(shown):
                 table.add_column(c.header, justify=c.justify, no_wrap=not c.wrap,
                                  overflow="fold" if c.wrap else "ellipsis",
-                                 min_width=_min_width(c, [r[shown.index(c)] for r in cells]))
+                                 min_width=_min_width(c, [r[j] for r in cells]))
             for r in cells:
                 table.add_row(*(Text(v) for v in r))
             console.print(table, soft_wrap=False)
