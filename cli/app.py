@@ -8,7 +8,7 @@ import importlib
 import inspect
 import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -151,7 +151,7 @@ def usage_line(e: Any) -> str:
     return msg
 
 
-def error(msg: str, code: int) -> None:
+def error(msg: str, code: int) -> NoReturn:
     typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
     sys.exit(code)
 
