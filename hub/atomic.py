@@ -2,6 +2,11 @@
 
 Everything is written under a temporary name in the destination's own directory (same
 filesystem, so the final ``rename`` is atomic), flushed with ``fsync``, then renamed.
+
+The temporary names come from ``tempfile``, which creates files 0600 and directories 0700 for
+its own safety; a result is not a secret, so it gets the permissions ``cp`` would give it under
+the caller's umask (files 0666 & ~umask, directories 0777 & ~umask). A file that must stay
+private (credentials, a token) sets its mode explicitly after opening.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -17,6 +23,49 @@ from pathlib import Path
 from lorahive.hub.errors import InvalidRequestError
 
 TEMP_PREFIX = ".lorahive-tmp-"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (another thread may be
+    creating files at this moment)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for text in fh:
+                if text.startswith("Umask:"):
+                    return int(text.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open``/``cp``: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode a new directory gets from ``mkdir``: 0777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
+def apply_umask(root: Path) -> None:
+    """Give a finished temp tree the modes ``cp`` would: the tempfile-made root becomes
+    0777 & ~umask, and no file or directory inside keeps a permission the umask withholds
+    (copies that preserved their source's mode). Symlinks and files with other hard links
+    (shared cache blobs) are left alone."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for top, dirs, files in os.walk(root):  # never follows symlinks
+        for name in [*dirs, *files]:
+            p = os.path.join(top, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & mask:
+                os.chmod(p, mode & ~mask)
 
 
 def fsync_dir(path: Path) -> None:
@@ -36,6 +85,7 @@ def atomic_file(dest: str | os.PathLike[str], mode: str = "wb") -> Iterator:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -50,7 +100,8 @@ def atomic_file(dest: str | os.PathLike[str], mode: str = "wb") -> Iterator:
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path next to ``dest`` for code that writes by path (safetensors)."""
+    """Yield a temp path next to ``dest`` for code that writes by path (safetensors). The
+    writer may replace the file (safetensors writes a new one, 0600): the mode is set after."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest.parent)
@@ -59,6 +110,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
+            os.fchmod(fh.fileno(), file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
         fsync_dir(dest.parent)
@@ -76,6 +128,7 @@ def atomic_directory(dest: str | os.PathLike[str], overwrite: bool = False) -> I
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest.parent))
     try:
         yield tmp
+        apply_umask(tmp)
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:

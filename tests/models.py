@@ -95,3 +95,20 @@ def make_peft_adapter(
     data["base_model_name_or_path"] = base_id
     cfg_path.write_text(json.dumps(data, indent=2))
     return Path(out)
+
+
+def make_pissa_adapters(base_dir: Path, initial: Path, trained: Path) -> tuple[Path, Path]:
+    """A PiSSA adapter (q_proj, r=4) as saved before training and after a step of "training"
+    (every factor moved by 0.05): the pair ``lorahive convert --initial`` takes."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_base(base_dir), LoraConfig(r=4, target_modules=["q_proj"],
+                                                           init_lora_weights="pissa"))
+    model.save_pretrained(initial)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.add_(0.05)
+    model.save_pretrained(trained)
+    return Path(initial), Path(trained)

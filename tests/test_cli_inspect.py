@@ -70,19 +70,10 @@ def test_help_lists_commands():
 
 
 def test_convert_residual_adapter(tmp_path, tiny_llama_dir):
-    from peft import LoraConfig, get_peft_model
-
     from lorahive.hub import load_peft
-    from tests.models import load_base
+    from tests.models import make_pissa_adapters
 
-    torch.manual_seed(0)
-    model = get_peft_model(load_base(tiny_llama_dir), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights="pissa"))
-    model.save_pretrained(tmp_path / "init")
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.add_(0.05)
-    model.save_pretrained(tmp_path / "trained")
+    make_pissa_adapters(tiny_llama_dir, tmp_path / "init", tmp_path / "trained")
     r = run("convert", tmp_path / "trained", "--out", tmp_path / "plain", "--initial", tmp_path / "init")
     assert r.returncode == 0, r.stderr
     plain = load_peft(tmp_path / "plain")

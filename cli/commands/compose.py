@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from lorahive.cli.output import console, err_console, print_json
+from lorahive.cli.output import Col, console, err_console, print_json, print_table
 from lorahive.cli.sources import (
     check_outputs,
     output_dir,
@@ -40,8 +39,9 @@ def compose(
         help="Candidate adapters: directories or registry references ns/name[@version|:alias] "
         "(repeat the option)."),
     select: str | None = typer.Option(
-        None, "--select", help="Candidates from the registry by filter, e.g. "
-        "'base_model=org/model,task=classification,tag=en' (latest version of each)."),
+        None, "--select", help="Candidates from the registry: the latest version of each "
+        "adapter matching KEY=VALUE pairs separated by commas (keys base_model, task, tag, "
+        "text, namespace, peft_type; at most 20), e.g. task=classification,tag=en."),
     examples: Path = typer.Option(..., "--examples", help="Few-shot examples, JSONL "
                                   '{"input": ..., "output": ...}.'),
     out: Path | None = typer.Option(None, "--out", help="Directory for the composed PEFT adapter."),
@@ -49,10 +49,12 @@ def compose(
         None, "--publish", help="Publish the composed adapter to the registry as ns/name "
         "(with its lineage)."),
     task: str | None = typer.Option(None, "--task", help="Task recorded when publishing."),
-    url: str | None = typer.Option(None, "--url", envvar="LORAHIVE_URL",
-                                   help="Registry server (default: the local registry)."),
+    url: str | None = typer.Option(
+        None, "--url", envvar="LORAHIVE_URL", help="Registry server for references, --select "
+        "and --publish (default: the logged-in server, else the local embedded registry)."),
     token: str | None = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN",
-                                     help="Registry token."),
+                                     help="API token for that server (default: the saved "
+                                     "login)."),
     eval_file: Path | None = typer.Option(None, "--eval", help="Held-out JSONL for accuracy."),
     budget: int = typer.Option(40, help="Objective evaluations (nevergrad budget)."),
     optimizer: str = typer.Option("NGOpt", help="Any nevergrad optimizer by name."),
@@ -145,12 +147,9 @@ def compose(
         print_json({"out": str(out) if out else None, "published": published,
                     "weights": weights, "trace": result.trace, **metrics})
         return
-    table = Table(title="mixing weights")
-    table.add_column("candidate", overflow="fold")
-    table.add_column("weight", justify="right")
-    for ref, w in sorted(weights.items(), key=lambda kv: -abs(kv[1])):
-        table.add_row(ref, f"{w:+.4f}")
-    console.print(table)
+    print_table((Col("candidate"), Col("weight", justify="right")), (
+        (ref, f"{w:+.4f}") for ref, w in sorted(weights.items(), key=lambda kv: -abs(kv[1]))),
+        title="mixing weights")
     best = result.best_trace
     marks = sorted({0, len(best) // 4, len(best) // 2, 3 * len(best) // 4, len(best) - 1})
     console.print("objective trace (best so far): " + "  ".join(

@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from lorahive.cli.output import console, print_json
+from lorahive.cli.output import Col, console, natural_key, print_json, print_table
+
+# module names always whole; figures go, rightmost first, when the terminal is narrow
+MODULE_COLUMNS = (Col("module"), Col("shape", justify="right", drop=3),
+                  Col("rank", justify="right"), Col("scale", justify="right", drop=4),
+                  Col("norm", justify="right", drop=5),
+                  Col("eff.rank 90%", justify="right", drop=6),
+                  Col("eff.rank 99%", justify="right", drop=7))
 
 
 def inspect(
@@ -23,7 +29,7 @@ def inspect(
 
     adapter = load_peft(path, allow_pickle=allow_pickle)
     summary = adapter.summary()
-    stats = adapter.stats() if adapter.is_lora else []
+    stats = sorted(adapter.stats(), key=lambda s: natural_key(s.name)) if adapter.is_lora else []
     if json_out:
         print_json({"path": str(path), "summary": summary, "config": adapter.config.data,
                     "modules": [s.as_dict() for s in stats]})
@@ -34,18 +40,10 @@ def inspect(
     if not adapter.is_lora:
         console.print(f"  (opaque {adapter.peft_type} adapter: {len(adapter.extra_tensors)} tensors)")
         return
-    table = Table(show_lines=False)
-    for col in ("module", "shape", "rank", "scale", "norm", "eff.rank 90%", "eff.rank 99%"):
-        if col == "module":
-            table.add_column(col, overflow="fold", ratio=1)
-        else:
-            table.add_column(col, justify="right", no_wrap=True)
-    for s in stats:
-        table.add_row(
-            s.name + (" (DoRA)" if s.dora else ""), "x".join(map(str, s.shape)), str(s.rank),
-            f"{s.scale:.4g}", f"{s.norm:.4g}", str(s.effective_rank_90), str(s.effective_rank_99),
-        )
-    console.print(table)
+    print_table(MODULE_COLUMNS, (
+        (s.name + (" (DoRA)" if s.dora else ""), "x".join(map(str, s.shape)), s.rank,
+         f"{s.scale:.4g}", f"{s.norm:.4g}", s.effective_rank_90, s.effective_rank_99)
+        for s in stats))
 
 
 def convert(

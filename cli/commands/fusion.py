@@ -7,9 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from lorahive.cli.output import byte_progress, console, human_bytes, print_json
+from lorahive.cli.output import (
+    Col,
+    byte_progress,
+    console,
+    human_bytes,
+    line,
+    natural_key,
+    paragraph,
+    print_json,
+    print_records,
+    print_table,
+)
 from lorahive.cli.sources import Source, check_outputs, output_dir, publish_output, resolve_sources
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.lineage import SIDECAR, Lineage, Parent
@@ -46,6 +56,8 @@ def _sidecar(lineage: Lineage, metrics: dict[str, Any] | None = None) -> bytes:
     return json.dumps(data, indent=2, sort_keys=True, default=str).encode()
 
 
+ENERGY_COLUMNS = (Col("module"), Col("rank", justify="right"),
+                  Col("energy kept", justify="right"))
 DENSITY = typer.Option(None, "--density", help="Share of entries kept (TIES, DARE, pruning).")
 SIGN = typer.Option(None, "--majority-sign", help="TIES sign election: total or frequency.")
 PARAM = typer.Option(None, "--param", help="Other method parameter, KEY=VALUE (repeatable).")
@@ -53,8 +65,10 @@ WEIGHTS = typer.Option(None, "--weights", help="One weight per adapter, comma se
                        "(default 1 each).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
 URL = typer.Option(None, "--url", envvar="LORAHIVE_URL",
-                   help="Registry server for references (default: the local registry).")
-TOKEN = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN", help="Registry token.")
+                   help="Registry server for references and --publish (default: the "
+                   "logged-in server, else the local embedded registry).")
+TOKEN = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN",
+                     help="API token for that server (default: the saved login).")
 
 
 def _parents(sources: list[Source], weights: list[float] | None) -> list[Parent]:
@@ -121,10 +135,8 @@ def fuse_cmd(
                   f"({summary['modules']} modules, max rank {summary['max_rank']}, "
                   f"total rank {summary['total_rank']})")
     if res.energy:
-        table = Table("module", "rank", "energy kept")
-        for n, e in res.energy.items():
-            table.add_row(n, str(res.ranks[n]), f"{e:.4f}")
-        console.print(table)
+        print_table(ENERGY_COLUMNS, ((n, res.ranks[n], f"{res.energy[n]:.4f}")
+                                     for n in sorted(res.energy, key=natural_key)))
 
 
 def merge_cmd(
@@ -185,7 +197,7 @@ def merge_cmd(
 
 
 def methods_cmd(
-    json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print the methods as JSON."),
 ) -> None:
     """List fusion methods: name, what it does, parameters with defaults, paper."""
     from lorahive.compose.fusion import all_methods
@@ -200,12 +212,12 @@ def methods_cmd(
                                  "default": None if p.required else p.default}
                                 for p in m.params]} for m in ms])
         return
-    table = Table("method", "description", "parameters", show_lines=False)
-    for m in ms:
-        desc = m.description + (f"\n[dim]{m.note}[/dim]" if m.note else "")
-        table.add_row(m.name, desc, "\n".join(p.describe() for p in m.params) or "-")
-    console.print(table)
-    console.print("Every method also takes --weights, --rank or --rank-budget, --seed, --device.")
+    print_records((f"{m.name} ({m.family})", [
+        ("", m.description), ("parameters", "; ".join(p.describe() for p in m.params) or "-"),
+        ("paper", m.paper), ("note", m.note)]) for m in ms)
+    line()
+    paragraph("Set a parameter with --density, --majority-sign or --param NAME=VALUE; every method "
+         "also takes --weights, --rank or --rank-budget, --seed, --device.")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from lorahive.cli.commands.registry_client import (
     JsonOpt,
@@ -16,9 +15,26 @@ from lorahive.cli.commands.registry_client import (
     progress_bar,
     registry_session,
 )
-from lorahive.cli.output import console, human_bytes, print_json
+from lorahive.cli.output import (
+    Col,
+    console,
+    human_bytes,
+    line,
+    print_fields,
+    print_json,
+    print_table,
+)
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.protocol import VersionInfo
+
+# names and versions always; the rest goes, last-listed first, when the terminal is narrow
+SEARCH_COLUMNS = (Col("adapter"), Col("latest"), Col("task", drop=3), Col("base model", drop=2),
+                  Col("type", drop=7), Col("tags", wrap=True, drop=4),
+                  Col("downloads", justify="right", drop=6), Col("updated", drop=5))
+VERSION_COLUMNS = (Col("version"), Col("aliases", wrap=True, drop=2),
+                   Col("rank", justify="right", drop=3),
+                   Col("size", justify="right", drop=4), Col("sha256", drop=1),
+                   Col("downloads", justify="right", drop=6), Col("created", drop=5))
 
 
 def _metrics(text: str | None) -> dict:
@@ -72,7 +88,9 @@ def pull(
 
 
 def search(
-    text: Annotated[str | None, typer.Argument(help="Words to find in name/description/task.")] = None,
+    text: Annotated[str | None, typer.Argument(
+        help="Words that must each appear in the name, namespace, description, task or base "
+        "model.")] = None,
     task: Annotated[str | None, typer.Option(help="Exact task.")] = None,
     base_model: Annotated[str | None, typer.Option(help="Exact base model id.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Required tag (repeatable).")] = None,
@@ -91,14 +109,11 @@ def search(
     if json_out:
         print_json(page.model_dump(mode="json"))
         return
-    table = Table(title=f"{page.total} adapter(s)")
-    for c in ("adapter", "latest", "task", "base model", "type", "tags", "downloads", "updated"):
-        table.add_column(c, overflow="fold")
-    for a in page.items:
-        table.add_row(a.repo + (" (private)" if a.private else ""), a.latest_version or "-",
-                      a.task or "-", a.base_model or "-", a.peft_type or "-", ", ".join(a.tags),
-                      str(a.downloads), a.updated_at.strftime("%Y-%m-%d %H:%M"))
-    console.print(table)
+    print_table(SEARCH_COLUMNS, (
+        (a.repo + (" (private)" if a.private else ""), a.latest_version or "-", a.task or "-",
+         a.base_model or "-", a.peft_type or "-", ", ".join(a.tags), a.downloads,
+         a.updated_at.strftime("%Y-%m-%d %H:%M")) for a in page.items),
+        title=f"{page.total} adapter(s)")
 
 
 def show(
@@ -112,7 +127,6 @@ def show(
     if json_out:
         print_json({"adapter": info.model_dump(mode="json"), "version": v.model_dump(mode="json")})
         return
-    console.print(f"[bold]{v.ref}[/bold]{' (private)' if info.private else ''}")
     rows = {
         "description": info.description or "-", "task": info.task or "-",
         "tags": ", ".join(info.tags) or "-", "aliases": ", ".join(f"{k}->{x}" for k, x in info.aliases.items()),
@@ -124,10 +138,9 @@ def show(
         "metrics": json.dumps(v.metrics) if v.metrics else "-",
         "lineage": json.dumps(v.lineage) if v.lineage else "-",
     }
-    for k, val in rows.items():
-        console.print(f"  {k}: {val}")
+    print_fields(f"{v.ref}{' (private)' if info.private else ''}", rows.items())
     for f in v.files:
-        console.print(f"  file {f.path}  {human_bytes(f.size)}  {f.sha256[:12]}")
+        line(f"  file {f.path}  {human_bytes(f.size)}  {f.sha256[:12]}")
 
 
 def versions(
@@ -140,13 +153,9 @@ def versions(
     if json_out:
         print_json([v.model_dump(mode="json") for v in vs])
         return
-    table = Table()
-    for c in ("version", "aliases", "rank", "size", "sha256", "downloads", "created"):
-        table.add_column(c)
-    for v in vs:
-        table.add_row(v.version, ", ".join(v.aliases), str(v.rank), human_bytes(v.size),
-                      v.sha256[:12], str(v.downloads), v.created_at.strftime("%Y-%m-%d %H:%M"))
-    console.print(table)
+    print_table(VERSION_COLUMNS, (
+        (v.version, ", ".join(v.aliases), v.rank, human_bytes(v.size), v.sha256[:12],
+         v.downloads, v.created_at.strftime("%Y-%m-%d %H:%M")) for v in vs))
 
 
 alias_app = typer.Typer(help="Move or remove aliases (latest moves by itself).",

@@ -7,7 +7,6 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from lorahive.cli.commands.registry_client import (
     JsonOpt,
@@ -15,7 +14,7 @@ from lorahive.cli.commands.registry_client import (
     UrlOpt,
     registry_session,
 )
-from lorahive.cli.output import console, err_console, print_json
+from lorahive.cli.output import Col, console, err_console, print_json, print_table
 from lorahive.hub.credentials import credentials_file, save_credentials
 
 
@@ -89,6 +88,9 @@ def whoami(url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False
         console.print(f"{who.user or 'anonymous'} (scope {who.scope}, admin {who.is_admin})")
 
 
+TOKEN_COLUMNS = (Col("id", justify="right"), Col("user"), Col("name"), Col("scope"),
+                 Col("namespaces", wrap=True, drop=3), Col("expires", drop=2),
+                 Col("revoked", drop=1))
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 
 
@@ -122,14 +124,10 @@ def token_list(url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = F
     if json_out:
         print_json([t.model_dump(mode="json") for t in tokens])
         return
-    table = Table()
-    for c in ("id", "user", "name", "scope", "namespaces", "expires", "revoked"):
-        table.add_column(c)
-    for t in tokens:
-        table.add_row(str(t.id), t.user, t.name, t.scope, ", ".join(t.namespaces) or "(all owned)",
-                      t.expires_at.isoformat(timespec="minutes") if t.expires_at else "-",
-                      "yes" if t.revoked else "")
-    console.print(table)
+    print_table(TOKEN_COLUMNS, (
+        (t.id, t.user, t.name, t.scope, ", ".join(t.namespaces) or "(all owned)",
+         t.expires_at.isoformat(timespec="minutes") if t.expires_at else "-",
+         "yes" if t.revoked else "") for t in tokens))
 
 
 @token_app.command("revoke")
