@@ -32,6 +32,7 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]  # [K, n] -> [K]
 
 KEPT_RECOMMENDATION = "recommendation"
 KEPT_BEST = "best evaluated"
+KEPT_ZERO = "zero-shot"  # the composer's own score of all weights 0 (the base model alone)
 
 
 @dataclass
