@@ -52,14 +52,15 @@ def make_t5_adapter(base_dir: Path, out: Path, seed: int, r: int = 4,
 _calls = {"n": 0}
 
 
-def fails_on_third_call(x):
-    """An objective for ``compose --objective``: LoRAHub's on the first two calls (the
-    zero-shot score and the first search step), then a wrong number of values mid-search."""
+def fails_mid_search(x):
+    """An objective for ``compose --objective``: LoRAHub's for nine calls (the zero-shot score
+    and eight search steps: with two workers, past NGOpt's first meta-model step), then a wrong
+    number of values."""
     from lorahive.compose.composer.objective import default_objective
 
     _calls["n"] += 1
     out = default_objective(x)
-    return out if _calls["n"] < 3 else torch.cat([out, out])
+    return out if _calls["n"] < 10 else torch.cat([out, out])
 
 
 def near_half(x):

@@ -20,6 +20,18 @@ def run(*args):
                           capture_output=True, text=True, env=env)
 
 
+def acme_cli(home):
+    """The CLI on a registry of its own (``home``) with the namespace ``acme``."""
+    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(home)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
+                              capture_output=True, text=True, env=env)
+
+    assert cli("namespace", "create", "acme").returncode == 0
+    return cli
+
+
 @pytest.fixture(scope="module")
 def pair(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuse-cli")
@@ -110,13 +122,7 @@ def test_merge_cli_and_wrong_base(pair, tiny_llama_dir, tmp_path):
 def test_fuse_and_merge_registry_references(pair, tiny_llama_dir, tmp_path):
     """Inputs by reference (exact versions in the lineage), output published to the registry."""
     _, dirs = pair
-    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
-                              capture_output=True, text=True, env=env)
-
-    assert cli("namespace", "create", "acme").returncode == 0
+    cli = acme_cli(tmp_path / "home")
     for i, d in enumerate(dirs):
         assert cli("publish", d, "--name", f"acme/task-{i}").returncode == 0
     r = cli("fuse", "acme/task-0", "acme/task-1:latest", "--method", "ties_svd", "--density",
@@ -180,13 +186,7 @@ def test_fuse_rerun_finishes_an_interrupted_publish(pair, tmp_path):
     """`fuse --out D --publish` interrupted after writing D: the same command again finds the
     same result in D (its lineage's recipe) and publishes it; other inputs are refused."""
     _, dirs = pair
-    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
-                              capture_output=True, text=True, env=env)
-
-    assert cli("namespace", "create", "acme").returncode == 0
+    cli = acme_cli(tmp_path / "home")
     out = tmp_path / "d"
     args = ["fuse", *dirs, "--method", "ties_svd", "--density", "0.5", "--weights", "0.6,0.4",
             "--device", "cpu", "--out", out]
