@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lorahive.hub.atomic import require_free_dir
-from lorahive.hub.errors import InvalidRequestError
-from lorahive.hub.lineage import read_sidecar
+from lorahive.hub.errors import InvalidRequestError, LorahiveError
+from lorahive.hub.lineage import read_sidecar, recorded_recipe
 from lorahive.hub.manifest import CONFIG_NAME, weights_sha256
 from lorahive.hub.refs import Ref, parse_ref
 
@@ -119,13 +119,35 @@ def check_publish_target(text: str) -> Ref:
 
 
 def check_outputs(out: Path | None, publish: str | None) -> None:
-    """Fail before any long work: an output is named, ``--out`` is free, ``--publish`` parses."""
+    """Fail before any long work: an output is named, ``--publish`` parses, ``--out`` is free —
+    or holds an earlier run's result, which ``reuse_output`` judges once the recipe is known."""
     if out is None and publish is None:
         raise InvalidRequestError("give --out DIR, --publish ns/name, or both")
     if publish is not None:
         check_publish_target(publish)
-    if out is not None:
+    if out is not None and recorded_recipe(out) is None:
         require_free_dir(out)
+
+
+def reuse_output(out: Path | None, recipe: str) -> bool:
+    """Whether ``--out`` already holds this very result: an earlier run with the same inputs
+    and parameters (its ``lorahive.json`` records the same recipe), e.g. one interrupted
+    before its publish. ``False`` when ``--out`` is free; an error when it holds anything else."""
+    if out is None or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if recorded_recipe(out) != recipe:
+        raise InvalidRequestError(
+            f"{out} exists and is not empty (it holds another result: different inputs or "
+            "parameters); choose another --out")
+    from lorahive.hub.peft_format import load_peft
+
+    try:
+        load_peft(out)
+    except LorahiveError as e:
+        raise InvalidRequestError(
+            f"{out} records this result but cannot be read ({e}); remove it or choose another "
+            "--out") from None
+    return True
 
 
 @contextlib.contextmanager
@@ -141,8 +163,10 @@ def output_dir(out: Path | None) -> Iterator[Path]:
 
 def publish_output(path: Path, target: str, url: str | None = None, token: str | None = None,
                    task: str | None = None, tags: list[str] | None = None,
-                   description: str | None = None, progress: Any = None) -> str:
-    """Publish a freshly written adapter directory (its lorahive.json carries the lineage)."""
+                   description: str | None = None, private: bool | None = None,
+                   progress: Any = None) -> str:
+    """Publish a freshly written result directory (its lorahive.json carries the lineage);
+    ``private=None`` leaves visibility to the registry."""
 
     ref = check_publish_target(target)
     from lorahive.cli.commands.registry_client import registry_session
@@ -151,15 +175,5 @@ def publish_output(path: Path, target: str, url: str | None = None, token: str |
     with registry_session(url, token) as registry:
         info = registry.publish(path, ref.repo, ref.version, task=task, tags=tags or [],
                                 description=description, metrics=sidecar.get("metrics"),
-                                progress=progress)
+                                private=private, progress=progress)
     return info.ref
-
-
-def lineage_parents(sources: list[Source], weights: list[float] | None) -> list[dict[str, Any]]:
-    """Parent records for ``hub.lineage`` in input order."""
-    return [
-        {"ref": s.ref, "version": s.version, "sha256": s.sha256,
-         "weight": None if weights is None else float(weights[i])}
-        for i, s in enumerate(sources)
-    ]
-

@@ -182,19 +182,25 @@ class Adapter:
         return ad
 
     def canonical_config(self) -> AdapterConfig:
-        """A config whose r/alpha/patterns reproduce every module's rank and scale exactly.
+        """A complete config whose r/alpha/patterns reproduce every module's rank and scale
+        exactly and whose ``target_modules`` select every adapted module, as PEFT reads it.
 
-        Kept verbatim when it already does (so loading and saving is a no-op); otherwise
-        rewritten as a plain LoRA config with per-module patterns where modules differ.
+        Kept verbatim when it already does and states ``r``, ``lora_alpha`` and
+        ``target_modules`` (so loading and saving is a no-op); otherwise rewritten as a plain
+        LoRA config with per-module patterns where modules differ.
         """
         cfg = self.config
         if not self.modules or not cfg.is_lora_family:
             return cfg
-        if cfg.peft_type == "LORA" and all(
+        exact = cfg.peft_type == "LORA" and all(
             cfg.rank_for(n) == m.rank and math.isclose(cfg.scale_for(n, m.rank), m.scale,
                                                        rel_tol=1e-6, abs_tol=1e-12)
             for n, m in self.modules.items()
-        ):
+        )
+        stated = "r" in cfg.data and "lora_alpha" in cfg.data
+        targeted = all(cfg.selects(n) or (cfg.target_modules == "all-linear"
+                                          and cfg.selects(n) is None) for n in self.modules)
+        if exact and stated and targeted:
             return cfg
         data = dict(cfg.data)
         rs = data.get("use_rslora", False) and cfg.peft_type == "LORA"
@@ -219,7 +225,11 @@ class Adapter:
         if isinstance(data.get("init_lora_weights"), str):
             data["init_lora_weights"] = True
         data["target_modules"] = sorted({n.rsplit(".", 1)[-1] for n in self.modules})
-        return AdapterConfig(data)
+        out = AdapterConfig(data)
+        if not all(out.selects(n) for n in self.modules):  # layer or exclusion filters
+            for key in ("exclude_modules", "layers_to_transform", "layers_pattern"):
+                out.data.pop(key, None)
+        return out
 
     # views -------------------------------------------------------------------------------
     @property

@@ -32,6 +32,13 @@ def pattern_key(patterns: dict[str, Any], module: str) -> str | None:
     return None
 
 
+def _matches(spec: str | list[str], module: str) -> bool:
+    """PEFT's rule for ``exclude_modules``: a regex over the whole name, or names/suffixes."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, module) is not None
+    return module in spec or any(module.endswith(f".{k}") for k in spec)
+
+
 @dataclass
 class AdapterConfig:
     data: dict[str, Any] = field(default_factory=dict)
@@ -117,6 +124,45 @@ class AdapterConfig:
         return None
 
     # per-module values -------------------------------------------------------------
+    def selects(self, module: str) -> bool | None:
+        """Whether PEFT would put LoRA layers on ``module`` under this config
+        (``peft.tuners.tuners_utils.check_target_module_exists``): ``target_modules`` as a
+        regex over the whole name (a string), else an exact name or a ``.name`` suffix, then
+        ``layers_to_transform``/``layers_pattern``; ``exclude_modules`` and
+        ``modules_to_save`` take precedence. ``None`` when it cannot be told from the config:
+        no ``target_modules`` (PEFT then picks per-architecture defaults) or ``all-linear``."""
+        excluded = self.data.get("exclude_modules")
+        if excluded and _matches(excluded, module):
+            return False
+        saved = self.data.get("modules_to_save") or []
+        if any(re.match(rf"(^|.*\.){m}($|\..*)", module) for m in saved):
+            return False
+        targets = self.target_modules
+        if not targets or targets == "all-linear":
+            return None
+        if isinstance(targets, str):
+            return re.fullmatch(targets, module) is not None
+        if module in targets:
+            return True
+        if not any(module.endswith(f".{t}") for t in targets):
+            return False
+        layers = self.data.get("layers_to_transform")
+        if layers is None or layers == []:
+            return True
+        pattern = self.data.get("layers_pattern")
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
+        found = None
+        if not patterns:
+            found = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+        for pat in patterns:
+            found = re.match(rf"(?:^|.*?\.){pat}\.(?P<idx>\d+)\.", module)
+            if found is not None:
+                break
+        if found is None:
+            return False
+        index = int(found.group("idx"))
+        return index == layers if isinstance(layers, int) else index in layers
+
     def rank_for(self, module: str) -> int:
         if self.peft_type == "LORA":
             key = pattern_key(self.rank_pattern, module)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -129,7 +130,21 @@ def from_state_dict(
         )
     if not modules:
         raise InvalidAdapterError("the adapter has no LoRA factors (no lora_A/lora_B tensors)")
+    check_targets(config, modules)
     return Adapter(config, modules, extra, dict(metadata or {}))
+
+
+def check_targets(config: AdapterConfig, modules: Iterable[str]) -> None:
+    """Every module with weights must be one the config selects as PEFT matches it
+    (``AdapterConfig.selects``): otherwise PEFT builds LoRA layers elsewhere and silently
+    drops these weights on load (a config without ``target_modules`` cannot be checked)."""
+    for name in modules:
+        if config.selects(name) is False:
+            raise InvalidAdapterError(
+                f"{CONFIG_NAME}: target_modules {config.target_modules!r} does not select "
+                f"{name}, which has LoRA weights; PEFT would drop them on load. Fix "
+                "target_modules (or layers_to_transform / exclude_modules) to cover it"
+            )
 
 
 def load_peft(path: str | os.PathLike[str], allow_pickle: bool = False) -> Adapter:

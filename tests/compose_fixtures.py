@@ -47,3 +47,23 @@ def make_t5_adapter(base_dir: Path, out: Path, seed: int, r: int = 4,
                 p.normal_(0, 0.2)
     model.save_pretrained(out)
     return out
+
+
+_calls = {"n": 0}
+
+
+def fails_mid_search(x):
+    """An objective for ``compose --objective``: LoRAHub's for nine calls (the zero-shot score
+    and eight search steps: with two workers, past NGOpt's first meta-model step), then a wrong
+    number of values."""
+    from lorahive.compose.composer.objective import default_objective
+
+    _calls["n"] += 1
+    out = default_objective(x)
+    return out if _calls["n"] < 10 else torch.cat([out, out])
+
+
+def near_half(x):
+    """An objective for ``compose --objective``: the distance of the weights from 0.5 each, so
+    the kept mix is known to be non-zero whatever the tiny model's losses are."""
+    return ((x.weights.double() - 0.5) ** 2).sum(1)

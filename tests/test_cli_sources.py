@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lorahive.cli.sources import lineage_parents, looks_like_ref, resolve_sources, select_refs
+from lorahive.cli.sources import looks_like_ref, resolve_sources, select_refs
 from lorahive.hub.errors import InvalidRequestError, NotFoundError
+from lorahive.hub.lineage import Parent, parents
 from tests.models import make_peft_adapter
 
 
@@ -31,8 +32,8 @@ def test_refs_resolve_to_exact_versions(registry_with_two):
     # topics@2 is the same bytes as a: same sha256 whether pulled or local
     assert sources[0].sha256 == sources[2].sha256
     assert (sources[1].path / "adapter_config.json").is_file()
-    parents = lineage_parents(sources, [0.5, 0.25, 0.25])
-    assert parents[1] == {"ref": "acme/topics@1", "version": "1", "sha256": sources[1].sha256, "weight": 0.25}
+    made = parents(sources, [0.5, 0.25, 0.25])
+    assert made[1] == Parent("acme/topics@1", "1", sources[1].sha256, 0.25)
 
 
 def test_bad_inputs(registry_with_two, tmp_path):

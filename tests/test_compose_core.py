@@ -93,12 +93,19 @@ def test_delta_mode_equals_dense_sum(setup, base_model):
     torch.testing.assert_close(both[:2], _logits(load_base(base, "cpu").model, IDS))
 
 
-def test_ab_adapter_reproduces_the_mix_in_peft(setup, base_model, tmp_path):
+@pytest.mark.parametrize("scales", ["equal", "different"])
+def test_ab_adapter_reproduces_the_mix_in_peft(setup, base_model, tmp_path, scales):
+    """What the search scored is what is written: the mixer's logits equal PEFT's on the
+    written adapter, also when the candidates' scales differ (alpha 8 and 2 at rank 4)."""
     from peft import PeftModel
 
     _, base, same, _ = setup
+    if scales == "different":
+        same = [same[0], str(make_peft_adapter(base, tmp_path / "low", seed=33, lora_alpha=2)),
+                same[2]]
     w = [0.5, -0.9, 1.4]
     comp = Composer(base_model, resolve_candidates(same), EXAMPLES, mode="ab")
+    assert bool(comp.warnings) == (scales == "different")
     comp.mixer.set_weights([w])
     mixed = _logits(base_model.model, IDS)
     adapter, energy = comp.adapter(w)

@@ -39,12 +39,72 @@ def test_rank_classification_picks_the_lowest_loss_label(bm):
         p == e.output for p, e in zip(preds, ex, strict=True)) / 2
 
 
-def test_exact_match_by_generation(bm):
-    ex = [Example("the cat is red ?", "yes"), Example("one two", "three four")]
-    acc = accuracy(bm.model, bm.tokenizer, False, None, None, ex, None)
-    assert acc.metric == "exact" and len(acc.predictions) == 2
-    assert acc.accuracy == sum(normalise(p) == normalise(e.output)
-                               for p, e in zip(acc.predictions, ex, strict=True)) / 2
+def _greedy(model, tokenizer, prompt: str, steps: int) -> list[int]:
+    """Token-by-token greedy decoding with full forward passes: the reference generation."""
+    ids = tokenizer(prompt)["input_ids"]
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = int(model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
+            out.append(nxt)
+    return out
+
+
+def _word_base(tiny_llama_dir, root):
+    """The tiny Llama with a word tokenizer that also knows a newline token, and logits only
+    over ids the tokenizer has (so every greedy token decodes to a word)."""
+    from tokenizers import AddedToken
+
+    base = load_base(add_tokenizer(tiny_llama_dir, root / "b"), "cpu")
+    tok = base.tokenizer
+    tok.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    with torch.no_grad():
+        base.model.lm_head.weight[len(tok):] = 0
+        base.model.lm_head.weight[len(tok):, 0] = -1e4  # never the argmax
+    return base
+
+
+def test_exact_match_by_generation(tiny_llama_dir, tmp_path):
+    """Predictions are the model's greedy continuation, scored against outputs that match
+    for one example and not for the other."""
+    base = _word_base(tiny_llama_dir, tmp_path)
+    model, tok = base.model, base.tokenizer
+    prompts = ["the cat is red ?", "one two"]
+    first = [tok.decode([_greedy(model, tok, p, 1)[0]]) for p in prompts]
+    wrong = next(w for w in ("yes", "no", "three") if w != first[1])
+    ex = [Example(prompts[0], first[0]), Example(prompts[1], wrong)]
+    acc = accuracy(model, tok, False, None, None, ex, None, max_new_tokens=1)
+    assert acc.metric == "exact" and acc.predictions == [first[0], first[1]]
+    assert acc.accuracy == 0.5
+
+
+@pytest.mark.parametrize("stop", ["newline", "eos"])
+def test_generation_stops_where_the_outputs_end(tiny_llama_dir, tmp_path, stop):
+    """The answer is the first generated word, then the model writes a newline (or EOS) and
+    goes on: exact match must compare the answer alone, as the one-line outputs are."""
+    from lorahive.compose.composer import Composer, resolve_candidates
+    from tests.models import make_peft_adapter
+
+    base = _word_base(tiny_llama_dir, tmp_path)
+    model, tok = base.model, base.tokenizer
+    prompt = "the cat is red ?"
+    t1, t2 = _greedy(model, tok, prompt, 2)
+    end = tok.convert_tokens_to_ids("\n") if stop == "newline" else tok.eos_token_id
+    assert t1 not in (t2, end), "pick another prompt: the rig needs two distinct tokens"
+    with torch.no_grad():  # wherever the model would write t2 it now writes the end token
+        w = model.lm_head.weight
+        w[[t2, end]] = w[[end, t2]]
+    got = _greedy(model, tok, prompt, 6)
+    assert got[:2] == [t1, end]
+    assert tok.decode(got[2:], skip_special_tokens=True).strip()  # it goes on with words
+    answer = tok.decode([t1])
+    # a three-word output elsewhere lets generation run 5 tokens, past the end token
+    ex = [Example(prompt, answer), Example("the dog is blue ?", "big small fast")]
+    cands = [str(make_peft_adapter(add_tokenizer(tiny_llama_dir, tmp_path / "a"),
+                                   tmp_path / "c0", seed=90))]
+    with Composer(base, resolve_candidates(cands), ex) as comp:
+        acc = comp.accuracy([0.0], ex, labels=None)  # weight 0: the base model itself
+    assert acc.metric == "exact" and normalise(acc.predictions[0]) == answer
 
 
 def test_encoder_decoder_composer_search_and_accuracy(tiny_t5_dir, tmp_path):

@@ -20,6 +20,18 @@ def run(*args):
                           capture_output=True, text=True, env=env)
 
 
+def acme_cli(home):
+    """The CLI on a registry of its own (``home``) with the namespace ``acme``."""
+    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(home)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
+                              capture_output=True, text=True, env=env)
+
+    assert cli("namespace", "create", "acme").returncode == 0
+    return cli
+
+
 @pytest.fixture(scope="module")
 def pair(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuse-cli")
@@ -110,13 +122,7 @@ def test_merge_cli_and_wrong_base(pair, tiny_llama_dir, tmp_path):
 def test_fuse_and_merge_registry_references(pair, tiny_llama_dir, tmp_path):
     """Inputs by reference (exact versions in the lineage), output published to the registry."""
     _, dirs = pair
-    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
-                              capture_output=True, text=True, env=env)
-
-    assert cli("namespace", "create", "acme").returncode == 0
+    cli = acme_cli(tmp_path / "home")
     for i, d in enumerate(dirs):
         assert cli("publish", d, "--name", f"acme/task-{i}").returncode == 0
     r = cli("fuse", "acme/task-0", "acme/task-1:latest", "--method", "ties_svd", "--density",
@@ -132,3 +138,75 @@ def test_fuse_and_merge_registry_references(pair, tiny_llama_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     parent = json.loads((out / "lorahive.json").read_text())["lineage"]["parents"][0]
     assert parent["ref"] == "acme/fused@1" and len(parent["sha256"]) == 64
+
+
+def _run_with_terminal_stderr(*args):
+    """Run the CLI with stderr on a pseudo-terminal (as a user's shell has it)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "lorahive", *map(str, args)],
+                         stdout=subprocess.PIPE, stderr=slave,
+                         env={**os.environ, "COLUMNS": "150"})
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif p.poll() is not None:
+            break
+    out = p.stdout.read().decode()
+    p.wait(timeout=60)
+    os.close(master)
+    return p.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_fuse_shows_progress_per_module_on_a_terminal(pair, tmp_path):
+    _, dirs = pair
+    modules = sorted({n for d in dirs for n in load_peft(d).modules})
+    rc, _out, err = _run_with_terminal_stderr(
+        "fuse", *dirs, "--method", "ties_svd", "--density", "0.5", "--device", "cpu",
+        "--out", tmp_path / "tty")
+    assert rc == 0, err
+    assert "fusing" in err and f"{len(modules)}/{len(modules)}" in err
+    assert any(m in err for m in modules)
+    r = run("fuse", *dirs, "--device", "cpu", "--out", tmp_path / "piped")
+    assert r.returncode == 0 and "fusing" not in r.stderr  # no bar when stderr is not a tty
+
+
+def test_fuse_rerun_finishes_an_interrupted_publish(pair, tmp_path):
+    """`fuse --out D --publish` interrupted after writing D: the same command again finds the
+    same result in D (its lineage's recipe) and publishes it; other inputs are refused."""
+    _, dirs = pair
+    cli = acme_cli(tmp_path / "home")
+    out = tmp_path / "d"
+    args = ["fuse", *dirs, "--method", "ties_svd", "--density", "0.5", "--weights", "0.6,0.4",
+            "--device", "cpu", "--out", out]
+    assert cli(*args).returncode == 0  # the run that "was interrupted" before publishing
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = cli(*args, "--publish", "acme/f", "--private")
+    assert r.returncode == 0, r.stderr
+    assert "already holds this fusion" in r.stdout and "acme/f@1" in r.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    shown = json.loads(cli("show", "acme/f", "--json").stdout)
+    assert shown["adapter"]["private"] is True
+    assert shown["version"]["lineage"]["recipe"] == json.loads(
+        (out / "lorahive.json").read_text())["lineage"]["recipe"]
+    r = cli(*args[:-1], tmp_path / "other", "--publish", "acme/g", "--public")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(cli("show", "acme/g", "--json").stdout)["adapter"]["private"] is False
+    for changed in (["--weights", "0.5,0.5"], ["--density", "0.6"], ["--method", "ties"]):
+        r = cli(*args, *changed, "--publish", "acme/f")
+        assert r.returncode == 1 and "exists and is not empty" in r.stderr, changed
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "notes.txt").write_text("x")
+    r = cli(*args[:-1], tmp_path / "stray")
+    assert r.returncode == 1 and "exists and is not empty" in r.stderr

@@ -162,3 +162,55 @@ def test_module_in_some_adapters_and_unknown_param(adapters):
     assert "model.layers.1.self_attn.v_proj" in res.adapter.modules
     with pytest.raises(Exception, match="takes no parameter"):
         fuse(adapters, "iso_c", W, {"density": 0.3}, device="cpu")
+
+
+def _authors_split(size: int, tasks: int, fraction: float) -> tuple[int, int]:
+    """The split as written in danielm1405/iso-merging src/utils/iso.py (iso_cts)."""
+    common_space_index_s = int(size * fraction)
+    _task_specific_total_space_index_s = round((size - common_space_index_s) / tasks) * tasks
+    common_space_index_s = size - _task_specific_total_space_index_s
+    n_dims_per_task = int((size - common_space_index_s) / tasks)
+    return common_space_index_s, n_dims_per_task
+
+
+@pytest.mark.parametrize("cap,tasks,fraction", [
+    (6, 3, 0.8), (18, 3, 0.8), (32, 4, 0.8), (24, 3, 0.8), (16, 3, 0.8), (10, 4, 0.8),
+    (64, 5, 0.8), (12, 5, 0.5), (7, 2, 0.8), (9, 4, 0.6),
+])
+def test_iso_cts_split_follows_the_authors_code(cap, tasks, fraction):
+    """The task-specific share is rounded to a multiple of the task count, not floored:
+    with 3 rank-2 tasks (6 directions) the default keeps 3 common + 1 per task (a floor kept
+    all 6 in the common space and no task-specific direction)."""
+    from lorahive.compose.fusion.spectral import cts_split
+
+    assert cts_split(cap, tasks, fraction) == _authors_split(cap, tasks, fraction)
+
+
+def test_iso_cts_default_keeps_task_specific_directions():
+    """Three rank-2 tasks: the default split is 3 common + 1 per task, so the result is not
+    Iso-C (which the floored split, all 6 directions common, reduced it to)."""
+    from lorahive.compose.fusion.spectral import cts_split, iso_c, iso_cts
+
+    g = torch.Generator().manual_seed(7)
+    mats = [torch.randn(OUT, 2, generator=g, dtype=torch.float64)
+            @ torch.randn(2, IN, generator=g, dtype=torch.float64) for _ in range(3)]
+    w = [1.0, 0.7, -0.4]
+    assert cts_split(6, 3, 0.8) == (3, 1)
+    got = iso_cts(mats, w, [2, 2, 2], 6, 0.8, 1.0)
+    # the same construction written out: top-3 of the sum, then each task's top direction
+    # outside it, orthogonalised together, at the mean of the kept singular values
+    U, S, Vh = torch.linalg.svd(sum(wi * m for wi, m in zip(w, mats, strict=True)),
+                                full_matrices=False)
+    us, ss, vs = [U[:, :3]], [S[:3]], [Vh[:3].T]
+    for m, wi in zip(mats, w, strict=True):
+        r = wi * m - U[:, :3] @ (U[:, :3].T @ (wi * m))
+        u, s, vh = torch.linalg.svd(r, full_matrices=False)
+        us.append(u[:, :1])
+        ss.append(s[:1])
+        vs.append(vh[:1].T)
+    Uc, Vc = torch.cat(us, 1), torch.cat(vs, 1)
+    pu, _, qu = torch.linalg.svd(Uc, full_matrices=False)
+    pv, _, qv = torch.linalg.svd(Vc, full_matrices=False)
+    want = torch.cat(ss).mean() * (pu @ qu) @ (pv @ qv).T
+    assert close(got, want, 1e-9)
+    assert not close(got, iso_c(mats, w, 6, 1.0), 1e-3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -14,9 +15,14 @@ from lorahive.cli.sources import (
     output_dir,
     publish_output,
     resolve_sources,
+    reuse_output,
     select_refs,
 )
 from lorahive.hub.errors import InvalidRequestError
+from lorahive.hub.lineage import read_sidecar
+
+if TYPE_CHECKING:
+    from lorahive.compose.composer import ComposeResult, SearchConfig
 
 
 def _quiet_transformers() -> None:
@@ -49,6 +55,10 @@ def compose(
         None, "--publish", help="Publish the composed adapter to the registry as ns/name "
         "(with its lineage)."),
     task: str | None = typer.Option(None, "--task", help="Task recorded when publishing."),
+    private: bool | None = typer.Option(
+        None, "--private/--public", show_default=False,
+        help="Visibility of the published adapter (default: the registry decides; a child of "
+        "a private parent is private)."),
     url: str | None = typer.Option(
         None, "--url", envvar="LORAHIVE_URL", help="Registry server for references, --select "
         "and --publish (default: the logged-in server, else the local embedded registry)."),
@@ -86,13 +96,13 @@ def compose(
         Composer,
         SearchConfig,
         check_candidates,
+        compose_params,
+        compose_recipe,
         load_candidates,
         load_examples,
-        write_composed,
     )
     from lorahive.compose.composer.model import load_base
     from lorahive.compose.composer.objective import load_objective
-    from lorahive.compose.composer.session import MAX_CANDIDATES
 
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
@@ -104,63 +114,88 @@ def compose(
     cands = load_candidates([(s.ref, s.path, s.sha256, s.version) for s in sources])
     shots = load_examples(examples)
     held_out = load_examples(eval_file) if eval_file is not None else None
-    if prescreen is not None and prescreen < 1:
-        raise InvalidRequestError("--prescreen must be at least 1")
     obj = load_objective(objective)
     check_candidates(cands, mode)  # before the model loads: fail fast on mismatched candidates
+    record = {"base": str(base), "dtype": dtype, "device": device, "objective_fn": objective,
+              "select": select}
+    params = compose_params(mode, cfg, l1=l1, batch_size=batch_size, rank=rank,
+                            prescreen=prescreen, examples=shots, held_out=held_out,
+                            record=record)
+    if reuse_output(out, compose_recipe(mode, cands, params)):
+        _finish_earlier_run(out, publish, url, token, task, private, json_out)
+        return
     _quiet_transformers()
     bm = load_base(base, device, dtype)
-    comp = Composer(bm, cands, shots, mode=mode, l1=l1, batch_size=batch_size, objective=obj,
-                    max_rows=max_rows)
-    for w in comp.warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {w}")
-    keep = prescreen or (MAX_CANDIDATES if len(cands) > MAX_CANDIDATES else None)
-    screened = comp.prescreen(keep) if keep is not None else None
-
-    with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
-                  console=err_console, transient=json_out) as bar:
-        bar_id = bar.add_task("search", total=cfg.budget, best="-")
-        result = comp.search(cfg, lambda done, _v, best: bar.update(
-            bar_id, completed=done, best=f"{best:.4f}"))
-
-    zero = comp.score([[0.0] * len(comp.candidates)])[0]
-    adapter, energy = comp.adapter(result.weights, rank)
-    metrics: dict = {"objective": result.objective, "zero_shot_objective": float(zero),
-                     "seconds_per_eval": result.seconds_per_eval,
-                     "evaluations": result.evaluations}
-    if energy:
-        metrics["energy_kept_min"] = min(energy.values())
-        metrics["energy_kept_mean"] = sum(energy.values()) / len(energy)
-    if held_out is not None:
-        acc = comp.accuracy(result.weights, held_out)
-        metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric, eval_n=acc.n)
-    comp.close()
-    extra = {"rank": adapter.max_rank if mode == "delta" else None,
-             "prescreen": screened, "base": str(base)}
+    with Composer(bm, cands, shots, mode=mode, l1=l1, batch_size=batch_size, objective=obj,
+                  max_rows=max_rows) as comp:
+        for w in comp.warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {w}")
+        with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                      console=err_console, transient=json_out) as bar:
+            bar_id = bar.add_task("search", total=cfg.budget, best="-")
+            result = comp.run(cfg, rank=rank, prescreen=prescreen, held_out=held_out,
+                              record=record, on_eval=lambda done, _v, best: bar.update(
+                                  bar_id, completed=done, best=f"{best:.4f}"))
     with output_dir(out) as target:
-        write_composed(adapter, target, comp, cfg, result, extra, metrics)
-        published = publish_output(target, publish, url, token, task=task) if publish else None
+        result.write(target)
+        published = publish_output(target, publish, url, token, task=task,
+                                   private=private) if publish else None
+    _print_result(result, cfg, out, published, json_out)
 
-    weights = {c.ref: float(w) for c, w in zip(comp.candidates, result.weights, strict=True)}
+
+def _finish_earlier_run(out: Path, publish: str | None, url: str | None, token: str | None,
+                        task: str | None, private: bool | None, json_out: bool) -> None:
+    """--out already holds this composition (same candidates, examples and settings): publish
+    it when asked instead of searching again."""
+    side = read_sidecar(out)
+    published = publish_output(out, publish, url, token, task=task,
+                               private=private) if publish else None
+    weights = {p["ref"]: p["weight"] for p in side["lineage"]["parents"]}
+    if json_out:
+        print_json({"out": str(out), "published": published, "reused": True,
+                    "weights": weights, **side.get("metrics", {})})
+        return
+    console.print(f"{out} already holds this composition (same candidates, examples and "
+                  "settings); not searching again")
+    if published:
+        console.print(f"published {published}")
+
+
+def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
+                  published: str | None, json_out: bool) -> None:
+    from lorahive.compose.composer.search import KEPT_BEST, KEPT_ZERO
+
+    metrics = result.metrics
     if json_out:
         print_json({"out": str(out) if out else None, "published": published,
-                    "weights": weights, "trace": result.trace, **metrics})
+                    "weights": result.weights, "trace": result.search.trace, **metrics})
         return
     print_table((Col("candidate"), Col("weight", justify="right")), (
-        (ref, f"{w:+.4f}") for ref, w in sorted(weights.items(), key=lambda kv: -abs(kv[1]))),
+        (ref, f"{w:+.4f}")
+        for ref, w in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))),
         title="mixing weights")
-    best = result.best_trace
+    best = result.search.best_trace
     marks = sorted({0, len(best) // 4, len(best) // 2, 3 * len(best) // 4, len(best) - 1})
     console.print("objective trace (best so far): " + "  ".join(
         f"#{i + 1} {best[i]:.4f}" for i in marks))
-    console.print(f"zero-shot objective {zero:.4f} -> composed {result.objective:.4f} "
-                  f"({result.evaluations} evaluations, {result.seconds_per_eval * 1000:.0f} ms "
-                  f"each, {cfg.optimizer}, mode {mode})")
-    if energy:
-        console.print(f"rank {adapter.max_rank}: energy kept min "
+    search = result.search
+    console.print(f"zero-shot objective {result.zero_shot:.4f} -> composed {search.objective:.4f} "
+                  f"({search.evaluations} evaluations, {search.seconds_per_eval * 1000:.0f} ms "
+                  f"each, {cfg.optimizer}, mode {result.lineage.params['mode']})")
+    if search.kept == KEPT_BEST:
+        console.print(f"kept the best evaluated point (#{search.kept_evaluation}); the "
+                      f"optimizer's recommendation scored {search.recommendation_objective:.4f}")
+    elif search.kept == KEPT_ZERO:
+        console.print("no mix beat the base model alone on the examples (best mix "
+                      f"{min(search.trace):.4f}): kept all weights 0, so the adapter written "
+                      "changes nothing; the candidates may not suit this task")
+    else:
+        console.print("kept the optimizer's recommendation")
+    if result.energy:
+        console.print(f"rank {metrics['rank']}: energy kept min "
                       f"{metrics['energy_kept_min']:.4f}, mean {metrics['energy_kept_mean']:.4f}")
-    if held_out is not None:
+    if result.accuracy is not None:
         console.print(f"held-out accuracy ({metrics['eval_metric']}): "
                       f"{metrics['eval_accuracy']:.1%} of {metrics['eval_n']}")
     if out is not None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from lorahive.cli.output import (
     Col,
     byte_progress,
     console,
+    err_console,
     human_bytes,
     line,
     natural_key,
@@ -20,9 +23,15 @@ from lorahive.cli.output import (
     print_records,
     print_table,
 )
-from lorahive.cli.sources import Source, check_outputs, output_dir, publish_output, resolve_sources
+from lorahive.cli.sources import (
+    check_outputs,
+    output_dir,
+    publish_output,
+    resolve_sources,
+    reuse_output,
+)
 from lorahive.hub.errors import InvalidRequestError
-from lorahive.hub.lineage import SIDECAR, Lineage, Parent
+from lorahive.hub.lineage import SIDECAR, Lineage, read_sidecar, sidecar_bytes
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -49,13 +58,6 @@ def method_params(density: float | None, majority_sign: str | None,
     return params
 
 
-def _sidecar(lineage: Lineage, metrics: dict[str, Any] | None = None) -> bytes:
-    data: dict[str, Any] = {"lineage": lineage.as_dict()}
-    if metrics:
-        data["metrics"] = metrics
-    return json.dumps(data, indent=2, sort_keys=True, default=str).encode()
-
-
 ENERGY_COLUMNS = (Col("module"), Col("rank", justify="right"),
                   Col("energy kept", justify="right"))
 DENSITY = typer.Option(None, "--density", help="Share of entries kept (TIES, DARE, pruning).")
@@ -69,12 +71,22 @@ URL = typer.Option(None, "--url", envvar="LORAHIVE_URL",
                    "logged-in server, else the local embedded registry).")
 TOKEN = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN",
                      help="API token for that server (default: the saved login).")
+PRIVATE = typer.Option(None, "--private/--public", show_default=False,
+                       help="Visibility of the published adapter (default: the registry decides; "
+                       "a child of a private parent is private).")
 
 
-def _parents(sources: list[Source], weights: list[float] | None) -> list[Parent]:
-    return [Parent(ref=s.ref, version=s.version, sha256=s.sha256,
-                   weight=None if weights is None else float(weights[i]))
-            for i, s in enumerate(sources)]
+@contextlib.contextmanager
+def module_progress(total: int, show: bool) -> Iterator[Callable[[str], None] | None]:
+    """A per-module progress bar on stderr when it is a terminal (nothing when piped)."""
+    if not show or not err_console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("[bold]fusing"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[module]}"), console=err_console,
+                  transient=True) as bar:
+        task = bar.add_task("fusing", total=total, module="")
+        yield lambda name: bar.update(task, advance=1, module=name)
 
 
 def fuse_cmd(
@@ -84,6 +96,7 @@ def fuse_cmd(
     publish: str | None = typer.Option(
         None, "--publish", help="Publish the fused adapter as ns/name[@version], with lineage."),
     task: str | None = typer.Option(None, "--task", help="Task recorded when publishing."),
+    private: bool | None = PRIVATE,
     url: str | None = URL,
     token: str | None = TOKEN,
     method: str = typer.Option("task_arithmetic", "--method", "-m",
@@ -102,41 +115,52 @@ def fuse_cmd(
     """Fuse several adapters into one adapter; its lineage is written to lorahive.json (and
     stored in the registry with --publish)."""
     check_outputs(out, publish)
-    from lorahive.compose.fusion import fuse
+    from lorahive.compose.fusion import fuse, get_method
     from lorahive.hub.peft_format import load_peft, save_peft
 
+    m = get_method(method)
+    bound = m.bind(method_params(density, majority_sign, param))
     sources = resolve_sources(adapters, url, token)
-    dirs = [s.path for s in sources]
-    loaded = [load_peft(d) for d in dirs]
-    w = parse_weights(weights, len(dirs))
-    res = fuse(loaded, method, w, method_params(density, majority_sign, param), rank=rank,
-               rank_budget=rank_budget, seed=seed, device=device)
-    lineage = Lineage(
-        method=f"fuse:{res.method}",
-        parents=_parents(sources, res.weights),
-        params={**res.params, "rank": rank, "rank_budget": rank_budget, "seed": seed},
-    )
-    metrics = {"energy_kept": res.energy} if res.energy else None
-    files = {SIDECAR: _sidecar(lineage, metrics)}
+    loaded = [load_peft(s.path) for s in sources]
+    w = parse_weights(weights, len(sources)) or [1.0] * len(sources)
+    lineage = Lineage.of(f"fuse:{m.name}", sources,
+                         {**bound, "rank": rank, "rank_budget": rank_budget, "seed": seed}, w)
+    reused = reuse_output(out, lineage.recipe)
+    if reused:
+        adapter = load_peft(out)
+        metrics = read_sidecar(out).get("metrics") or {}
+        energy = metrics.get("energy_kept") or {}
+        if not json_out:
+            console.print(f"{out} already holds this fusion (same inputs and parameters); "
+                          "not fusing again")
+    else:
+        names = {n for ad in loaded for n in ad.modules}
+        with module_progress(len(names), not json_out) as on_module:
+            res = fuse(loaded, m, w, bound, rank=rank, rank_budget=rank_budget, seed=seed,
+                       device=device, progress=on_module)
+        adapter, energy = res.adapter, res.energy
     published = None
     with output_dir(out) as target:
-        save_peft(res.adapter, target, extra_files=files)
+        if not reused:
+            save_peft(adapter, target, extra_files={SIDECAR: sidecar_bytes(
+                lineage, {"energy_kept": energy} if energy else None)})
         if publish is not None:
-            published = publish_output(target, publish, url, token, task=task)
+            published = publish_output(target, publish, url, token, task=task, private=private)
+    ranks = adapter.ranks
     summary = {"out": str(out) if out else None, "published": published,
-               "method": res.method, "params": res.params,
-               "weights": res.weights, "modules": len(res.ranks),
-               "max_rank": max(res.ranks.values(), default=0),
-               "total_rank": sum(res.ranks.values())}
+               "method": m.name, "params": bound,
+               "weights": w, "modules": len(ranks),
+               "max_rank": max(ranks.values(), default=0),
+               "total_rank": sum(ranks.values())}
     if json_out:
-        print_json({**summary, "ranks": res.ranks, "energy_kept": res.energy})
+        print_json({**summary, "ranks": ranks, "energy_kept": energy})
         return
-    console.print(f"fused {len(dirs)} adapters with {res.method} -> {published or out} "
+    console.print(f"fused {len(sources)} adapters with {m.name} -> {published or out} "
                   f"({summary['modules']} modules, max rank {summary['max_rank']}, "
                   f"total rank {summary['total_rank']})")
-    if res.energy:
-        print_table(ENERGY_COLUMNS, ((n, res.ranks[n], f"{res.energy[n]:.4f}")
-                                     for n in sorted(res.energy, key=natural_key)))
+    if energy:
+        print_table(ENERGY_COLUMNS, ((n, ranks[n], f"{energy[n]:.4f}")
+                                     for n in sorted(energy, key=natural_key)))
 
 
 def merge_cmd(
@@ -172,11 +196,11 @@ def merge_cmd(
     params = method_params(density, majority_sign, param)
     if method is None and any(v is not None for v in params.values()):
         raise InvalidRequestError("method parameters need --method")
-    lineage = Lineage(
-        method=f"merge:{method or 'sum'}",
-        parents=_parents(sources, w if w else [1.0] * len(sources)),
-        params={k: v for k, v in {**params, "rank": rank, "seed": seed, "base": str(base),
-                                  "dtype": dtype}.items() if v is not None},
+    lineage = Lineage.of(
+        f"merge:{method or 'sum'}", sources,
+        {k: v for k, v in {**params, "rank": rank, "seed": seed, "base": str(base),
+                           "dtype": dtype}.items() if v is not None},
+        w if w else [1.0] * len(sources),
     )
     with byte_progress() as bar:
         task = bar.add_task("merging", total=None)
@@ -184,7 +208,7 @@ def merge_cmd(
             base, loaded, out, weights=w, method=method, params=params if method else None,
             rank=rank, seed=seed, device=device, dtype=dtype,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
-            extra_files={SIDECAR: _sidecar(lineage)},
+            extra_files={SIDECAR: sidecar_bytes(lineage)},
         )
     if json_out:
         print_json({"out": str(report.out), "shards": report.shards, "merged": report.merged,

@@ -12,9 +12,15 @@ from lorahive.compose.composer.candidates import (
 )
 from lorahive.compose.composer.examples import Example, examples_sha256, load_examples
 from lorahive.compose.composer.search import SearchConfig, SearchResult, search
-from lorahive.compose.composer.session import Composer, write_composed
+from lorahive.compose.composer.session import (
+    Composer,
+    ComposeResult,
+    compose_params,
+    compose_recipe,
+)
 
 __all__ = [
-    "Candidate", "Composer", "Example", "SearchConfig", "SearchResult", "check_candidates",
-    "examples_sha256", "load_candidates", "load_examples", "resolve_candidates", "search", "write_composed",
+    "Candidate", "ComposeResult", "Composer", "Example", "SearchConfig", "SearchResult",
+    "check_candidates", "compose_params", "compose_recipe", "examples_sha256",
+    "load_candidates", "load_examples", "resolve_candidates", "search",
 ]

@@ -60,10 +60,13 @@ def _device(model) -> torch.device:
 
 @torch.inference_mode()
 def generate(model, tokenizer, is_encoder_decoder: bool, examples: Sequence[Example],
-             max_new_tokens: int = 32, batch: int = 16) -> list[str]:
-    """Greedy completions (left-padded prompts for causal models)."""
+             max_new_tokens: int = 32, batch: int = 16, stop_at_newline: bool = False) -> list[str]:
+    """Greedy completions (left-padded prompts for causal models), each ending where an
+    example's output ends: at the tokenizer's EOS, and at the first newline when
+    ``stop_at_newline`` (the outputs are single lines)."""
     dev = _device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     out: list[str] = []
     for s in range(0, len(examples), batch):
         prompts = [tokenizer(e.input, add_special_tokens=True)["input_ids"]
@@ -77,15 +80,23 @@ def generate(model, tokenizer, is_encoder_decoder: bool, examples: Sequence[Exam
             else:
                 ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
         gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                             eos_token_id=eos)
         new = gen if is_encoder_decoder else gen[:, width:]
-        out += tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
+        for row in new.cpu().tolist():
+            if is_encoder_decoder and row and row[0] == model.config.decoder_start_token_id:
+                row = row[1:]
+            if eos is not None and eos in row:
+                row = row[:row.index(eos)]
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            out.append(text.split("\n", 1)[0] if stop_at_newline else text)
     return out
 
 
 def accuracy(model, tokenizer, is_encoder_decoder: bool, mixer: Mixer | None,
              weights: Sequence[float] | None, examples: Sequence[Example],
-             labels: Sequence[str] | None = None, max_new_tokens: int = 32) -> Accuracy:
+             labels: Sequence[str] | None = None, max_new_tokens: int = 32,
+             stop_at_newline: bool = False) -> Accuracy:
     """Accuracy of one weight vector: rank classification when ``labels`` is given."""
     if mixer is not None and weights is not None:
         mixer.set_weights(torch.as_tensor([list(weights)], dtype=torch.float32))
@@ -93,7 +104,8 @@ def accuracy(model, tokenizer, is_encoder_decoder: bool, mixer: Mixer | None,
         preds = rank_classify(model, tokenizer, is_encoder_decoder, examples, labels)
         metric = "rank"
     else:
-        preds = generate(model, tokenizer, is_encoder_decoder, examples, max_new_tokens)
+        preds = generate(model, tokenizer, is_encoder_decoder, examples, max_new_tokens,
+                         stop_at_newline=stop_at_newline)
         metric = "exact"
     hits = sum(normalise(p) == normalise(e.output) for p, e in zip(preds, examples, strict=True))
     return Accuracy(metric, hits / max(len(examples), 1), preds, len(examples))

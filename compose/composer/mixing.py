@@ -5,8 +5,10 @@ once on the device, grouped by shape across layers, so a new set of K weight vec
 one small einsum per shape group (no state-dict reload, no loop over keys). A batch is laid
 out group after group: rows ``[k * b, (k + 1) * b)`` use weight vector ``k``.
 
-Mode ``ab`` (LoRAHub): ``A_k = sum_i w_ki A_i``, ``B_k = sum_i w_ki B_i``, ``y += s (x A_k^T) B_k^T``
-with ``s`` the first candidate's scale. Mode ``delta``: ``y += sum_i w_ki s_i (x A_i^T) B_i^T``,
+Mode ``ab`` (LoRAHub): ``A_k = sum_i w_ki A_i``, ``B_k = sum_i w_ki s_i B_i``, ``y += (x A_k^T) B_k^T``:
+each candidate's scale is folded into its ``B``, the rule of ``compose.fusion``'s ``lorahub``
+method that writes the result (with equal scales, as LoRAHub's candidates have, it is LoRAHub's
+``s (sum w_i B_i)(sum w_i A_i)``). Mode ``delta``: ``y += sum_i w_ki s_i (x A_i^T) B_i^T``,
 computed as one shared ``x @ [A_1; ...; A_n]^T``, a per-group column scaling and one shared
 ``@ [B_1 ... B_n]^T`` — exact for any ranks.
 """
@@ -30,8 +32,8 @@ class FactorGroup:
 
     mode: str
     A: torch.Tensor  # ab: [M, n, r, in]; delta: [M, R, in]
-    B: torch.Tensor  # ab: [M, n, out, r]; delta: [M, out, R]
-    scale: torch.Tensor  # ab: [M]; delta: [M, R] (s_i per column, 0 where absent)
+    B: torch.Tensor  # ab: [M, n, out, r] with each s_i folded in; delta: [M, out, R]
+    scale: torch.Tensor | None = None  # delta: [M, R] (s_i per column, 0 where absent)
     owner: torch.Tensor | None = None  # delta: [R] candidate index of each column
     mixed_A: torch.Tensor | None = None  # ab: [M, K, r, in]
     mixed_B: torch.Tensor | None = None  # ab: [M, K, out, r]
@@ -43,8 +45,7 @@ class FactorGroup:
         W = W.to(self.A)
         if self.mode == "ab":
             self.mixed_A = torch.einsum("kn,mnri->mkri", W, self.A)
-            self.mixed_B = torch.einsum("kn,mnor->mkor", W, self.B) \
-                * self.scale.view(-1, 1, 1, 1)
+            self.mixed_B = torch.einsum("kn,mnor->mkor", W, self.B)
         else:
             self.coef = W[:, self.owner].unsqueeze(0) * self.scale.unsqueeze(1)
 
@@ -156,10 +157,9 @@ def _build_group(cands: Sequence[Candidate], members: list[str], mode: str, key:
     if mode == "ab":
         A = torch.stack([torch.stack([c.adapter.modules[nm].A.float() for c in cands])
                          for nm in members])
-        B = torch.stack([torch.stack([c.adapter.modules[nm].B.float() for c in cands])
-                         for nm in members])
-        scale = torch.tensor([cands[0].adapter.modules[nm].scale for nm in members])
-        return FactorGroup("ab", put(A), put(B), put(scale))
+        B = torch.stack([torch.stack([c.adapter.modules[nm].B.float() * c.adapter.modules[nm].scale
+                                      for c in cands]) for nm in members])
+        return FactorGroup("ab", put(A), put(B))
     ranks = key[2]
     owner = torch.tensor([i for i, r in enumerate(ranks) for _ in range(r)], dtype=torch.long)
     As, Bs, scales = [], [], []

@@ -1,12 +1,14 @@
 """One composition session: a base model loaded once, candidates wrapped, examples tokenised.
 
 Everything that does not depend on the weights (model, tokens, stacked factors) is built here
-once; ``search`` then only re-mixes factors and runs forward passes.
+once; ``search`` then only re-mixes factors and runs forward passes. ``Composer.run`` is the
+whole pipeline — pre-screen policy, zero-shot score, search, the composed adapter (written
+through ``compose.fusion``, so the scale rule is the fusion engine's), held-out accuracy,
+metrics and lineage — and returns a result that a caller only prints or writes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,20 +18,81 @@ from typing import Any
 import numpy as np
 import torch
 
-from lorahive.compose.composer.build import compose_ab, compose_delta
 from lorahive.compose.composer.candidates import Candidate, ab_scales_differ, check_candidates
 from lorahive.compose.composer.evaluate import Accuracy, accuracy, label_set
 from lorahive.compose.composer.examples import Example, encode, examples_sha256
 from lorahive.compose.composer.mixing import Mixer, install
 from lorahive.compose.composer.model import BaseModel
 from lorahive.compose.composer.objective import ObjectiveFn, Scorer
-from lorahive.compose.composer.search import SearchConfig, SearchResult, search
+from lorahive.compose.composer.search import KEPT_ZERO, SearchConfig, SearchResult, search
+from lorahive.compose.fusion import fuse
 from lorahive.hub.adapter import Adapter
 from lorahive.hub.errors import InvalidRequestError
-from lorahive.hub.lineage import SIDECAR, Lineage, Parent
+from lorahive.hub.lineage import SIDECAR, Lineage, parents, recipe_digest, sidecar_bytes
+from lorahive.hub.lowrank import singular_values
 from lorahive.hub.peft_format import save_peft
 
 MAX_CANDIDATES = 20  # LoRAHub's advice: beyond ~20 modules the search budget is spread thin
+FUSION_METHOD = {"ab": "lorahub", "delta": "task_arithmetic"}
+
+
+def compose_params(mode: str, cfg: SearchConfig, *, l1: float = 0.05,
+                   batch_size: int | None = None, rank: int | None = None,
+                   prescreen: int | None = None, examples: Sequence[Example] = (),
+                   held_out: Sequence[Example] | None = None,
+                   record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every setting that determines a composition, as its lineage records them.
+
+    ``record`` adds what the session cannot know itself (the base model's path, the compute
+    dtype, a custom objective's name, the ``--select`` filter that chose the candidates).
+    """
+    if prescreen is not None and prescreen < 1:
+        raise InvalidRequestError("prescreen must be at least 1", params="prescreen")
+    params: dict[str, Any] = {
+        "mode": mode, "optimizer": cfg.optimizer, "budget": cfg.budget, "workers": cfg.workers,
+        "seed": cfg.seed, "bounds": [cfg.lower, cfg.upper], "init": cfg.init, "l1": l1,
+        "batch_size": batch_size, "rank": rank, "prescreen": prescreen,
+        "examples_sha256": examples_sha256(examples), "num_examples": len(examples),
+    }
+    if held_out is not None:
+        params["eval_sha256"] = examples_sha256(held_out)
+    params.update(record or {})
+    return params
+
+
+def compose_recipe(mode: str, candidates: Sequence[Candidate], params: dict[str, Any]) -> str:
+    """The recipe of a composition: its inputs (every candidate given, before pre-screening)
+    and settings; computable before the base model loads."""
+    return recipe_digest(f"compose:{mode}", candidates, params)
+
+
+@dataclass
+class ComposeResult:
+    """What ``Composer.run`` found; ``write`` saves it as a PEFT adapter with its lineage."""
+
+    candidates: list[Candidate]  # those searched over (after pre-screening)
+    search: SearchResult
+    zero_shot: float
+    adapter: Adapter
+    energy: dict[str, float]  # delta: energy of the exact mix kept by the rank truncation
+    prescreen: list[tuple[str, float]] | None
+    accuracy: Accuracy | None
+    metrics: dict[str, Any]
+    lineage: Lineage
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {c.ref: float(w) for c, w in zip(self.candidates, self.search.weights,
+                                                  strict=True)}
+
+    @property
+    def objective(self) -> float:
+        return self.search.objective
+
+    def write(self, out: str | os.PathLike[str]) -> Path:
+        """Save the composed adapter (PEFT format) with its lineage sidecar, atomically."""
+        return save_peft(self.adapter, out,
+                         extra_files={SIDECAR: sidecar_bytes(self.lineage, self.metrics)})
 
 
 @dataclass
@@ -59,9 +122,10 @@ class Composer:
         if self.mixer is not None:
             self.mixer.remove()
         self.names = check_candidates(cands, self.mode)
-        if self.mode == "ab" and ab_scales_differ(cands):
+        if self.mode == "ab" and ab_scales_differ(cands) and not self.warnings:
             self.warnings.append(
-                "candidates' scales differ; mode ab uses the first candidate's scale, as LoRAHub")
+                "candidates' scales (alpha/r) differ; mode ab folds each candidate's scale into "
+                "its B, where LoRAHub would apply the first candidate's scale to all")
         self.candidates = cands
         self.mixer = install(self.base.model, cands, self.names, self.mode, self.base.device,
                              self.base.dtype)
@@ -89,23 +153,78 @@ class Composer:
 
     def adapter(self, weights: Sequence[float], rank: int | None = None
                 ) -> tuple[Adapter, dict[str, float]]:
+        """The composed adapter, made by the fusion engine (``lorahub`` for mode ``ab``,
+        ``task_arithmetic`` truncated to ``rank`` for ``delta``), and for ``delta`` the
+        energy of the exact mix that the truncation kept, per module."""
+        ads = [c.adapter for c in self.candidates]
+        w = [float(x) for x in weights]
         if self.mode == "ab":
-            return compose_ab(self.candidates, weights, self.names), {}
+            return fuse(ads, FUSION_METHOD["ab"], w, device="cpu").adapter, {}
         if rank is None:
             rank = max(c.adapter.max_rank for c in self.candidates)
-        return compose_delta(self.candidates, weights, self.names, rank)
+        exact = fuse(ads, FUSION_METHOD["delta"], w, device="cpu").adapter
+        out = fuse(ads, FUSION_METHOD["delta"], w, rank=rank, device="cpu").adapter
+        return out, {n: _energy_kept(m, exact.modules[n]) for n, m in out.modules.items()}
 
     def accuracy(self, weights: Sequence[float], eval_examples: Sequence[Example],
                  labels: Sequence[str] | bool | None = True) -> Accuracy:
-        """Held-out accuracy; ``labels=True`` detects a small label set from the outputs."""
+        """Held-out accuracy; ``labels=True`` detects a small label set from the outputs.
+
+        Free-form answers are generated greedily and end where the examples' outputs end:
+        at EOS, and at the first newline when no output spans lines."""
         if labels is True:
             labels = label_set(list(eval_examples) + list(self.examples))
         tok = self.base.tokenizer
         # answers longer than the longest reference cannot match: stop decoding there
         longest = max(len(tok(e.output, add_special_tokens=False)["input_ids"])
                       for e in eval_examples)
+        one_line = not any("\n" in e.output for e in (*eval_examples, *self.examples))
         return accuracy(self.base.model, tok, self.base.is_encoder_decoder, self.mixer,
-                        weights, eval_examples, labels or None, max_new_tokens=longest + 2)
+                        weights, eval_examples, labels or None, max_new_tokens=longest + 2,
+                        stop_at_newline=one_line)
+
+    def run(self, cfg: SearchConfig, *, rank: int | None = None, prescreen: int | None = None,
+            held_out: Sequence[Example] | None = None, record: dict[str, Any] | None = None,
+            on_eval: Callable[[int, float, float], None] | None = None) -> ComposeResult:
+        """Pre-screen (``prescreen`` candidates, or 20 when there are more), score the base
+        model alone (zero-shot), search, build the adapter, score ``held_out`` and record
+        everything in the lineage; the mixer stays installed (``close`` removes it).
+
+        The kept point is the best of the optimizer's recommendation, every point the search
+        evaluated and the zero-shot point (all weights 0, when the bounds hold it): a mix
+        worse than one already scored is never written."""
+        params = compose_params(self.mode, cfg, l1=self.l1, batch_size=self.batch_size,
+                                rank=rank, prescreen=prescreen, examples=self.examples,
+                                held_out=held_out, record=record)
+        recipe = compose_recipe(self.mode, self.candidates, params)
+        keep = prescreen or (MAX_CANDIDATES if len(self.candidates) > MAX_CANDIDATES else None)
+        screened = self.prescreen(keep) if keep is not None else None
+        zero = float(self.score(np.zeros((1, len(self.candidates))))[0])
+        res = self.search(cfg, on_eval)
+        if zero < res.objective and cfg.lower <= 0.0 <= cfg.upper:
+            # the base model alone beat every mix: keep all weights 0 rather than a worse mix
+            res.weights, res.objective, res.kept = np.zeros(len(self.candidates)), zero, KEPT_ZERO
+        adapter, energy = self.adapter(res.weights, rank)
+        metrics: dict[str, Any] = {
+            "objective": res.objective, "zero_shot_objective": zero, "kept": res.kept,
+            "recommendation_objective": res.recommendation_objective,
+            "seconds_per_eval": res.seconds_per_eval, "evaluations": res.evaluations,
+        }
+        if self.mode == "delta":
+            metrics["rank"] = adapter.max_rank
+        if energy:
+            metrics["energy_kept_min"] = min(energy.values())
+            metrics["energy_kept_mean"] = sum(energy.values()) / len(energy)
+        acc = None
+        if held_out is not None:
+            acc = self.accuracy(res.weights, held_out)
+            metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric, eval_n=acc.n)
+        results = {"objective": res.objective, "objective_trace": res.trace, "kept": res.kept,
+                   "kept_evaluation": res.kept_evaluation, "prescreen_scores": screened}
+        lineage = Lineage(f"compose:{self.mode}", parents(self.candidates, res.weights),
+                          {**params, **results}, recipe)
+        return ComposeResult(list(self.candidates), res, zero, adapter, energy, screened, acc,
+                             metrics, lineage)
 
     def __enter__(self) -> Composer:
         return self
@@ -120,21 +239,9 @@ class Composer:
             self.mixer = None
 
 
-def write_composed(adapter: Adapter, out: str | os.PathLike[str], composer: Composer,
-                   cfg: SearchConfig, result: SearchResult, extra_params: dict[str, Any],
-                   metrics: dict[str, Any]) -> Path:
-    """Save the composed adapter (PEFT format) with its lineage sidecar, in one atomic write."""
-    lineage = Lineage(
-        method=f"compose:{composer.mode}",
-        parents=[Parent(ref=c.ref, version=c.version, sha256=c.sha256, weight=float(w))
-                 for c, w in zip(composer.candidates, result.weights, strict=True)],
-        params={"mode": composer.mode, "optimizer": cfg.optimizer, "budget": cfg.budget,
-                "workers": cfg.workers, "seed": cfg.seed, "bounds": [cfg.lower, cfg.upper],
-                "init": cfg.init, "l1": composer.l1, "batch_size": composer.batch_size,
-                "objective": result.objective, "objective_trace": result.trace,
-                "examples_sha256": examples_sha256(composer.examples),
-                "num_examples": len(composer.examples), **extra_params},
-    )
-    sidecar = {"lineage": lineage.as_dict(), "metrics": metrics}
-    body = json.dumps(sidecar, indent=2, sort_keys=True, default=str).encode()
-    return save_peft(adapter, out, extra_files={SIDECAR: body})
+def _energy_kept(kept, exact) -> float:
+    """Share of the exact delta's squared singular values (energy) that a truncation keeps."""
+    total = float((singular_values(exact.B, exact.A).double() ** 2).sum()) * exact.scale ** 2
+    if total == 0.0:
+        return 1.0
+    return float((singular_values(kept.B, kept.A).double() ** 2).sum()) * kept.scale ** 2 / total

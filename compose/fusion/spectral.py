@@ -67,12 +67,21 @@ def iso_c(mats: list[torch.Tensor], weights: list[float], cap: int,
     return alpha * S.mean() * (U @ Vh)
 
 
+def cts_split(cap: int, tasks: int, common_fraction: float) -> tuple[int, int]:
+    """Iso-CTS's split of ``cap`` directions: ``(common, per task)``, as the authors' code
+    makes it (danielm1405/iso-merging, ``src/utils/iso.py``): the common share is
+    ``int(cap * common_fraction)``, and the rest is *rounded* to a multiple of the number of
+    tasks, the common space taking what is left. (The task shares are capped so the common
+    space is never negative, which the authors' code does not guard.)"""
+    common = int(cap * common_fraction)
+    per_task = min(round((cap - common) / tasks), cap // tasks)
+    return cap - per_task * tasks, per_task
+
+
 def iso_cts(mats: list[torch.Tensor], weights: list[float], ranks: list[int], cap: int,
             common_fraction: float, alpha: float) -> torch.Tensor:
     """Iso-CTS: common subspace of the sum plus each task's own directions, isotropised."""
-    T = len(mats)
-    per_task = int((cap - int(cap * common_fraction)) / T)
-    k = cap - per_task * T
+    k, per_task = cts_split(cap, len(mats), common_fraction)
     U, S, Vh = _svd(ew.task_arithmetic(mats, weights))
     Uk, Sk, Vk = U[:, :k], S[:k], Vh[:k]
     us, ss, vs = [Uk], [Sk], [Vk.T]
