@@ -32,7 +32,6 @@ from lorahive.hub.protocol import (
 )
 from lorahive.hub.refs import parse_ref
 from lorahive.registry.auth import Principal
-from lorahive.registry.blobs import ingest
 from lorahive.registry.service import PublishOptions, RegistryService
 from lorahive.registry.settings import Settings
 
@@ -83,8 +82,7 @@ class LocalRegistry(DirectoryPublisher):
         load_peft(path)  # nothing is stored for an adapter the commit would refuse
         svc = self.service
         caller = self.principal
-        svc.require_uploader(caller)
-        missing = set(svc.missing_blobs(e.sha256 for e in entries))
+        missing = set(svc.missing_blobs(caller, (e.sha256 for e in entries)))
         todo = [e for e in entries if e.sha256 in missing]
         if progress is not None:
             progress(0, sum(e.size for e in todo), f"upload {name}")
@@ -92,8 +90,7 @@ class LocalRegistry(DirectoryPublisher):
             if e.sha256 not in missing:
                 continue
             missing.discard(e.sha256)
-            ingest(svc.store, _read_chunks(local[e.path], progress), e.sha256, e.size,
-                   svc.settings.max_upload_bytes)
+            svc.ingest(caller, _read_chunks(local[e.path], progress), e.sha256, e.size)
         opts = PublishOptions(task=task, tags=list(tags), private=private,
                               description=description, metrics=dict(metrics or {}))
         return svc.commit(caller, name, entries, version, opts)
@@ -120,12 +117,11 @@ class LocalRegistry(DirectoryPublisher):
         r = parse_ref(ref)
         caller = self.principal
         info = self.service.resolve(caller, r)
-        store = self.service.store
 
         def fetch(f: FileEntry, offset: int) -> Iterator[bytes]:
-            if f.path == WEIGHTS_NAME and offset == 0:  # counted as the server counts
-                self.service.record_download(caller, info.ref)
-            return store.open_range(f.sha256, offset)
+            dl = self.service.download(caller, info.ref, f.path,
+                                       range=f"bytes={offset}-" if offset else None)
+            return dl.body or iter(())
 
         snap = self.cache.materialize(r, info, fetch, progress)
         return self.cache.export(info, to) if to is not None else snap

@@ -14,11 +14,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlmodel import Session, col, select
@@ -39,6 +41,7 @@ from lorahive.hub.errors import (
 )
 from lorahive.hub.lineage import SIDECAR, read_sidecar
 from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
+from lorahive.hub.modelcard import parse_card
 from lorahive.hub.protocol import (
     AdapterInfo,
     FileEntry,
@@ -60,8 +63,10 @@ from lorahive.registry.auth import (
     new_secret,
     scope_rank,
 )
+from lorahive.registry.card import CARD, CARD_MAX, card_text, options_from_card
 from lorahive.registry.db import ensure_schema, make_engine, session_scope
-from lorahive.registry.hf.card import with_model_card
+from lorahive.registry.metrics import Metrics
+from lorahive.registry.presign import SIGNED_URL_TTL, check_upload_sig, sign_upload, signing_key
 from lorahive.registry.resilience import remove_orphans
 from lorahive.registry.settings import Settings
 from lorahive.registry.tables import (
@@ -74,6 +79,13 @@ from lorahive.registry.tables import (
     User,
     VersionRow,
     utcnow,
+)
+from lorahive.registry.transfer import (
+    Download,
+    StoredBlob,
+    batched,
+    blocking,
+    parse_range,
 )
 from lorahive.registry.validation import (
     check_config_targets,
@@ -103,6 +115,17 @@ class PublishOptions:
     private: bool | None = None
     description: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # task and tags from the README.md front matter among the files, where not given
+    from_card: bool = False
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    """A grant to upload one object: who asked, until when, and the signature over both."""
+
+    user: str
+    expires: int
+    signature: str
 
 
 @dataclass
@@ -125,6 +148,8 @@ class RegistryService:
             ensure_schema(self.engine)
         self.store = blobmod.open_store(self.settings.storage_url, self.settings.home,
                                         self.settings.s3_endpoint_url, self.settings.s3_region)
+        self.metrics = Metrics()  # this process's transfer counters (served on /metrics)
+        self._signing_key: bytes | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -300,8 +325,36 @@ class RegistryService:
                 return f
         raise EntryNotFoundError(f"{info.ref} has no file {path!r}")
 
-    def record_download(self, p: Principal, ref: str | Ref) -> None:
+    def download(self, p: Principal, ref: str | Ref, path: str, *, range: str | None = None,
+                 if_none_match: str | None = None, head: bool = False) -> Download:
+        """The one download step of every door (REST, HF ``resolve``, the embedded registry's
+        pull): visibility, the file, ``If-None-Match``, the Range policy of
+        ``transfer.parse_range`` and the download count. A GET of the weights that starts at
+        byte 0 counts one download; HEAD, a resumed download and other files do not."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
+        entry = self.file_entry(p, r, path)
+        if if_none_match is not None and _etags(if_none_match) & {entry.sha256, "*"}:
+            return Download(entry, 304)
+        span = parse_range(range, entry.size)
+        start, end = span if span is not None else (0, entry.size - 1)
+        dl = Download(entry, 206 if span is not None else 200, start, end)
+        if head:
+            return dl
+        if start == 0 and path == WEIGHTS_NAME:
+            self._count_download(p, r)
+        dl.body = self.store.open_range(entry.sha256, start, end) if dl.length else iter(())
+        self.metrics.add_bytes("download", dl.length)
+        return dl
+
+    def read_file(self, p: Principal, ref: str | Ref, path: str, max_bytes: int) -> bytes | None:
+        """A small file of a visible version, in memory (``None`` when it is over
+        ``max_bytes``); not a download (nothing is counted)."""
+        entry = self.file_entry(p, ref, path)
+        if entry.size > max_bytes:
+            return None
+        return b"".join(self.store.open_range(entry.sha256))
+
+    def _count_download(self, p: Principal, r: Ref) -> None:
         with session_scope(self.engine, write=True) as s:
             a, _ = self._adapter(s, p, r)
             v = self._version(s, a, r)
@@ -318,16 +371,63 @@ class RegistryService:
         if not p.has_scope("write"):
             raise PermissionDeniedError("uploads need a token with write scope")
 
-    def missing_blobs(self, shas: Iterable[str]) -> list[str]:
+    def missing_blobs(self, p: Principal, shas: Iterable[str]) -> list[str]:
+        """Which of these blobs the store lacks (an uploader's question)."""
+        self.require_uploader(p)
         return [s for s in dict.fromkeys(shas) if not self.store.exists(blobmod.check_sha256(s))]
 
-    def put_blob(self, p: Principal, chunks: Iterable[bytes], sha: str, size: int | None) -> None:
+    def blob_size(self, p: Principal, sha: str) -> int | None:
+        """The stored size of a blob, ``None`` when absent (an uploader's question)."""
         self.require_uploader(p)
-        if self.store.exists(blobmod.check_sha256(sha)):
-            for _ in chunks:  # drain: the content is already stored
-                pass
-            return
-        blobmod.ingest(self.store, chunks, sha, size, self.settings.max_upload_bytes)
+        return self.store.size(blobmod.check_sha256(sha))
+
+    def ingest(self, p: Principal, chunks: Iterable[bytes], sha: str | None = None,
+               size: int | None = None) -> StoredBlob:
+        """The one streaming ingest of every door (REST blob PUT, HF LFS PUT and inline commit
+        files, the embedded registry's publish): bytes are staged on the data disk while
+        hashed and counted, and become visible under their sha256 only once hash and declared
+        size match. ``sha=None`` stores the content under whatever it hashes to."""
+        self.require_uploader(p)
+        return self._ingest(chunks, sha, size)
+
+    async def ingest_stream(self, p: Principal, chunks: AsyncIterator[bytes],
+                            sha: str | None = None, size: int | None = None) -> StoredBlob:
+        """``ingest`` for a request body read on the event loop: staging, hashing and disk
+        writes run in a worker thread, fed 1 MiB at a time."""
+        return await anyio.to_thread.run_sync(self.ingest, p, blocking(batched(chunks)), sha,
+                                              size)
+
+    def presign_upload(self, p: Principal, repo: str, sha: str, size: int) -> PresignedUpload:
+        """A signed grant to upload one object to ``repo`` without credentials (write access
+        to its namespace needed now, valid ``SIGNED_URL_TTL`` seconds)."""
+        self.require_namespace(p, parse_ref(repo).namespace, "write")
+        blobmod.check_sha256(sha)
+        expires = int(time.time()) + SIGNED_URL_TTL
+        user = p.user or ""
+        return PresignedUpload(user, expires,
+                               sign_upload(self._key(), repo, sha, size, user, expires))
+
+    async def ingest_presigned(self, chunks: AsyncIterator[bytes], repo: str, sha: str,
+                               size: int, grant: PresignedUpload) -> StoredBlob:
+        """``ingest_stream`` authorised by a grant from ``presign_upload`` instead of a token."""
+        if not check_upload_sig(self._key(), repo, sha, size, grant.user, grant.expires,
+                                grant.signature):
+            raise PermissionDeniedError(
+                "upload URL is invalid or expired; ask the batch endpoint for a new one")
+        return await anyio.to_thread.run_sync(self._ingest, blocking(batched(chunks)), sha,
+                                              size)
+
+    def _key(self) -> bytes:
+        if self._signing_key is None:
+            self._signing_key = signing_key(self.settings.home)
+        return self._signing_key
+
+    def _ingest(self, chunks: Iterable[bytes], sha: str | None, size: int | None) -> StoredBlob:
+        got, n, existed = blobmod.ingest(self.store, chunks, sha, size,
+                                         self.settings.max_upload_bytes)
+        if not existed:
+            self.metrics.add_bytes("upload", n)
+        return StoredBlob(got, n, existed)
 
     # -- publish -------------------------------------------------------------------------
     def _validate(self, files: Sequence[FileEntry]) -> _Validated:
@@ -382,6 +482,10 @@ class RegistryService:
                version: str | None = None, options: PublishOptions | None = None) -> VersionInfo:
         """Create version ``version`` (or the next number) of ``repo`` from uploaded blobs."""
         opts = options or PublishOptions()
+        if opts.from_card:
+            task, card_tags = options_from_card(self._card_front(files))
+            opts = replace(opts, task=opts.task or task, tags=[*opts.tags, *card_tags],
+                           from_card=False)
         _check_json(opts.metrics, "metrics")
         r = parse_ref(repo)
         if r.version or r.alias:
@@ -397,9 +501,13 @@ class RegistryService:
             self._namespace(s, r.namespace)  # 404 before 401/403 would leak nothing new
             p.require(self._namespace(s, r.namespace), "write")
         checked = self._validate(files)
-        files = with_model_card(self.store, r.repo, files, summary=checked.summary, task=opts.task,
-                                description=opts.description, tags=tags, lineage=checked.lineage,
-                                metrics={**checked.metrics, **(opts.metrics or {})})
+        if not any(f.path == CARD for f in files):
+            card = card_text(r.repo, summary=checked.summary, task=opts.task,
+                             description=opts.description, tags=tags, lineage=checked.lineage,
+                             metrics={**checked.metrics, **(opts.metrics or {})})
+            stored = self._ingest([card], None, len(card))
+            files = sorted([*files, FileEntry(path=CARD, sha256=stored.sha256, size=stored.size)],
+                           key=lambda f: f.path)
         for attempt in range(3):
             try:
                 return self._commit_tx(p, r, files, version, opts, tags, checked)
@@ -408,6 +516,13 @@ class RegistryService:
                     raise ConflictError(
                         f"{r.repo}: a concurrent publish won the race; retry") from None
         raise AssertionError("unreachable")
+
+    def _card_front(self, files: Sequence[FileEntry]) -> dict[str, Any]:
+        """The front matter of the README.md among ``files`` (uploaded, not yet committed)."""
+        card = next((f for f in files if f.path == CARD), None)
+        if card is None or card.size > CARD_MAX or self.store.size(card.sha256) != card.size:
+            return {}
+        return parse_card(b"".join(self.store.open_range(card.sha256)).decode("utf-8", "replace"))
 
     def _commit_tx(self, p: Principal, r: Ref, files: Sequence[FileEntry], version: str | None,
                    opts: PublishOptions, tags: list[str], checked: _Validated) -> VersionInfo:
@@ -583,6 +698,38 @@ class RegistryService:
         return GcReport(blobs_removed=removed, bytes_removed=freed, blobs_kept=kept)
 
     # -- namespaces, users, tokens -------------------------------------------------------
+    def require_namespace(self, p: Principal, namespace: str, level: str = "write") -> None:
+        """Raise unless ``p`` may act at ``level`` on ``namespace`` (404 when it is absent)."""
+        with session_scope(self.engine) as s:
+            p.require(self._namespace(s, namespace), level)
+
+    def namespaces_of(self, p: Principal) -> list[str]:
+        """The namespaces the caller acts on: the token's restriction, else those its user
+        owns."""
+        if p.anonymous:
+            return []
+        if p.namespaces:
+            return sorted(p.namespaces)
+        with session_scope(self.engine) as s:
+            return sorted(s.exec(select(Namespace.name).where(
+                Namespace.owner_id == p.user_id)).all())
+
+    def create_adapter(self, p: Principal, repo: str, private: bool = False) -> bool:
+        """An adapter with no version yet (the Hub creates repos before their first commit);
+        ``False`` when it exists already. Needs write access to the namespace, as a publish."""
+        r = parse_ref(repo)
+        if r.version or r.alias:
+            raise InvalidReferenceError("create an adapter as namespace/name")
+        with session_scope(self.engine, write=True) as s:
+            ns = self._namespace(s, r.namespace)
+            p.require(ns, "write")
+            row = s.exec(select(AdapterRow).where(AdapterRow.namespace_id == ns.id,
+                                                  AdapterRow.name == r.name)).first()
+            if row is not None:
+                return False
+            s.add(AdapterRow(namespace_id=ns.id, name=r.name, private=private))  # type: ignore[arg-type]
+        return True
+
     def create_namespace(self, p: Principal, name: str) -> NamespaceInfo:
         check_name(name, "namespace")
         if p.anonymous:
@@ -670,6 +817,11 @@ def _version_not_found(ref: Ref) -> VersionNotFoundError:
     what = f"version {ref.version}" if ref.version else f"alias {ref.alias or DEFAULT_ALIAS!r}"
     return VersionNotFoundError(
         f"{ref.repo} has no {what}; list versions with `lorahive versions {ref.repo}`")
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags of an ``If-None-Match`` header (weak or strong, unquoted)."""
+    return {t.strip().removeprefix("W/").strip('"') for t in header.split(",")}
 
 
 def _token_info(t: Token, user: str) -> TokenInfo:
