@@ -56,6 +56,7 @@ from lorahive.hub.protocol import (
 from lorahive.hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
 from lorahive.registry import blobs as blobmod
 from lorahive.registry.auth import (
+    ANONYMOUS,
     SCOPES,
     Principal,
     authenticate,
@@ -217,7 +218,8 @@ class RegistryService:
             raise _version_not_found(ref)
         return v
 
-    def _version_info(self, s: Session, ns: Namespace, a: AdapterRow, v: VersionRow) -> VersionInfo:
+    def _version_info(self, s: Session, p: Principal, ns: Namespace, a: AdapterRow,
+                      v: VersionRow) -> VersionInfo:
         files = s.exec(select(FileRow).where(FileRow.version_id == v.id).order_by(FileRow.path)).all()
         aliases = s.exec(select(AliasRow.name).where(AliasRow.version_id == v.id)).all()
         return VersionInfo(
@@ -226,9 +228,39 @@ class RegistryService:
             size=v.size, sha256=v.sha256, peft_type=v.peft_type, base_model=v.base_model,
             rank=v.rank, lora_alpha=v.lora_alpha, target_modules=list(v.target_modules),
             num_parameters=v.num_parameters, summary=dict(v.summary), stats=list(v.stats),
-            metrics=dict(v.metrics), metadata=dict(v.meta), lineage=v.lineage,
+            metrics=dict(v.metrics), metadata=dict(v.meta),
+            lineage=self._lineage_for(s, p, v.lineage),
             downloads=v.downloads, aliases=sorted(aliases),
         )
+
+    def _lineage_for(self, s: Session, p: Principal, lineage: dict[str, Any] | None
+                     ) -> dict[str, Any] | None:
+        """``lineage`` as ``p`` may see it. A registry parent (``ns/name@version``) that ``p``
+        cannot see (private to others, or not in this registry, which reads the same) is shown
+        as ``{"ref": "private", "version": None, "sha256": None, "weight": w}``; local parents
+        (directories) stay as recorded. Returns ``lineage`` itself when nothing is hidden."""
+        parents = (lineage or {}).get("parents")
+        if not isinstance(parents, list):
+            return lineage
+        seen: dict[tuple[str, str], bool] = {}
+        out, hidden = [], False
+        for par in parents:
+            ref = _registry_parent(par)
+            if ref is None:
+                out.append(par)
+                continue
+            key = (ref.namespace, ref.name)
+            if key not in seen:
+                row = s.exec(select(AdapterRow, Namespace).join(Namespace).where(
+                    Namespace.name == ref.namespace, AdapterRow.name == ref.name)).first()
+                seen[key] = row is not None and (not row[0].private or p.can(row[1], "read"))
+            if seen[key]:
+                out.append(par)
+            else:
+                hidden = True
+                weight = par.get("weight") if isinstance(par, dict) else None
+                out.append({"ref": "private", "version": None, "sha256": None, "weight": weight})
+        return {**lineage, "parents": out} if hidden and lineage else lineage
 
     def _adapter_infos(self, s: Session, rows: Sequence[tuple[AdapterRow, Namespace]]
                        ) -> list[AdapterInfo]:
@@ -259,7 +291,7 @@ class RegistryService:
         r = parse_ref(ref) if isinstance(ref, str) else ref
         with session_scope(self.engine) as s:
             a, ns = self._adapter(s, p, r)
-            return self._version_info(s, ns, a, self._version(s, a, r))
+            return self._version_info(s, p, ns, a, self._version(s, a, r))
 
     def adapter(self, p: Principal, ref: str | Ref) -> AdapterInfo:
         r = parse_ref(ref) if isinstance(ref, str) else ref
@@ -272,7 +304,7 @@ class RegistryService:
             a, ns = self._adapter(s, p, r)
             rows = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id)
                           .order_by(col(VersionRow.seq).desc())).all()
-            return [self._version_info(s, ns, a, v) for v in rows]
+            return [self._version_info(s, p, ns, a, v) for v in rows]
 
     def search(self, p: Principal, text: str | None = None, *, task: str | None = None,
                base_model: str | None = None, tags: Sequence[str] = (),
@@ -501,9 +533,15 @@ class RegistryService:
             self._namespace(s, r.namespace)  # 404 before 401/403 would leak nothing new
             p.require(self._namespace(s, r.namespace), "write")
         checked = self._validate(files)
+        with session_scope(self.engine) as s:
+            public = self._lineage_for(s, ANONYMOUS, checked.lineage)
+        if public is not checked.lineage:  # a parent the public may not see
+            if opts.private is None:
+                opts = replace(opts, private=True)  # its weights carry that parent
+            files = self._with_public_sidecar(files, public)
         if not any(f.path == CARD for f in files):
             card = card_text(r.repo, summary=checked.summary, task=opts.task,
-                             description=opts.description, tags=tags, lineage=checked.lineage,
+                             description=opts.description, tags=tags, lineage=public,
                              metrics={**checked.metrics, **(opts.metrics or {})})
             stored = self._ingest([card], None, len(card))
             files = sorted([*files, FileEntry(path=CARD, sha256=stored.sha256, size=stored.size)],
@@ -516,6 +554,20 @@ class RegistryService:
                     raise ConflictError(
                         f"{r.repo}: a concurrent publish won the race; retry") from None
         raise AssertionError("unreachable")
+
+    def _with_public_sidecar(self, files: Sequence[FileEntry], lineage: dict[str, Any] | None
+                             ) -> list[FileEntry]:
+        """``files`` with ``lorahive.json`` rewritten to carry ``lineage`` (its public form):
+        a stored file is served to everyone who can read the version, whoever they are, so it
+        never names what they may not see (the full lineage stays in the database, shown per
+        caller)."""
+        side = next(f for f in files if f.path == SIDECAR)
+        data = json.loads(b"".join(self.store.open_range(side.sha256)))
+        data["lineage"] = lineage
+        body = json.dumps(data, indent=2, sort_keys=True).encode()
+        stored = self._ingest([body], None, len(body))
+        return [FileEntry(path=SIDECAR, sha256=stored.sha256, size=stored.size)
+                if f.path == SIDECAR else f for f in files]
 
     def _card_front(self, files: Sequence[FileEntry]) -> dict[str, Any]:
         """The front matter of the README.md among ``files`` (uploaded, not yet committed)."""
@@ -551,7 +603,7 @@ class RegistryService:
                             f"{r.repo}@{version} exists with different content; versions are "
                             "immutable: publish a new version (omit --version for the next number)"
                         )
-                    return self._version_info(s, ns, a, old)
+                    return self._version_info(s, p, ns, a, old)
             existing = set(s.exec(select(VersionRow.version)
                                   .where(VersionRow.adapter_id == a.id)).all())
             # auto numbers never reuse a number, even one whose version was deleted
@@ -601,7 +653,7 @@ class RegistryService:
             a.updated_at = now
             s.add(a)
             s.flush()
-            return self._version_info(s, ns, a, v)
+            return self._version_info(s, p, ns, a, v)
 
     # -- aliases and deletion ------------------------------------------------------------
     def set_alias(self, p: Principal, ref: str, alias: str) -> VersionInfo:
@@ -618,7 +670,7 @@ class RegistryService:
                 row.version_id = v.id  # type: ignore[assignment]
                 s.add(row)
             s.flush()
-            return self._version_info(s, ns, a, v)
+            return self._version_info(s, p, ns, a, v)
 
     def remove_alias(self, p: Principal, repo: str, alias: str) -> None:
         r = parse_ref(repo)
@@ -817,6 +869,20 @@ def _version_not_found(ref: Ref) -> VersionNotFoundError:
     what = f"version {ref.version}" if ref.version else f"alias {ref.alias or DEFAULT_ALIAS!r}"
     return VersionNotFoundError(
         f"{ref.repo} has no {what}; list versions with `lorahive versions {ref.repo}`")
+
+
+def _registry_parent(parent: Any) -> Ref | None:
+    """The registry reference a lineage parent names (``ns/name@version``), or ``None`` for a
+    local directory."""
+    text = parent.get("ref") if isinstance(parent, dict) else parent
+    if not isinstance(text, str):
+        return None
+    try:
+        r = parse_ref(text)
+    except InvalidReferenceError:
+        return None
+    has_version = r.version is not None or (isinstance(parent, dict) and parent.get("version"))
+    return r if has_version else None
 
 
 def _etags(header: str) -> set[str]:

@@ -234,6 +234,122 @@ def test_search_and_listings_hide_private_adapters(hx: Harness, world):
         assert "pub" in names
 
 
+# -- lineage never names what the caller may not see --------------------------------------------
+SECRET_SHA = "5ec12e7" + "0" * 57  # the private parent's weights hash, as lineage records it
+PUBLIC_SHA = "9ab1c" + "1" * 59
+
+
+def _with_lineage(w: dict, *parents: dict) -> dict[str, bytes]:
+    sidecar = {"lineage": {"method": "fuse:linear", "parents": list(parents), "params": {}}}
+    files = {k: v for k, v in w["good"].items() if k != "README.md"}  # the card is generated
+    return {**files, "lorahive.json": json.dumps(sidecar).encode()}
+
+
+def _parent(ref: str | None, sha: str, weight: float) -> dict:
+    version = ref.rsplit("@", 1)[1] if ref and "@" in ref else None
+    return {"ref": ref, "version": version, "sha256": sha, "weight": weight}
+
+
+@pytest.fixture(scope="module")
+def lineage(hx: Harness, world):
+    """``own/child`` (explicitly public) made from the private ``own/priv@1``, the public
+    ``own/pub@1`` and a local directory; ``own/kid`` the same without a privacy choice."""
+    own, tok = world["own"], world["tokens"]["write"]
+    files = _with_lineage(world, _parent(f"{own}/priv@1", SECRET_SHA, 0.5),
+                          _parent(f"{own}/pub@1", PUBLIC_SHA, 0.3),
+                          _parent("/data/adapters/local-one", "c" * 64, 0.2))
+    for name, private in (("child", False), ("kid", None)):
+        entries = [{"path": k, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
+                   for k, b in files.items()]
+        for b in files.values():
+            hx.put_blob(b, tok)
+        body = {"files": entries} if private is None else {"files": entries, "private": private}
+        r = hx.client.post(f"{API}/adapters/{own}/{name}/versions", headers=hx.headers(tok),
+                           json=body)
+        assert r.status_code == 201, r.text
+    return {"own": own}
+
+
+def _sees_secret(text: str, own: str) -> bool:
+    return f"{own}/priv" in text or SECRET_SHA in text
+
+
+# role -> does the caller see the private parent's name? (the owner's tokens and the admin)
+SEES_PARENT = {"anon": False, "read": True, "other": False, "write": True, "admin": True}
+
+
+def test_lineage_hides_private_parents_by_role(hx: Harness, world, lineage):
+    own = lineage["own"]
+    bad = []
+    for role in ROLES:
+        h = hx.headers(world["tokens"][role])
+        for url in (f"{API}/adapters/{own}/child/versions/1", f"{API}/adapters/{own}/child/versions",
+                    f"{API}/adapters/{own}/child/aliases/latest"):
+            r = hx.client.get(url, headers=h)
+            assert r.status_code == 200, (role, url, r.status_code)
+            data = r.json()
+            v = data[0] if isinstance(data, list) else data
+            parents = v["lineage"]["parents"]
+            if _sees_secret(r.text, own) != SEES_PARENT[role]:
+                bad.append(f"{role} GET {url}: parent named={_sees_secret(r.text, own)}")
+            if not SEES_PARENT[role]:
+                hidden = parents[0]
+                if hidden != {"ref": "private", "version": None, "sha256": None,
+                              "weight": 0.5}:
+                    bad.append(f"{role} GET {url}: hidden parent shown as {hidden}")
+            assert parents[1]["ref"] == f"{own}/pub@1" and parents[1]["sha256"] == PUBLIC_SHA
+            assert parents[2]["ref"] == "/data/adapters/local-one"
+        # files anyone with access downloads name no private parent, whoever asks
+        for url in (f"/{own}/child/resolve/main/README.md",
+                    f"/{own}/child/resolve/main/lorahive.json",
+                    f"{API}/adapters/{own}/child/versions/1/files/README.md",
+                    f"{API}/adapters/{own}/child/versions/1/files/lorahive.json",
+                    f"/api/models/{own}/child", f"/api/models/{own}/child/revision/main"):
+            r = hx.client.get(url, headers=h)
+            assert r.status_code == 200, (role, url, r.status_code)
+            if _sees_secret(r.text, own):
+                bad.append(f"{role} GET {url}: names the private parent")
+            if "resolve" in url or "/files/" in url:
+                assert f"{own}/pub@1" in r.text, (role, url)  # public parents stay named
+    assert not bad, "\n".join(bad)
+    card = hx.client.get(f"/api/models/{own}/child").json()["cardData"]
+    assert card["lorahive_lineage"]["parents"][0]["ref"] == "private"
+
+
+def test_a_child_of_a_private_parent_is_private_unless_made_public(hx: Harness, world, lineage):
+    own = lineage["own"]
+    for role in ROLES:
+        h = hx.headers(world["tokens"][role])
+        kid = hx.client.get(f"{API}/adapters/{own}/kid", headers=h)
+        child = hx.client.get(f"{API}/adapters/{own}/child", headers=h)
+        assert child.status_code == 200 and child.json()["private"] is False
+        assert kid.status_code == (200 if SEES_PARENT[role] else 404), (role, kid.status_code)
+        if kid.status_code == 200:
+            assert kid.json()["private"] is True
+    # only public or local parents: public as before; an unknown registry parent counts as
+    # private (it is not visible here, so nothing says it may be shown)
+    tok = world["tokens"]["write"]
+    for name, parents, private in (
+            ("pubkid", [_parent(f"{own}/pub@1", PUBLIC_SHA, 1.0),
+                        _parent("/data/x", "d" * 64, 1.0)], False),
+            ("ghostkid", [_parent("nobody/ghost@3", "e" * 64, 1.0)], True)):
+        status, body = hx.commit(f"{own}/{name}", _with_lineage(world, *parents), tok)
+        assert status == 201, body
+        a = hx.client.get(f"{API}/adapters/{own}/{name}", headers=hx.headers(tok)).json()
+        assert a["private"] is private, name
+    # another user who names our private adapter as a parent cannot learn it exists: the
+    # child is private, exactly as for a parent that does not exist
+    other = world["tokens"]["other"]
+    oth = world["oth"]
+    for name, ref in (("probe1", f"{own}/priv@1"), ("probe2", f"{own}/nothing@1")):
+        status, body = hx.commit(f"{oth}/{name}", _with_lineage(
+            world, _parent(ref, "f" * 64, 1.0)), other)
+        assert status == 201, body
+        r = hx.client.get(f"{API}/adapters/{oth}/{name}/versions/1", headers=hx.headers(other))
+        assert r.json()["lineage"]["parents"][0]["ref"] == "private"
+        assert hx.client.get(f"{API}/adapters/{oth}/{name}").status_code == 404
+
+
 def test_tokens_are_random_stored_hashed_and_compared_in_constant_time(hx: Harness, world,
                                                                       monkeypatch):
     from lorahive.registry import auth
