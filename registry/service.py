@@ -10,6 +10,8 @@ alias in one transaction: readers see a whole version or none.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -31,7 +33,6 @@ from lorahive.hub.errors import (
     ConflictError,
     EntryNotFoundError,
     IntegrityError,
-    InvalidAdapterError,
     InvalidReferenceError,
     InvalidRequestError,
     NamespaceNotFoundError,
@@ -39,7 +40,7 @@ from lorahive.hub.errors import (
     PermissionDeniedError,
     VersionNotFoundError,
 )
-from lorahive.hub.lineage import SIDECAR, read_sidecar
+from lorahive.hub.lineage import SIDECAR
 from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
 from lorahive.hub.modelcard import parse_card
 from lorahive.hub.protocol import (
@@ -48,11 +49,13 @@ from lorahive.hub.protocol import (
     GcReport,
     NamespaceInfo,
     NewToken,
+    PublishPlan,
     SearchPage,
     TokenInfo,
     VersionInfo,
     WhoAmI,
 )
+from lorahive.hub.publishing import check_plain_json, check_publishable
 from lorahive.hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
 from lorahive.registry import blobs as blobmod
 from lorahive.registry.auth import (
@@ -88,11 +91,7 @@ from lorahive.registry.transfer import (
     blocking,
     parse_range,
 )
-from lorahive.registry.validation import (
-    check_config_targets,
-    check_manifest,
-    single_threaded_torch,
-)
+from lorahive.registry.validation import check_manifest, single_threaded_torch
 
 SORTS = {
     "updated": (col(AdapterRow.updated_at).desc(),),
@@ -118,6 +117,7 @@ class PublishOptions:
     metrics: dict[str, Any] = field(default_factory=dict)
     # task and tags from the README.md front matter among the files, where not given
     from_card: bool = False
+    allow_duplicate: bool = False  # publish files identical to an existing version anyway
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class RegistryService:
             num_parameters=v.num_parameters, summary=dict(v.summary), stats=list(v.stats),
             metrics=dict(v.metrics), metadata=dict(v.meta),
             lineage=self._lineage_for(s, p, v.lineage),
-            downloads=v.downloads, aliases=sorted(aliases),
+            downloads=v.downloads, aliases=sorted(aliases), private=a.private,
         )
 
     def _lineage_for(self, s: Session, p: Principal, lineage: dict[str, Any] | None
@@ -463,8 +463,9 @@ class RegistryService:
 
     # -- publish -------------------------------------------------------------------------
     def _validate(self, files: Sequence[FileEntry]) -> _Validated:
-        """Load the adapter from its stored blobs with ``hub`` (safetensors only, config and
-        tensors consistent, base model declared) and compute its statistics."""
+        """The stored blobs as the manifest declares them, then the adapter checked with
+        ``hub.publishing.check_publishable`` (what clients check before uploading) and its
+        statistics."""
         by_path = {f.path: f for f in files}
         for f in files:
             got = self.store.size(f.sha256)
@@ -484,54 +485,86 @@ class RegistryService:
                         os.symlink(src, tmp / name)
                     else:
                         blobmod.copy_blob(self.store, sha, tmp / name)
-            from lorahive.hub.peft_format import load_peft  # torch: only when committing
-
-            adapter = load_peft(tmp)
-            check_config_targets(adapter)
-            summary = adapter.summary()
-            if not summary.get("base_model"):
-                raise InvalidAdapterError(
-                    f"{CONFIG_NAME} declares no base_model_name_or_path; set it to the base "
-                    "model's Hub id or path"
-                )
+            ok = check_publishable(tmp)
             with single_threaded_torch():
-                stats = [_stat_dict(st) for st in adapter.stats()] if adapter.is_lora else []
-            side = read_sidecar(tmp)
+                stats = [_stat_dict(st) for st in ok.adapter.stats()] if ok.adapter.is_lora else []
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        lineage = side.get("lineage")
-        if lineage is not None and not isinstance(lineage, dict):
-            raise InvalidAdapterError(f"{SIDECAR}: 'lineage' must be an object")
-        metrics = side.get("metrics") or {}
-        if not isinstance(metrics, dict):
-            raise InvalidAdapterError(f"{SIDECAR}: 'metrics' must be an object")
-        extra = {k: v for k, v in side.items() if k not in ("lineage", "metrics")}
-        for what, value in (("lineage", lineage), ("metrics", metrics), ("sidecar", extra)):
-            _check_json(value, f"{SIDECAR}: {what}")
-        return _Validated(summary, stats, lineage, metrics, extra)
+        return _Validated(ok.summary, stats, ok.lineage, ok.metrics, ok.extra)
 
-    def commit(self, p: Principal, repo: str, files: Sequence[FileEntry],
-               version: str | None = None, options: PublishOptions | None = None) -> VersionInfo:
-        """Create version ``version`` (or the next number) of ``repo`` from uploaded blobs."""
-        opts = options or PublishOptions()
-        if opts.from_card:
-            task, card_tags = options_from_card(self._card_front(files))
-            opts = replace(opts, task=opts.task or task, tags=[*opts.tags, *card_tags],
-                           from_card=False)
-        _check_json(opts.metrics, "metrics")
+    def _target(self, repo: str, version: str | None, files: Sequence[FileEntry]) -> Ref:
+        """``repo`` as a publish target, with the checks that need no database."""
         r = parse_ref(repo)
         if r.version or r.alias:
             raise InvalidReferenceError("publish to namespace/name; pass the version separately")
         if version is not None:
             check_version(version)
+        st = self.settings
+        check_manifest(files, st.max_files, st.max_upload_bytes, st.max_filename_length)
+        return r
+
+    def _same_content(self, s: Session, r: Ref, a: AdapterRow | None, digest: str,
+                      version: str | None, allow_duplicate: bool) -> VersionRow | None:
+        """The existing version whose files are ``digest``'s, if the publish is to answer it
+        instead of creating one; raises when ``version`` exists with other files."""
+        if a is None:
+            return None
+        if version is not None:
+            old = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id,
+                                                  VersionRow.version == version)).first()
+            if old is not None:
+                if old.content_sha256 == digest:
+                    return old
+                raise ConflictError(
+                    f"{r.repo}@{version} exists with different content; versions are "
+                    "immutable: publish a new version (omit the version for the next number)")
+        if allow_duplicate:
+            return None
+        return s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id,
+                                               VersionRow.content_sha256 == digest)
+                      .order_by(col(VersionRow.seq).desc())).first()
+
+    def preflight(self, p: Principal, repo: str, files: Sequence[FileEntry],
+                  version: str | None = None, allow_duplicate: bool = False) -> PublishPlan:
+        """What a publish of ``files`` needs, decided before it uploads anything: refused as
+        the commit would refuse it (manifest, namespace, access, ``version`` taken by other
+        files); else the blobs the store lacks, or the version that already has these files
+        (then nothing needs uploading)."""
+        r = self._target(repo, version, files)
+        digest = content_digest(files)
+        with session_scope(self.engine) as s:
+            ns = self._namespace(s, r.namespace)
+            p.require(ns, "write")
+            a = self._adapter_row(s, ns, r.name)
+            old = self._same_content(s, r, a, digest, version, allow_duplicate)
+            if old is not None and a is not None:
+                info = self._version_info(s, p, ns, a, old)
+                return PublishPlan(unchanged=info.model_copy(update={"unchanged": True}))
+        return PublishPlan(missing=self.missing_blobs(p, (f.sha256 for f in files)))
+
+    def commit(self, p: Principal, repo: str, files: Sequence[FileEntry],
+               version: str | None = None, options: PublishOptions | None = None) -> VersionInfo:
+        """Create version ``version`` (or the next number) of ``repo`` from uploaded blobs, or
+        answer the existing version with the same files (``unchanged``; explicit adapter
+        settings such as ``private`` still apply) unless ``allow_duplicate``."""
+        opts = options or PublishOptions()
+        if opts.from_card:
+            task, card_tags = options_from_card(self._card_front(files))
+            opts = replace(opts, task=opts.task or task, tags=[*opts.tags, *card_tags],
+                           from_card=False)
+        check_plain_json(opts.metrics, "metrics")
         tags = sorted({check_name(t, "tag") for t in opts.tags})
         if opts.task is not None and len(opts.task) > 128:
             raise InvalidRequestError("task must be at most 128 characters")
-        st = self.settings
-        check_manifest(files, st.max_files, st.max_upload_bytes, st.max_filename_length)
+        r = self._target(repo, version, files)
+        digest = content_digest(files)
         with session_scope(self.engine) as s:
-            self._namespace(s, r.namespace)  # 404 before 401/403 would leak nothing new
-            p.require(self._namespace(s, r.namespace), "write")
+            ns = self._namespace(s, r.namespace)  # 404 before 401/403 would leak nothing new
+            p.require(ns, "write")
+            unchanged = self._same_content(s, r, self._adapter_row(s, ns, r.name), digest,
+                                           version, opts.allow_duplicate) is not None
+        if unchanged:  # no validation needed: the files are a version already
+            return self._commit_tx(p, r, files, digest, version, opts, tags, None)
         checked = self._validate(files)
         with session_scope(self.engine) as s:
             public = self._lineage_for(s, ANONYMOUS, checked.lineage)
@@ -548,7 +581,7 @@ class RegistryService:
                            key=lambda f: f.path)
         for attempt in range(3):
             try:
-                return self._commit_tx(p, r, files, version, opts, tags, checked)
+                return self._commit_tx(p, r, files, digest, version, opts, tags, checked)
             except SqlIntegrityError:
                 if attempt == 2:
                     raise ConflictError(
@@ -576,34 +609,38 @@ class RegistryService:
             return {}
         return parse_card(b"".join(self.store.open_range(card.sha256)).decode("utf-8", "replace"))
 
-    def _commit_tx(self, p: Principal, r: Ref, files: Sequence[FileEntry], version: str | None,
-                   opts: PublishOptions, tags: list[str], checked: _Validated) -> VersionInfo:
-        summary = checked.summary
+    @staticmethod
+    def _adapter_row(s: Session, ns: Namespace, name: str, lock: bool = False
+                     ) -> AdapterRow | None:
+        q = select(AdapterRow).where(AdapterRow.namespace_id == ns.id, AdapterRow.name == name)
+        return s.exec(q.with_for_update() if lock else q).first()
+
+    def _commit_tx(self, p: Principal, r: Ref, files: Sequence[FileEntry], digest: str,
+                   version: str | None, opts: PublishOptions, tags: list[str],
+                   checked: _Validated | None) -> VersionInfo:
+        """One transaction: the new version, its files and ``latest``, or (``checked`` None,
+        or a version with these files committed meanwhile) the existing version."""
         now = utcnow()
         with session_scope(self.engine, write=True) as s:
             ns = self._namespace(s, r.namespace)
             p.require(ns, "write")
-            a = s.exec(select(AdapterRow).where(AdapterRow.namespace_id == ns.id,
-                                                AdapterRow.name == r.name)
-                       .with_for_update()).first()
+            a = self._adapter_row(s, ns, r.name, lock=True)
+            old = self._same_content(s, r, a, digest, version, opts.allow_duplicate)
+            if old is not None and a is not None:
+                if _apply_settings(s, a, opts, tags):
+                    a.updated_at = now
+                    s.add(a)
+                    s.flush()
+                info = self._version_info(s, p, ns, a, old)
+                return info.model_copy(update={"unchanged": True})
+            if checked is None:
+                raise ConflictError(f"{r.repo}: the version with these files was deleted "
+                                    "meanwhile; publish again")
             if a is None:
                 a = AdapterRow(namespace_id=ns.id, name=r.name, private=bool(opts.private),  # type: ignore[arg-type]
                                created_at=now)
                 s.add(a)
                 s.flush()
-            wanted = {f.path: f.sha256 for f in files}
-            if version is not None:
-                old = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id,
-                                                      VersionRow.version == version)).first()
-                if old is not None:
-                    have = {f.path: f.sha256 for f in s.exec(
-                        select(FileRow).where(FileRow.version_id == old.id)).all()}
-                    if have != wanted:
-                        raise ConflictError(
-                            f"{r.repo}@{version} exists with different content; versions are "
-                            "immutable: publish a new version (omit --version for the next number)"
-                        )
-                    return self._version_info(s, p, ns, a, old)
             existing = set(s.exec(select(VersionRow.version)
                                   .where(VersionRow.adapter_id == a.id)).all())
             # auto numbers never reuse a number, even one whose version was deleted
@@ -616,11 +653,12 @@ class RegistryService:
                 a.next_seq = max(a.next_seq, int(version) + 1)
             seq = (s.exec(select(func.max(VersionRow.seq))
                           .where(VersionRow.adapter_id == a.id)).one() or 0) + 1
+            summary = checked.summary
             weights = next(f for f in files if f.path == WEIGHTS_NAME)
             metrics = {**checked.metrics, **(opts.metrics or {})}
             v = VersionRow(
                 adapter_id=a.id, version=version, seq=seq, created_at=now,  # type: ignore[arg-type]
-                size=sum(f.size for f in files), sha256=weights.sha256,
+                size=sum(f.size for f in files), sha256=weights.sha256, content_sha256=digest,
                 peft_type=summary.get("peft_type"), base_model=summary.get("base_model"),
                 rank=summary.get("rank"), lora_alpha=summary.get("lora_alpha"),
                 num_parameters=int(summary.get("num_parameters") or 0),
@@ -638,18 +676,7 @@ class RegistryService:
                 latest.version_id = v.id  # type: ignore[assignment]
             a.peft_type = summary.get("peft_type")
             a.base_model = summary.get("base_model")
-            if opts.task is not None:
-                a.task = opts.task or None
-            if opts.description is not None:
-                a.description = opts.description
-            if opts.private is not None:
-                a.private = opts.private
-            if tags:
-                have_tags = set(s.exec(select(AdapterTag.tag)
-                                       .where(AdapterTag.adapter_id == a.id)).all())
-                for t in tags:
-                    if t not in have_tags:
-                        s.add(AdapterTag(adapter_id=a.id, tag=t))  # type: ignore[arg-type]
+            _apply_settings(s, a, opts, tags)
             a.updated_at = now
             s.add(a)
             s.flush()
@@ -736,10 +763,11 @@ class RegistryService:
         cutoff = utcnow() - dt.timedelta(seconds=grace)
         with session_scope(self.engine) as s:
             referenced = set(s.exec(select(FileRow.sha256).distinct()).all())
-        removed = freed = kept = 0
+        removed = freed = kept = young = 0
         for b in list(self.store.iter_blobs()):
             if b.sha256 in referenced or b.modified > cutoff:
                 kept += 1
+                young += b.sha256 not in referenced
                 continue
             self.store.delete(b.sha256)
             removed += 1
@@ -747,7 +775,8 @@ class RegistryService:
         # temps of killed writers; younger ones may belong to an upload in flight
         stage = getattr(self.store, "stage_dir", None)
         remove_orphans(self.settings.home, Path(stage) if stage else None, grace)
-        return GcReport(blobs_removed=removed, bytes_removed=freed, blobs_kept=kept)
+        return GcReport(blobs_removed=removed, bytes_removed=freed, blobs_kept=kept,
+                        unreferenced_kept=young, grace_seconds=grace)
 
     # -- namespaces, users, tokens -------------------------------------------------------
     def require_namespace(self, p: Principal, namespace: str, level: str = "write") -> None:
@@ -871,6 +900,33 @@ def _version_not_found(ref: Ref) -> VersionNotFoundError:
         f"{ref.repo} has no {what}; list versions with `lorahive versions {ref.repo}`")
 
 
+def content_digest(files: Sequence[FileEntry]) -> str:
+    """What makes two publishes "the same files": sha256 over the sorted (path, sha256, size)
+    of the files the publisher sent (before the registry adds a card or rewrites lineage)."""
+    rows = sorted([f.path, f.sha256, f.size] for f in files)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def _apply_settings(s: Session, a: AdapterRow, opts: PublishOptions, tags: list[str]) -> bool:
+    """Adapter-level settings a publish gives explicitly; whether anything changed."""
+    changed = False
+    for attr, value in (("task", None if opts.task is None else (opts.task or None)),
+                        ("description", opts.description), ("private", opts.private)):
+        if value is not None and getattr(a, attr) != value:
+            setattr(a, attr, value)
+            changed = True
+    if opts.task == "" and a.task is not None:
+        a.task = None
+        changed = True
+    if tags:
+        have = set(s.exec(select(AdapterTag.tag).where(AdapterTag.adapter_id == a.id)).all())
+        for t in tags:
+            if t not in have:
+                s.add(AdapterTag(adapter_id=a.id, tag=t))  # type: ignore[arg-type]
+                changed = True
+    return changed
+
+
 def _registry_parent(parent: Any) -> Ref | None:
     """The registry reference a lineage parent names (``ns/name@version``), or ``None`` for a
     local directory."""
@@ -902,16 +958,17 @@ def _stat_dict(st: Any) -> dict[str, Any]:
     return d
 
 
-def _check_json(value: Any, what: str) -> None:
-    """Metadata must be plain JSON: no NaN/Infinity (PostgreSQL's JSON refuses them)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise InvalidRequestError(f"{what} is not plain JSON ({e}); use finite numbers") from None
-
-
 def _escape_like(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def metrics_text(service: RegistryService, secret: str | None) -> str:
+    """``/metrics`` for a site admin's token (scope ``admin``) or the configured scrape token
+    (``LORAHIVE_METRICS_TOKEN``): its database counts include private adapters."""
+    want = service.settings.metrics_token
+    if not (want and secret and hmac.compare_digest(secret.encode(), want.encode())):
+        service.authenticate(secret).require_admin("reading /metrics")
+    return service.metrics.render(counts(service))
 
 
 def counts(service: RegistryService) -> dict[str, float]:

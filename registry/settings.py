@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = 1024**2
     gc_grace_seconds: float = 3600.0
     db_pool_size: int = 5
+    # a bearer token that may read /metrics (for a Prometheus scraper), besides site admins
+    metrics_token: str | None = None
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -68,6 +70,7 @@ class Settings(BaseSettings):
         """Settings safe to print (no credentials in URLs)."""
         d = self.model_dump()
         d["database_url"] = _redact(self.database_url)
+        d["metrics_token"] = "***" if self.metrics_token else None
         return d
 
 

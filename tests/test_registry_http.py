@@ -199,7 +199,9 @@ def test_download_range_etag_and_head(server, admin, lora_dir):
 
 def test_health_metrics_openapi_and_unknown_routes(server, anon):
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
-    text = httpx.get(server.url + "/metrics").text
+    assert httpx.get(server.url + "/metrics").status_code == 401  # counts private adapters
+    text = httpx.get(server.url + "/metrics",
+                     headers={"Authorization": f"Bearer {server.admin_token}"}).text
     assert "# TYPE lorahive_http_requests_total counter" in text
     assert "lorahive_adapters " in text and 'direction="download"' in text
     spec = anon.get("/openapi.json").json()
@@ -224,7 +226,8 @@ def test_client_resumes_with_range(server, admin, lora_dir, tmp_path):
     part.parent.mkdir(parents=True)
     part.write_bytes(body[:1000])
     def partial_gets() -> float:
-        text = httpx.get(server.url + "/metrics").text
+        text = httpx.get(server.url + "/metrics",
+                         headers={"Authorization": f"Bearer {server.admin_token}"}).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("lorahive_http_requests_total") and "/files/" in line
                    and 'status="206"' in line)

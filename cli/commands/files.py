@@ -7,28 +7,39 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from lorahive.cli.commands.registry_client import TokenOpt, UrlOpt
 from lorahive.cli.output import console, print_json
+from lorahive.cli.sources import looks_like_ref, resolve_sources
 
 
 def inspect(
-    path: Path = typer.Argument(..., help="A PEFT adapter directory."),
+    source: str = typer.Argument(
+        ..., metavar="PATH|REF",
+        help="A PEFT adapter directory, or a registry reference ns/name[@version|:alias] "
+        "(pulled into the cache)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Read adapter_model.bin with a weights-only loader."
     ),
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Print an adapter's config summary and a per-module table (shape, rank, scale, norm,
     effective rank at 90%/99% energy)."""
     from lorahive.hub.peft_format import load_peft
 
+    path, label = Path(source).expanduser(), source
+    if not path.exists() and looks_like_ref(source):
+        pulled = resolve_sources([source], url, token)[0]
+        path, label = pulled.path, f"{pulled.ref} ({pulled.path})"
     adapter = load_peft(path, allow_pickle=allow_pickle)
     summary = adapter.summary()
     stats = adapter.stats() if adapter.is_lora else []
     if json_out:
-        print_json({"path": str(path), "summary": summary, "config": adapter.config.data,
+        print_json({"path": str(path), "source": source, "summary": summary, "config": adapter.config.data,
                     "modules": [s.as_dict() for s in stats]})
         return
-    console.print(f"[bold]{path}[/bold]")
+    console.print(f"[bold]{label}[/bold]")
     for key, value in summary.items():
         console.print(f"  {key}: {value}")
     if not adapter.is_lora:
