@@ -19,7 +19,6 @@ import pytest
 
 from lorahive.hub.cache import PullCache
 from lorahive.hub.client import HttpRegistry
-from lorahive.hub.publishing import PublishInterrupted
 from tests.registry_helpers import cli_env, run_cli, start_server, unique
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +131,8 @@ def test_publish_interrupted_says_what_it_left_and_exits_130(tmp_path, lora_dir)
 def test_http_publish_interrupted_mid_upload_reports_and_resumes(tmp_path, lora_dir):
     """Over HTTP with parallel uploads: an interrupt in the middle of the big file stops the
     uploads, reports the finished ones, and a second publish uploads only what is missing."""
+    from lorahive.hub.publishing import PublishInterrupted
+
     server = start_server(tmp_path / "srv")
     try:
         big = random.Random(5).randbytes(48 * 1024**2)
