@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lorahive.hub.errors import LorahiveError
 from lorahive.registry import ratelimit, resilience
 from lorahive.registry.hf import routes as hf_routes
+from lorahive.registry.http import bearer_token
 from lorahive.registry.routes import accounts, adapters, files
 from lorahive.registry.service import RegistryService, metrics_text
 from lorahive.registry.settings import Settings
@@ -106,15 +107,10 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> PlainTextResponse:
         """Prometheus text for a site admin or the scrape token (``LORAHIVE_METRICS_TOKEN``)."""
-        return PlainTextResponse(metrics_text(request.app.state.service, _bearer(request)),
+        return PlainTextResponse(metrics_text(request.app.state.service, bearer_token(request)),
                                  media_type="text/plain; version=0.0.4")
 
     return app
-
-
-def _bearer(request: Request) -> str | None:
-    scheme, _, secret = (request.headers.get("authorization") or "").partition(" ")
-    return secret.strip() or None if scheme.lower() == "bearer" else None
 
 
 def app_factory() -> FastAPI:

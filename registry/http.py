@@ -13,6 +13,13 @@ from lorahive.hub.errors import IntegrityError
 from lorahive.registry.transfer import Download
 
 
+def bearer_token(request: Request) -> str | None:
+    """The secret of an ``Authorization: Bearer`` header (``None`` without one); doors that
+    answer in their own error format authenticate it inside the request."""
+    scheme, _, secret = (request.headers.get("authorization") or "").partition(" ")
+    return secret.strip() or None if scheme.lower() == "bearer" else None
+
+
 def file_response(dl: Download, headers: dict[str, str] | None = None) -> Response:
     """A download as a response: ``ETag`` (the sha256), ``Accept-Ranges``, the length and,
     for a range, ``Content-Range``; no body for HEAD (``dl.body is None``) and 304."""

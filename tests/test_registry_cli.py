@@ -1,6 +1,8 @@
-"""The registry commands as a user runs them (the real CLI in a subprocess, on the embedded
-registry or a real server on loopback): what they say when nothing changes, when a directory
-is in the way, when interrupted, when a port is taken, and what their help promises."""
+"""The registry commands as a user runs them, on the embedded registry or a real server on
+loopback: what they say when nothing changes, when a directory is in the way, when
+interrupted, when a port is taken, and what their help promises. Errors, exit codes and
+signals go through the real binary in a subprocess; the rest runs the same Typer app
+in-process (``run_cli_inprocess``), which is several times faster."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import pytest
 
 from lorahive.hub.cache import PullCache
 from lorahive.hub.client import HttpRegistry
-from tests.registry_helpers import cli_env, run_cli, start_server, unique
+from lorahive.hub.errors import AdapterNotFoundError, AuthenticationError, LorahiveError
+from tests.registry_helpers import cli_env, run_cli, run_cli_inprocess, start_server, unique
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,23 +43,24 @@ def _one_error_line(cp: subprocess.CompletedProcess) -> str:
 
 def test_publishing_the_same_files_again_says_unchanged(tmp_path, lora_dir):
     home = tmp_path / "home"
-    first = run_cli(home, "publish", str(lora_dir), "--name", "admin/same",
-                    "--metrics", '{"acc": 0.5}')
+    first = run_cli_inprocess(home, "publish", str(lora_dir), "--name", "admin/same",
+                              "--metrics", '{"acc": 0.5}')
     assert first.stdout.startswith("published admin/same@1 ")
     for extra in ((), ("--version", "1"), ("--version", "1.1")):
-        again = run_cli(home, "publish", str(lora_dir), "--name", "admin/same", *extra)
+        again = run_cli_inprocess(home, "publish", str(lora_dir), "--name", "admin/same", *extra)
         assert again.stdout.startswith("unchanged, already admin/same@1 "), again.stdout
-    listed = json.loads(run_cli(home, "versions", "admin/same", "--json").stdout)
+    listed = json.loads(run_cli_inprocess(home, "versions", "admin/same", "--json").stdout)
     assert [v["version"] for v in listed] == ["1"] and listed[0]["metrics"] == {"acc": 0.5}
-    dup = run_cli(home, "publish", str(lora_dir), "--name", "admin/same", "--allow-duplicate")
+    dup = run_cli_inprocess(home, "publish", str(lora_dir), "--name", "admin/same",
+                            "--allow-duplicate")
     assert dup.stdout.startswith("published admin/same@2 ")
-    shown = json.loads(run_cli(home, "show", "admin/same", "--json").stdout)
+    shown = json.loads(run_cli_inprocess(home, "show", "admin/same", "--json").stdout)
     assert shown["version"]["version"] == "2"
 
 
 def test_pull_to_a_non_empty_directory_refuses_or_replaces_with_force(tmp_path, lora_dir):
     home = tmp_path / "home"
-    run_cli(home, "publish", str(lora_dir), "--name", "admin/p")
+    run_cli_inprocess(home, "publish", str(lora_dir), "--name", "admin/p")
     out = tmp_path / "out"
     out.mkdir()
     (out / "lorahive.json").write_text('{"lineage": {"method": "fuse:tsv"}}')
@@ -64,14 +68,14 @@ def test_pull_to_a_non_empty_directory_refuses_or_replaces_with_force(tmp_path, 
     line = _one_error_line(cp)
     assert str(out) in line and "another --to, or --force" in line
     assert sorted(p.name for p in out.iterdir()) == ["lorahive.json"]  # untouched
-    run_cli(home, "pull", "admin/p", "--to", str(out), "--force")
+    run_cli_inprocess(home, "pull", "admin/p", "--to", str(out), "--force")
     got = sorted(p.name for p in out.iterdir())
     assert "lorahive.json" not in got and "adapter_model.safetensors" in got
     assert (out / "adapter_model.safetensors").read_bytes() == \
         (lora_dir / "adapter_model.safetensors").read_bytes()
     empty = tmp_path / "empty"
     empty.mkdir()
-    run_cli(home, "pull", "admin/p", "--to", str(empty))  # an empty directory is fine
+    run_cli_inprocess(home, "pull", "admin/p", "--to", str(empty))  # an empty one is fine
     assert (empty / "adapter_config.json").is_file()
     os.umask(old := os.umask(0o022))
     assert (empty.stat().st_mode & 0o777) == 0o777 & ~old  # as mkdir would make it
@@ -80,14 +84,14 @@ def test_pull_to_a_non_empty_directory_refuses_or_replaces_with_force(tmp_path, 
 def test_gc_says_what_its_grace_period_kept(tmp_path, lora_dir):
     home = tmp_path / "home"
     d = _copy(lora_dir, tmp_path / "a", notes__txt=unique("orphan-to-be ").encode())
-    run_cli(home, "publish", str(d), "--name", "admin/g")
-    run_cli(home, "publish", str(lora_dir), "--name", "admin/g")
-    run_cli(home, "delete", "admin/g@1", "--yes")
-    cp = run_cli(home, "gc")
+    run_cli_inprocess(home, "publish", str(d), "--name", "admin/g")
+    run_cli_inprocess(home, "publish", str(lora_dir), "--name", "admin/g")
+    run_cli_inprocess(home, "delete", "admin/g@1", "--yes")
+    cp = run_cli_inprocess(home, "gc")
     assert "removed 0 blob(s)" in cp.stdout
     assert "1 unreferenced blob(s) younger than the 1 h grace period" in cp.stdout, cp.stdout
     assert "--grace 0" in cp.stdout
-    freed = run_cli(home, "gc", "--grace", "0")
+    freed = run_cli_inprocess(home, "gc", "--grace", "0")
     assert "removed 0 blob(s)" not in freed.stdout and "unreferenced" not in freed.stdout
 
 
@@ -108,7 +112,7 @@ def test_publish_interrupted_says_what_it_left_and_exits_130(tmp_path, lora_dir)
     big = random.Random(3).randbytes(64 * 1024**2)
     d = _copy(lora_dir, tmp_path / "a", a_notes__txt=unique("small ").encode(),
               z_big__data=big)
-    run_cli(home, "whoami")  # the embedded registry exists before the timed run
+    run_cli_inprocess(home, "whoami")  # the embedded registry exists before the timed run
     proc = subprocess.Popen([sys.executable, "-m", "lorahive", "publish", str(d), "--name",
                              "admin/cut"], env=cli_env(home), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -122,9 +126,9 @@ def test_publish_interrupted_says_what_it_left_and_exits_130(tmp_path, lora_dir)
     assert "uploaded" in lines[0] and "lorahive gc" in lines[0] and "grace" in lines[0]
     assert " of " in lines[0]
     assert not [p for p in home.rglob(".lorahive-tmp*")], "a staging file was left"
-    versions = run_cli(home, "versions", "admin/cut", check=False)
-    assert versions.returncode == 1  # nothing was committed
-    again = run_cli(home, "publish", str(d), "--name", "admin/cut")
+    with pytest.raises(AdapterNotFoundError):  # nothing was committed
+        run_cli_inprocess(home, "versions", "admin/cut")
+    again = run_cli_inprocess(home, "publish", str(d), "--name", "admin/cut")
     assert again.stdout.startswith("published admin/cut@1 ")
 
 
@@ -190,32 +194,33 @@ def test_serve_points_to_the_admin_token_on_every_start(tmp_path):
 
 def test_whoami_shows_a_tokens_namespace_restriction_and_bad_tokens_say_where(tmp_path):
     home = tmp_path / "home"
-    assert "acts on every namespace admin owns" in run_cli(home, "whoami").stdout
-    tok = run_cli(home, "token", "create", "scoped", "--scope", "read",
-                  "--namespace", "admin").stdout.strip()
-    who = run_cli(home, "whoami", "--token", tok).stdout
+    assert "acts on every namespace admin owns" in run_cli_inprocess(home, "whoami").stdout
+    tok = run_cli_inprocess(home, "token", "create", "scoped", "--scope", "read",
+                            "--namespace", "admin").stdout.strip().splitlines()[-1]
+    who = run_cli_inprocess(home, "whoami", "--token", tok).stdout
     assert "scope read" in who and "only namespace(s) admin" in who
-    line = _one_error_line(run_cli(home, "whoami", "--token", "lh_" + "x" * 43, check=False))
-    assert "LORAHIVE_TOKEN" in line and "lorahive login" in line
+    with pytest.raises(AuthenticationError) as e:
+        run_cli_inprocess(home, "whoami", "--token", "lh_" + "x" * 43)
+    assert "LORAHIVE_TOKEN" in str(e.value) and "lorahive login" in str(e.value)
 
 
 def test_inspect_resolves_a_registry_reference(tmp_path, lora_dir):
     home = tmp_path / "home"
-    run_cli(home, "publish", str(lora_dir), "--name", "admin/insp")
-    cp = run_cli(home, "inspect", "admin/insp@1", "--json")
+    run_cli_inprocess(home, "publish", str(lora_dir), "--name", "admin/insp")
+    cp = run_cli_inprocess(home, "inspect", "admin/insp@1", "--json")
     data = json.loads(cp.stdout)
     assert data["source"] == "admin/insp@1" and data["summary"]["rank"] == 4
     assert Path(data["path"]).is_relative_to(home / "cache")
-    missing = _one_error_line(run_cli(home, "inspect", "admin/nope", check=False))
-    assert "admin/nope" in missing and "not found" in missing
-    gone = _one_error_line(run_cli(home, "inspect", str(tmp_path / "no" / "dir"), check=False))
-    assert "does not exist" in gone
+    with pytest.raises(AdapterNotFoundError, match="admin/nope"):
+        run_cli_inprocess(home, "inspect", "admin/nope")
+    with pytest.raises(LorahiveError, match="does not exist"):
+        run_cli_inprocess(home, "inspect", str(tmp_path / "no" / "dir"))
 
 
 @pytest.mark.parametrize("command", ["publish", "pull", "search", "show", "versions", "gc",
                                      "whoami", "inspect", "delete"])
 def test_url_and_token_help_say_the_real_order(tmp_path, command):
-    cp = run_cli(tmp_path / "home", command, "--help")
+    cp = run_cli_inprocess(tmp_path / "home", command, "--help")
     text = " ".join(cp.stdout.replace("│", " ").split())  # the words, across wrapped lines
     assert "default: the local registry" not in text
     assert "LORAHIVE_URL, else the server saved by `lorahive login`, else the embedded " \

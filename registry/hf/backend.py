@@ -28,6 +28,7 @@ from lorahive.hub.refs import DEFAULT_ALIAS, Ref, check_version, parse_ref
 from lorahive.registry.auth import Principal
 from lorahive.registry.card import CARD, CARD_MAX, IMPLIED_TAGS, is_name
 from lorahive.registry.hf import protocol as proto
+from lorahive.registry.http import bearer_token
 from lorahive.registry.service import PresignedUpload, PublishOptions, RegistryService
 from lorahive.registry.transfer import Download, StoredBlob
 
@@ -317,13 +318,22 @@ class HfBackend:
         """An adapter with no version yet; ``False`` when it exists."""
         return self.service.create_adapter(self.p, _split(repo).repo, private)
 
-    def publish_files(self, repo: str, files: list[FileEntry], summary: str,
+    def publish_files(self, head: Resolved, files: list[FileEntry], summary: str,
                       description: str) -> Resolved:
         """A commit's file list becomes the next version (task and tags come from the
-        README's front matter when it has them)."""
-        r = _split(repo)
-        v = self.service.commit(self.p, r.repo, files, None, PublishOptions(from_card=True))
+        README's front matter when it has them). Git semantics: a commit that changes
+        nothing leaves the head as it is; one that returns to an older version's files is a
+        new version all the same (``main`` must show what was committed)."""
+        if head.version is not None and _by_path(files) == _by_path(head.files):
+            return head
+        r = _split(head.repo)
+        v = self.service.commit(self.p, r.repo, files, None,
+                                PublishOptions(from_card=True, allow_duplicate=True))
         return self._resolved(self.service.adapter(self.p, r), v)
+
+
+def _by_path(files: Sequence[FileEntry]) -> dict[str, tuple[str, int]]:
+    return {f.path: (f.sha256, f.size) for f in files}
 
 
 def _sibling(f: FileEntry, blobs: bool) -> dict[str, Any]:
@@ -355,13 +365,7 @@ def _iso(t: Any) -> str | None:
     return s if t.tzinfo else s + "Z"
 
 
-def _bearer(request: Request) -> str | None:
-    h = request.headers.get("authorization") or ""
-    scheme, _, secret = h.partition(" ")
-    return secret.strip() or None if scheme.lower() == "bearer" else None
-
-
 async def hf_backend(request: Request) -> HfBackend:
     """Dependency: the app's registry service and the caller's bearer token."""
-    return HfBackend(request.app.state.service, _bearer(request))
+    return HfBackend(request.app.state.service, bearer_token(request))
 

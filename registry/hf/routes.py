@@ -390,7 +390,7 @@ def _do_commit(be: HfBackend, repo: str, rev: str, body_path: Path) -> Resolved:
                                      "it through the LFS batch endpoint first")
         lfs_entries[path] = FileEntry(path=path, sha256=oid, size=stored)
     files = apply_commit(list(r.files), c, lfs_entries, be.max_files)
-    return be.publish_files(repo, files, c.summary, c.description)
+    return be.publish_files(r, files, c.summary, c.description)
 
 
 class _Conflict(LorahiveError):
