@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from lorahive import __version__
 from lorahive.hub.errors import LorahiveError
+from lorahive.hub.publishing import PublishInterrupted
 
 PROG = "lorahive"
 
@@ -166,8 +167,13 @@ def main() -> None:
             sys.exit(rv)
     except LorahiveError as e:
         error(as_flags(e), 1)
+    except PublishInterrupted as e:  # fuse/compose --publish: says what the publish left
+        typer.echo(f"error: {e.message}", err=True)
+        sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
+        # every result (adapter, merged model, cache entry) is written under a temporary name
+        # and renamed when whole, so an interrupted command leaves nothing half-written
+        typer.echo("interrupted: nothing half-written was left; run the command again", err=True)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lorahive.hub.atomic import atomic_directory, atomic_file, fsync_dir
+from lorahive.hub.atomic import atomic_directory, atomic_file, fsync_dir, require_free_dir
 from lorahive.hub.credentials import lorahive_home
-from lorahive.hub.errors import IntegrityError, LorahiveError, OfflineError
+from lorahive.hub.errors import IntegrityError, InvalidRequestError, LorahiveError, OfflineError
 from lorahive.hub.manifest import check_filename, file_sha256, read_chunks
 from lorahive.hub.protocol import FileEntry, ProgressFn, VersionInfo
 from lorahive.hub.refs import DEFAULT_ALIAS, Ref
@@ -185,16 +185,41 @@ class PullCache:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # -- export --------------------------------------------------------------------------
-    def export(self, info: VersionInfo, to: str | os.PathLike[str]) -> Path:
-        """Copy a cached version's files into ``to`` (each file written atomically)."""
+    @staticmethod
+    def check_export(to: str | os.PathLike[str], force: bool = False) -> None:
+        """An export target must be absent or empty (a version's files never mix with older
+        ones) unless ``force`` replaces it; checked before anything is downloaded."""
+        if force:
+            return
+        try:
+            require_free_dir(to, "to")
+        except InvalidRequestError:
+            raise InvalidRequestError(
+                f"{to} exists and is not empty; choose another to, or force (which replaces "
+                "it)", params=("to", "force")) from None
+
+    def export(self, info: VersionInfo, to: str | os.PathLike[str], force: bool = False) -> Path:
+        """Copy a cached version's files into ``to``, which appears (or, with ``force``, is
+        replaced) in one rename once every file is written."""
+        self.check_export(to, force)
         out = Path(to)
-        out.mkdir(parents=True, exist_ok=True)
-        for f in info.files:
-            dest = out / f.path
-            with atomic_file(dest, "wb") as fh, open(self.blob_path(f.sha256), "rb") as src:
-                shutil.copyfileobj(src, fh, CHUNK)
-                os.fchmod(fh.fileno(), 0o644)
+        mask = _umask()
+        with atomic_directory(out, overwrite=True) as tmp:
+            for f in info.files:
+                dest = tmp / f.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "wb") as fh, open(self.blob_path(f.sha256), "rb") as src:
+                    shutil.copyfileobj(src, fh, CHUNK)
+                    os.fchmod(fh.fileno(), 0o666 & ~mask)
+            for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+                os.chmod(d, 0o777 & ~mask)  # as `cp` or `mkdir` would make it
         return out
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_all(fh: BinaryIO, data: bytes) -> None:

@@ -1,8 +1,9 @@
 """``HttpRegistry``: the ``Registry`` interface over the REST API (the client SDK).
 
 Errors the server reports come back as the same ``hub.errors`` classes the in-process
-registry raises. Publishing validates the adapter locally first (nothing is uploaded for a
-bad adapter), uploads only the blobs the server lacks, then commits the manifest. Pulling
+registry raises. Publishing validates the adapter locally and asks the server what it would
+refuse first (nothing is uploaded for a publish the commit would refuse), uploads only the
+blobs the server lacks, then commits the manifest. Pulling
 goes through the local ``PullCache`` and falls back to it when the server is unreachable.
 """
 
@@ -12,9 +13,8 @@ import http.client
 import json
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -22,13 +22,11 @@ import httpx
 from lorahive.hub.cache import PullCache
 from lorahive.hub.errors import (
     IntegrityError,
-    InvalidAdapterError,
     InvalidReferenceError,
     LorahiveError,
     OfflineError,
     error_from_code,
 )
-from lorahive.hub.manifest import WEIGHTS_NAME, build_manifest
 from lorahive.hub.protocol import (
     AdapterInfo,
     DirectoryPublisher,
@@ -37,6 +35,7 @@ from lorahive.hub.protocol import (
     NamespaceInfo,
     NewToken,
     ProgressFn,
+    PublishPlan,
     Scope,
     SearchPage,
     SortKey,
@@ -44,13 +43,11 @@ from lorahive.hub.protocol import (
     VersionInfo,
     WhoAmI,
 )
+from lorahive.hub.publishing import publish_directory
 from lorahive.hub.refs import Ref, parse_ref
 
 API = "/api/v1"
 CHUNK = 1024 * 1024
-
-if TYPE_CHECKING:
-    pass
 
 
 class HttpRegistry(DirectoryPublisher):
@@ -101,42 +98,31 @@ class HttpRegistry(DirectoryPublisher):
         return WhoAmI.model_validate(self._json("GET", "/whoami"))
 
     def _publish_dir(self, path: Path, name: str, version: str | None = None, *,
-                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
-                description: str | None = None, metrics: dict[str, Any] | None = None,
-                progress: ProgressFn | None = None) -> VersionInfo:
-        ref = parse_ref(name)
-        entries, local = build_manifest(path)
-        if WEIGHTS_NAME not in local:
-            raise InvalidAdapterError(f"no {WEIGHTS_NAME} in {path}; is this a PEFT adapter?")
-        from lorahive.hub.peft_format import load_peft  # torch: only when publishing
+                     task: str | None = None, tags: Sequence[str] = (),
+                     private: bool | None = None, description: str | None = None,
+                     metrics: dict[str, Any] | None = None, progress: ProgressFn | None = None,
+                     allow_duplicate: bool = False) -> VersionInfo:
+        repo = self._repo_path(parse_ref(name))
 
-        load_peft(path)  # same checks as the server, before a byte is uploaded
-        missing = set(self._json("POST", "/blobs/missing",
-                                 json={"sha256": [e.sha256 for e in entries]})["missing"])
-        todo = list({e.sha256: e for e in entries if e.sha256 in missing}.values())
-        if progress is not None:
-            progress(0, sum(e.size for e in todo), f"upload {name}")
-        if todo:
-            with ThreadPoolExecutor(max_workers=min(self.upload_workers, len(todo))) as pool:
-                for fut in [pool.submit(self._upload, e, local[e.path], progress) for e in todo]:
-                    fut.result()
-        body = {"version": version, "files": [e.model_dump() for e in entries], "task": task,
-                "tags": list(tags), "private": private, "description": description,
-                "metrics": dict(metrics or {})}
-        return VersionInfo.model_validate(
-            self._json("POST", self._repo_path(ref) + "/versions", json=body))
+        def preflight(entries: list[FileEntry]) -> PublishPlan:
+            body = {"version": version, "files": [e.model_dump() for e in entries],
+                    "allow_duplicate": allow_duplicate}
+            return PublishPlan.model_validate(self._json("POST", repo + "/preflight", json=body))
 
-    def _upload(self, entry: FileEntry, path: Path, progress: ProgressFn | None) -> None:
-        def body() -> Iterator[bytes]:
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(CHUNK), b""):
-                    if progress is not None:
-                        progress(len(chunk), 0, entry.path)
-                    yield chunk
+        def upload(entry: FileEntry, chunks: Iterator[bytes]) -> None:
+            self._request("PUT", f"/blobs/{entry.sha256}", content=chunks,
+                          headers={"Content-Length": str(entry.size),
+                                   "Content-Type": "application/octet-stream"})
 
-        self._request("PUT", f"/blobs/{entry.sha256}", content=body(),
-                      headers={"Content-Length": str(entry.size),
-                               "Content-Type": "application/octet-stream"})
+        def commit(entries: list[FileEntry]) -> VersionInfo:
+            body = {"version": version, "files": [e.model_dump() for e in entries],
+                    "task": task, "tags": list(tags), "private": private,
+                    "description": description, "metrics": dict(metrics or {}),
+                    "allow_duplicate": allow_duplicate}
+            return VersionInfo.model_validate(self._json("POST", repo + "/versions", json=body))
+
+        return publish_directory(path, name, preflight=preflight, upload=upload, commit=commit,
+                                 workers=self.upload_workers, progress=progress)
 
     def _resolve(self, ref: Ref) -> VersionInfo:
         sub = f"/versions/{ref.version}" if ref.version else f"/aliases/{ref.revision}"
@@ -166,20 +152,23 @@ class HttpRegistry(DirectoryPublisher):
         return SearchPage.model_validate(self._json("GET", "/adapters", params=params))
 
     def pull(self, ref: str, to: str | Path | None = None,
-             progress: ProgressFn | None = None) -> Path:
+             progress: ProgressFn | None = None, force: bool = False) -> Path:
         """Download a version into the cache (resuming, verified) and return its directory,
-        or copy it to ``to``. Offline, a version pulled before is served from the cache."""
+        or copy it to ``to`` (absent or empty; ``force`` replaces it). Offline, a version
+        pulled before is served from the cache."""
         r = parse_ref(ref)
+        if to is not None:
+            self.cache.check_export(to, force)
         if os.environ.get("LORAHIVE_OFFLINE") == "1":
             snap = self.cache.offline_pull(r, "LORAHIVE_OFFLINE=1")
-            return self._export_snapshot(r, to) if to is not None else snap
+            return self._export_snapshot(r, to, force) if to is not None else snap
         try:
             info = self._resolve(r)
         except OfflineError as e:
             snap = self.cache.offline_pull(r, str(e))
-            return self._export_snapshot(r, to) if to is not None else snap
+            return self._export_snapshot(r, to, force) if to is not None else snap
         snap = self.pull_version(info, r, progress)
-        return self.cache.export(info, to) if to is not None else snap
+        return self.cache.export(info, to, force) if to is not None else snap
 
     def pull_version(self, info: VersionInfo, ref: Ref | None = None,
                      progress: ProgressFn | None = None) -> Path:
@@ -188,10 +177,10 @@ class HttpRegistry(DirectoryPublisher):
         return self.cache.materialize(ref or parse_ref(info.ref), info,
                                       lambda f, off: self._fetch(info, f, off), progress)
 
-    def _export_snapshot(self, r: Ref, to: str | Path) -> Path:
+    def _export_snapshot(self, r: Ref, to: str | Path, force: bool) -> Path:
         info = self.cache.lookup(r)
         assert info is not None
-        return self.cache.export(info, to)
+        return self.cache.export(info, to, force)
 
     def _fetch(self, info: VersionInfo, f: FileEntry, offset: int) -> Iterator[bytes]:
         """Stream one file from ``offset`` on.

@@ -69,6 +69,9 @@ class VersionInfo(BaseModel):
     lineage: dict[str, Any] | None = None
     downloads: int = 0
     aliases: list[str] = []
+    private: bool = False  # the adapter's visibility
+    # set in a publish's answer only: the files equal this existing version, nothing was created
+    unchanged: bool = False
 
     @property
     def ref(self) -> str:
@@ -116,7 +119,17 @@ class WhoAmI(BaseModel):
 class GcReport(BaseModel):
     blobs_removed: int
     bytes_removed: int
-    blobs_kept: int
+    blobs_kept: int  # referenced, or younger than the grace period
+    unreferenced_kept: int = 0  # of those: referenced by no version, kept for the grace period
+    grace_seconds: float = 0.0
+
+
+class PublishPlan(BaseModel):
+    """The registry's answer before a publish uploads anything: the blobs it lacks, or the
+    existing version whose files are the same (then there is nothing to upload)."""
+
+    missing: list[str] = []
+    unchanged: VersionInfo | None = None
 
 
 @runtime_checkable
@@ -137,6 +150,7 @@ class Registry(Protocol):
         description: str | None = None,
         metrics: dict[str, Any] | None = None,
         progress: ProgressFn | None = None,
+        allow_duplicate: bool = False,
     ) -> VersionInfo: ...
 
     def resolve(self, ref: str) -> VersionInfo: ...
@@ -160,7 +174,8 @@ class Registry(Protocol):
     ) -> SearchPage: ...
 
     def pull(
-        self, ref: str, to: str | Path | None = None, progress: ProgressFn | None = None
+        self, ref: str, to: str | Path | None = None, progress: ProgressFn | None = None,
+        force: bool = False,
     ) -> Path: ...
 
     def set_alias(self, ref: str, alias: str) -> VersionInfo: ...
@@ -194,18 +209,28 @@ class DirectoryPublisher:
     def publish(self, path: str | Path | Any, name: str, version: str | None = None, *,
                 task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
                 description: str | None = None, metrics: dict[str, Any] | None = None,
-                progress: ProgressFn | None = None) -> VersionInfo:
-        """Publish a PEFT adapter directory, or an in-memory ``hub.Adapter``, as a version."""
+                progress: ProgressFn | None = None, allow_duplicate: bool = False
+                ) -> VersionInfo:
+        """Publish a PEFT adapter directory, or an in-memory ``hub.Adapter``, as a version.
+
+        ``private=None`` lets the registry decide: new adapters are public unless made from
+        an adapter the public cannot see. Files identical to an existing version create
+        nothing (the answer is that version, with ``unchanged`` set) unless
+        ``allow_duplicate``. Everything the registry would refuse that can be checked before
+        uploading is refused before the first byte. Interrupted (``KeyboardInterrupt``), it
+        raises ``PublishInterrupted`` saying what it left behind."""
         from lorahive.hub.manifest import publish_source
 
         with publish_source(path) as directory:
             return self._publish_dir(directory, name, version, task=task, tags=tags,
                                      private=private, description=description,
-                                     metrics=metrics, progress=progress)
+                                     metrics=metrics, progress=progress,
+                                     allow_duplicate=allow_duplicate)
 
     def _publish_dir(self, path: Path, name: str, version: str | None = None, *,
                      task: str | None = None, tags: Sequence[str] = (),
                      private: bool | None = None, description: str | None = None,
                      metrics: dict[str, Any] | None = None,
-                     progress: ProgressFn | None = None) -> VersionInfo:
+                     progress: ProgressFn | None = None,
+                     allow_duplicate: bool = False) -> VersionInfo:
         raise NotImplementedError

@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lorahive.hub.errors import LorahiveError
 from lorahive.registry import ratelimit, resilience, web
 from lorahive.registry.hf import routes as hf_routes
-from lorahive.registry.metrics import Metrics
+from lorahive.registry.http import bearer_token
 from lorahive.registry.routes import accounts, adapters, files
-from lorahive.registry.service import RegistryService, counts
+from lorahive.registry.service import RegistryService, metrics_text
 from lorahive.registry.settings import Settings
 
 API_PREFIX = "/api/v1"
@@ -48,13 +48,14 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
                   redoc_url=None)
     app.state.service = service
-    app.state.metrics = Metrics()
     ratelimit.install(app)  # 429 + Retry-After after repeated failed auth
     resilience.install_handlers(app)  # full disk 507, lost database 503
 
     @app.exception_handler(LorahiveError)
     async def _lorahive_error(_: Request, e: LorahiveError) -> JSONResponse:
-        return _error(e.status, e.code, e.message)
+        r = _error(e.status, e.code, e.message)
+        r.headers.update(getattr(e, "headers", None) or {})
+        return r
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -85,8 +86,8 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
         path = getattr(route, "path", "unmatched")
         if request.url.path.startswith(API_PREFIX) and not path.startswith(API_PREFIX):
             path = API_PREFIX + path  # routes of included routers carry their local path
-        app.state.metrics.observe(request.method, path, response.status_code,
-                                  time.perf_counter() - t0)
+        app.state.service.metrics.observe(request.method, path, response.status_code,
+                                          time.perf_counter() - t0)
         return response
 
     for r in (adapters.router, files.router, accounts.router):
@@ -106,8 +107,8 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> PlainTextResponse:
-        svc: RegistryService = request.app.state.service
-        return PlainTextResponse(request.app.state.metrics.render(counts(svc)),
+        """Prometheus text for a site admin or the scrape token (``LORAHIVE_METRICS_TOKEN``)."""
+        return PlainTextResponse(metrics_text(request.app.state.service, bearer_token(request)),
                                  media_type="text/plain; version=0.0.4")
 
     return app

@@ -1,15 +1,18 @@
 """API tokens and who may do what.
 
-A token is ``lh_`` + 32 random bytes (urlsafe); only its sha256 is stored, looked up by hash
-and compared in constant time. Scopes are ordered ``read < write < admin``; a token may be
-restricted to some namespaces. A user may act on namespaces they own; site admins on all.
+A token is ``lh_`` + 32 random bytes (urlsafe); only its sha256 is stored, and a token is
+found by looking that digest up (an indexed SQL equality). The lookup is not constant-time and
+need not be: its timing can at most reveal how much of the *digest* of a guess matches a stored
+digest, and choosing guesses whose sha256 starts a certain way gets no nearer to a 256-bit
+secret (that would take a preimage). No secret is ever compared byte by byte. Scopes are
+ordered ``read < write < admin``; a token may be restricted to some namespaces. A user may act
+on namespaces they own; site admins on all.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass, field
 
@@ -86,10 +89,11 @@ def authenticate(session: Session, secret: str | None) -> Principal:
     """The principal for a bearer secret (anonymous when none); 401 for unknown/expired/revoked."""
     if not secret:
         return ANONYMOUS
-    digest = hash_token(secret)
-    row = session.exec(select(Token).where(Token.token_hash == digest)).first()
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
-        raise AuthenticationError("unknown token; check LORAHIVE_TOKEN or run `lorahive login`")
+    row = session.exec(select(Token).where(Token.token_hash == hash_token(secret))).first()
+    if row is None:
+        raise AuthenticationError(
+            "unknown token: check the token passed, LORAHIVE_TOKEN, or the login saved by "
+            "`lorahive login` (run it again to replace it)")
     return token_principal(session, row)
 
 

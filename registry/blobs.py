@@ -66,6 +66,9 @@ class Staged:
         self._h.update(chunk)
         self.fh.write(chunk)
 
+    def digest(self) -> str:
+        return self._h.hexdigest()
+
     def verify(self, sha: str, size: int | None) -> None:
         self.fh.flush()
         os.fsync(self.fh.fileno())
@@ -89,17 +92,26 @@ class BlobStore(Protocol):
     def iter_blobs(self) -> Iterator[BlobStat]: ...
 
 
-def ingest(store: BlobStore, chunks: Iterable[bytes], sha: str, size: int | None,
-           max_bytes: int) -> None:
-    """Stream ``chunks`` into ``store`` under ``sha``, verified before it becomes visible."""
-    check_sha256(sha)
+def ingest(store: BlobStore, chunks: Iterable[bytes], sha: str | None, size: int | None,
+           max_bytes: int) -> tuple[str, int, bool]:
+    """Stream ``chunks`` into ``store``, verified before it becomes visible: under ``sha``
+    (checked against the content), or under the content's own sha256 when ``sha`` is None.
+    Returns ``(sha256, size, existed)``; content already stored is not read again."""
     if size is not None and size > max_bytes:
         raise PayloadTooLargeError(f"{size} bytes exceeds the limit of {max_bytes} per file")
+    if sha is not None:
+        have = store.size(check_sha256(sha))
+        if have is not None:
+            return sha, have, True
     with store.staging(max_bytes) as staged:
         for chunk in chunks:
             staged.write(chunk)
-        staged.verify(sha, size)
-        store.commit(staged, sha)
+        got = sha or staged.digest()
+        staged.verify(got, size)
+        if sha is None and store.exists(got):
+            return got, staged.size, True
+        store.commit(staged, got)
+        return got, staged.size, False
 
 
 @contextlib.contextmanager

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lorahive.hub.cache import PullCache
-from lorahive.hub.errors import InvalidAdapterError
-from lorahive.hub.manifest import WEIGHTS_NAME, build_manifest
 from lorahive.hub.protocol import (
     AdapterInfo,
     DirectoryPublisher,
@@ -30,16 +28,11 @@ from lorahive.hub.protocol import (
     VersionInfo,
     WhoAmI,
 )
+from lorahive.hub.publishing import publish_directory
 from lorahive.hub.refs import parse_ref
 from lorahive.registry.auth import Principal
-from lorahive.registry.blobs import ingest
 from lorahive.registry.service import PublishOptions, RegistryService
 from lorahive.registry.settings import Settings
-
-CHUNK = 1024 * 1024
-
-if TYPE_CHECKING:
-    pass
 
 
 class LocalRegistry(DirectoryPublisher):
@@ -70,33 +63,21 @@ class LocalRegistry(DirectoryPublisher):
         return self.service.whoami(self.principal)
 
     def _publish_dir(self, path: Path, name: str, version: str | None = None, *,
-                task: str | None = None, tags: Sequence[str] = (), private: bool | None = None,
-                description: str | None = None, metrics: dict[str, Any] | None = None,
-                progress: ProgressFn | None = None) -> VersionInfo:
+                     task: str | None = None, tags: Sequence[str] = (),
+                     private: bool | None = None, description: str | None = None,
+                     metrics: dict[str, Any] | None = None, progress: ProgressFn | None = None,
+                     allow_duplicate: bool = False) -> VersionInfo:
         """Store the directory's files (deduplicated) and commit a version."""
-        parse_ref(name)
-        entries, local = build_manifest(path)
-        if WEIGHTS_NAME not in local:
-            raise InvalidAdapterError(f"no {WEIGHTS_NAME} in {path}; is this a PEFT adapter?")
-        from lorahive.hub.peft_format import load_peft  # torch: only when publishing
-
-        load_peft(path)  # nothing is stored for an adapter the commit would refuse
-        svc = self.service
-        caller = self.principal
-        svc.require_uploader(caller)
-        missing = set(svc.missing_blobs(e.sha256 for e in entries))
-        todo = [e for e in entries if e.sha256 in missing]
-        if progress is not None:
-            progress(0, sum(e.size for e in todo), f"upload {name}")
-        for e in todo:
-            if e.sha256 not in missing:
-                continue
-            missing.discard(e.sha256)
-            ingest(svc.store, _read_chunks(local[e.path], progress), e.sha256, e.size,
-                   svc.settings.max_upload_bytes)
+        svc, caller = self.service, self.principal
         opts = PublishOptions(task=task, tags=list(tags), private=private,
-                              description=description, metrics=dict(metrics or {}))
-        return svc.commit(caller, name, entries, version, opts)
+                              description=description, metrics=dict(metrics or {}),
+                              allow_duplicate=allow_duplicate)
+        return publish_directory(
+            path, name, progress=progress,
+            preflight=lambda entries: svc.preflight(caller, name, entries, version,
+                                                    allow_duplicate),
+            upload=lambda e, chunks: svc.ingest(caller, chunks, e.sha256, e.size),
+            commit=lambda entries: svc.commit(caller, name, entries, version, opts))
 
     def resolve(self, ref: str) -> VersionInfo:
         return self.service.resolve(self.principal, ref)
@@ -116,19 +97,20 @@ class LocalRegistry(DirectoryPublisher):
                                    sort=sort, offset=offset, limit=limit)
 
     def pull(self, ref: str, to: str | Path | None = None,
-             progress: ProgressFn | None = None) -> Path:
+             progress: ProgressFn | None = None, force: bool = False) -> Path:
         r = parse_ref(ref)
+        if to is not None:
+            self.cache.check_export(to, force)
         caller = self.principal
         info = self.service.resolve(caller, r)
-        store = self.service.store
 
         def fetch(f: FileEntry, offset: int) -> Iterator[bytes]:
-            if f.path == WEIGHTS_NAME and offset == 0:  # counted as the server counts
-                self.service.record_download(caller, info.ref)
-            return store.open_range(f.sha256, offset)
+            dl = self.service.download(caller, info.ref, f.path,
+                                       range=f"bytes={offset}-" if offset else None)
+            return dl.body or iter(())
 
         snap = self.cache.materialize(r, info, fetch, progress)
-        return self.cache.export(info, to) if to is not None else snap
+        return self.cache.export(info, to, force) if to is not None else snap
 
     def set_alias(self, ref: str, alias: str) -> VersionInfo:
         return self.service.set_alias(self.principal, ref, alias)
@@ -155,12 +137,3 @@ class LocalRegistry(DirectoryPublisher):
 
     def revoke_token(self, token_id: int) -> None:
         self.service.revoke_token(self.principal, token_id)
-
-
-def _read_chunks(path: Path, progress: ProgressFn | None) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            if progress is not None:
-                progress(len(chunk), 0, path.name)
-            yield chunk
-

@@ -19,6 +19,15 @@ class CommitRequest(BaseModel):
     private: bool | None = None
     description: str | None = Field(default=None, max_length=10_000)
     metrics: dict[str, Any] = {}
+    allow_duplicate: bool = False
+
+
+class PreflightRequest(BaseModel):
+    """Before uploading: the manifest a publish is about to commit."""
+
+    version: str | None = None
+    files: list[FileEntry]
+    allow_duplicate: bool = False
 
 
 class MissingBlobsRequest(BaseModel):

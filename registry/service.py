@@ -9,17 +9,22 @@ alias in one transaction: readers see a whole version or none.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import hmac
 import json
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from sqlalchemy import Text, cast, func, or_, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlmodel import Session, col, select
@@ -30,7 +35,6 @@ from lorahive.hub.errors import (
     ConflictError,
     EntryNotFoundError,
     IntegrityError,
-    InvalidAdapterError,
     InvalidReferenceError,
     InvalidRequestError,
     NamespaceNotFoundError,
@@ -39,22 +43,26 @@ from lorahive.hub.errors import (
     PermissionDeniedError,
     VersionNotFoundError,
 )
-from lorahive.hub.lineage import SIDECAR, read_sidecar
+from lorahive.hub.lineage import SIDECAR
 from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
+from lorahive.hub.modelcard import parse_card
 from lorahive.hub.protocol import (
     AdapterInfo,
     FileEntry,
     GcReport,
     NamespaceInfo,
     NewToken,
+    PublishPlan,
     SearchPage,
     TokenInfo,
     VersionInfo,
     WhoAmI,
 )
+from lorahive.hub.publishing import check_plain_json, check_publishable
 from lorahive.hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
 from lorahive.registry import blobs as blobmod
 from lorahive.registry.auth import (
+    ANONYMOUS,
     SCOPES,
     Principal,
     _aware,
@@ -64,8 +72,10 @@ from lorahive.registry.auth import (
     scope_rank,
     token_principal,
 )
+from lorahive.registry.card import CARD, CARD_MAX, card_text, options_from_card
 from lorahive.registry.db import ensure_schema, make_engine, session_scope
-from lorahive.registry.hf.card import with_model_card
+from lorahive.registry.metrics import Metrics
+from lorahive.registry.presign import SIGNED_URL_TTL, check_upload_sig, sign_upload, signing_key
 from lorahive.registry.resilience import remove_orphans
 from lorahive.registry.settings import Settings
 from lorahive.registry.tables import (
@@ -80,11 +90,14 @@ from lorahive.registry.tables import (
     WebSession,
     utcnow,
 )
-from lorahive.registry.validation import (
-    check_config_targets,
-    check_manifest,
-    single_threaded_torch,
+from lorahive.registry.transfer import (
+    Download,
+    StoredBlob,
+    batched,
+    blocking,
+    parse_range,
 )
+from lorahive.registry.validation import check_manifest, single_threaded_torch
 
 SORTS = {
     "updated": (col(AdapterRow.updated_at).desc(),),
@@ -108,6 +121,18 @@ class PublishOptions:
     private: bool | None = None
     description: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # task and tags from the README.md front matter among the files, where not given
+    from_card: bool = False
+    allow_duplicate: bool = False  # publish files identical to an existing version anyway
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    """A grant to upload one object: who asked, until when, and the signature over both."""
+
+    user: str
+    expires: int
+    signature: str
 
 
 @dataclass
@@ -130,6 +155,8 @@ class RegistryService:
             ensure_schema(self.engine)
         self.store = blobmod.open_store(self.settings.storage_url, self.settings.home,
                                         self.settings.s3_endpoint_url, self.settings.s3_region)
+        self.metrics = Metrics()  # this process's transfer counters (served on /metrics)
+        self._signing_key: bytes | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -197,7 +224,8 @@ class RegistryService:
             raise _version_not_found(ref)
         return v
 
-    def _version_info(self, s: Session, ns: Namespace, a: AdapterRow, v: VersionRow) -> VersionInfo:
+    def _version_info(self, s: Session, p: Principal, ns: Namespace, a: AdapterRow,
+                      v: VersionRow) -> VersionInfo:
         files = s.exec(select(FileRow).where(FileRow.version_id == v.id).order_by(FileRow.path)).all()
         aliases = s.exec(select(AliasRow.name).where(AliasRow.version_id == v.id)).all()
         return VersionInfo(
@@ -206,9 +234,39 @@ class RegistryService:
             size=v.size, sha256=v.sha256, peft_type=v.peft_type, base_model=v.base_model,
             rank=v.rank, lora_alpha=v.lora_alpha, target_modules=list(v.target_modules),
             num_parameters=v.num_parameters, summary=dict(v.summary), stats=list(v.stats),
-            metrics=dict(v.metrics), metadata=dict(v.meta), lineage=v.lineage,
-            downloads=v.downloads, aliases=sorted(aliases),
+            metrics=dict(v.metrics), metadata=dict(v.meta),
+            lineage=self._lineage_for(s, p, v.lineage),
+            downloads=v.downloads, aliases=sorted(aliases), private=a.private,
         )
+
+    def _lineage_for(self, s: Session, p: Principal, lineage: dict[str, Any] | None
+                     ) -> dict[str, Any] | None:
+        """``lineage`` as ``p`` may see it. A registry parent (``ns/name@version``) that ``p``
+        cannot see (private to others, or not in this registry, which reads the same) is shown
+        as ``{"ref": "private", "version": None, "sha256": None, "weight": w}``; local parents
+        (directories) stay as recorded. Returns ``lineage`` itself when nothing is hidden."""
+        parents = (lineage or {}).get("parents")
+        if not isinstance(parents, list):
+            return lineage
+        seen: dict[tuple[str, str], bool] = {}
+        out, hidden = [], False
+        for par in parents:
+            ref = _registry_parent(par)
+            if ref is None:
+                out.append(par)
+                continue
+            key = (ref.namespace, ref.name)
+            if key not in seen:
+                row = s.exec(select(AdapterRow, Namespace).join(Namespace).where(
+                    Namespace.name == ref.namespace, AdapterRow.name == ref.name)).first()
+                seen[key] = row is not None and (not row[0].private or p.can(row[1], "read"))
+            if seen[key]:
+                out.append(par)
+            else:
+                hidden = True
+                weight = par.get("weight") if isinstance(par, dict) else None
+                out.append({"ref": "private", "version": None, "sha256": None, "weight": weight})
+        return {**lineage, "parents": out} if hidden and lineage else lineage
 
     def _adapter_infos(self, s: Session, rows: Sequence[tuple[AdapterRow, Namespace]]
                        ) -> list[AdapterInfo]:
@@ -239,7 +297,7 @@ class RegistryService:
         r = parse_ref(ref) if isinstance(ref, str) else ref
         with session_scope(self.engine) as s:
             a, ns = self._adapter(s, p, r)
-            return self._version_info(s, ns, a, self._version(s, a, r))
+            return self._version_info(s, p, ns, a, self._version(s, a, r))
 
     def adapter(self, p: Principal, ref: str | Ref) -> AdapterInfo:
         r = parse_ref(ref) if isinstance(ref, str) else ref
@@ -252,7 +310,7 @@ class RegistryService:
             a, ns = self._adapter(s, p, r)
             rows = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id)
                           .order_by(col(VersionRow.seq).desc())).all()
-            return [self._version_info(s, ns, a, v) for v in rows]
+            return [self._version_info(s, p, ns, a, v) for v in rows]
 
     def search(self, p: Principal, text: str | None = None, *, task: str | None = None,
                base_model: str | None = None, tags: Sequence[str] = (),
@@ -298,8 +356,36 @@ class RegistryService:
                 return f
         raise EntryNotFoundError(f"{info.ref} has no file {path!r}")
 
-    def record_download(self, p: Principal, ref: str | Ref) -> None:
+    def download(self, p: Principal, ref: str | Ref, path: str, *, range: str | None = None,
+                 if_none_match: str | None = None, head: bool = False) -> Download:
+        """The one download step of every door (REST, HF ``resolve``, the embedded registry's
+        pull): visibility, the file, ``If-None-Match``, the Range policy of
+        ``transfer.parse_range`` and the download count. A GET of the weights that starts at
+        byte 0 counts one download; HEAD, a resumed download and other files do not."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
+        entry = self.file_entry(p, r, path)
+        if if_none_match is not None and _etags(if_none_match) & {entry.sha256, "*"}:
+            return Download(entry, 304)
+        span = parse_range(range, entry.size)
+        start, end = span if span is not None else (0, entry.size - 1)
+        dl = Download(entry, 206 if span is not None else 200, start, end)
+        if head:
+            return dl
+        if start == 0 and path == WEIGHTS_NAME:
+            self._count_download(p, r)
+        dl.body = self.store.open_range(entry.sha256, start, end) if dl.length else iter(())
+        self.metrics.add_bytes("download", dl.length)
+        return dl
+
+    def read_file(self, p: Principal, ref: str | Ref, path: str, max_bytes: int) -> bytes | None:
+        """A small file of a visible version, in memory (``None`` when it is over
+        ``max_bytes``); not a download (nothing is counted)."""
+        entry = self.file_entry(p, ref, path)
+        if entry.size > max_bytes:
+            return None
+        return b"".join(self.store.open_range(entry.sha256))
+
+    def _count_download(self, p: Principal, r: Ref) -> None:
         with session_scope(self.engine, write=True) as s:
             a, _ = self._adapter(s, p, r)
             v = self._version(s, a, r)
@@ -316,22 +402,88 @@ class RegistryService:
         if not p.has_scope("write"):
             raise PermissionDeniedError("uploads need a token with write scope")
 
-    def missing_blobs(self, shas: Iterable[str]) -> list[str]:
+    def missing_blobs(self, p: Principal, shas: Iterable[str]) -> list[str]:
+        """Which of these blobs the store lacks (an uploader's question)."""
+        self.require_uploader(p)
         return [s for s in dict.fromkeys(shas) if not self.store.exists(blobmod.check_sha256(s))]
 
-    def put_blob(self, p: Principal, chunks: Iterable[bytes], sha: str, size: int | None) -> None:
+    def blob_size(self, p: Principal, sha: str) -> int | None:
+        """The stored size of a blob, ``None`` when absent (an uploader's question)."""
         self.require_uploader(p)
-        if self.store.exists(blobmod.check_sha256(sha)):
-            for _ in chunks:  # drain: the content is already stored
-                pass
-            return
-        blobmod.ingest(self.store, chunks, sha, size, self.settings.max_upload_bytes)
+        return self.store.size(blobmod.check_sha256(sha))
+
+    def ingest(self, p: Principal, chunks: Iterable[bytes], sha: str | None = None,
+               size: int | None = None) -> StoredBlob:
+        """The one streaming ingest of every door (REST blob PUT, HF LFS PUT and inline commit
+        files, the embedded registry's publish): bytes are staged on the data disk while
+        hashed and counted, and become visible under their sha256 only once hash and declared
+        size match. ``sha=None`` stores the content under whatever it hashes to."""
+        self.require_uploader(p)
+        return self._ingest(chunks, sha, size)
+
+    async def ingest_stream(self, p: Principal, chunks: AsyncIterator[bytes],
+                            sha: str | None = None, size: int | None = None) -> StoredBlob:
+        """``ingest`` for a request body read on the event loop: staging, hashing and disk
+        writes run in a worker thread, fed 1 MiB at a time."""
+        return await anyio.to_thread.run_sync(self.ingest, p, blocking(batched(chunks)), sha,
+                                              size)
+
+    def presign_upload(self, p: Principal, repo: str, sha: str, size: int) -> PresignedUpload:
+        """A signed grant to upload one object to ``repo`` without credentials (write access
+        to its namespace needed now, valid ``SIGNED_URL_TTL`` seconds)."""
+        self.require_namespace(p, parse_ref(repo).namespace, "write")
+        blobmod.check_sha256(sha)
+        expires = int(time.time()) + SIGNED_URL_TTL
+        user = p.user or ""
+        return PresignedUpload(user, expires,
+                               sign_upload(self._key(), repo, sha, size, user, expires))
+
+    async def ingest_presigned(self, chunks: AsyncIterator[bytes], repo: str, sha: str,
+                               size: int, grant: PresignedUpload) -> StoredBlob:
+        """``ingest_stream`` authorised by a grant from ``presign_upload`` instead of a token."""
+        if not check_upload_sig(self._key(), repo, sha, size, grant.user, grant.expires,
+                                grant.signature):
+            raise PermissionDeniedError(
+                "upload URL is invalid or expired; ask the batch endpoint for a new one")
+        return await anyio.to_thread.run_sync(self._ingest, blocking(batched(chunks)), sha,
+                                              size)
+
+    def _key(self) -> bytes:
+        if self._signing_key is None:
+            self._signing_key = signing_key(self.settings.home)
+        return self._signing_key
+
+    def _ingest(self, chunks: Iterable[bytes], sha: str | None, size: int | None) -> StoredBlob:
+        got, n, existed = blobmod.ingest(self.store, chunks, sha, size,
+                                         self.settings.max_upload_bytes)
+        if not existed:
+            self.metrics.add_bytes("upload", n)
+        return StoredBlob(got, n, existed)
 
     # -- publish -------------------------------------------------------------------------
-    def _validate(self, files: Sequence[FileEntry]) -> _Validated:
-        """Load the adapter from its stored blobs with ``hub`` (safetensors only, config and
-        tensors consistent, base model declared) and compute its statistics."""
+    @contextlib.contextmanager
+    def _staged(self, files: Sequence[FileEntry], names: Sequence[str]) -> Iterator[Path]:
+        """The named files of a version in a temporary directory (links to local blobs,
+        copies from object storage) for code that reads an adapter by path."""
         by_path = {f.path: f for f in files}
+        tmp = Path(tempfile.mkdtemp(prefix=".lorahive-tmp-stage-", dir=self.settings.home))
+        try:
+            for name in names:
+                if name in by_path:
+                    sha = by_path[name].sha256
+                    src = self.store.local_path(sha)
+                    if src is not None:
+                        os.symlink(src, tmp / name)
+                    else:
+                        blobmod.copy_blob(self.store, sha, tmp / name)
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _validate(self, files: Sequence[FileEntry]) -> _Validated:
+        """The stored blobs as the manifest declares them, then the adapter checked with
+        ``hub.publishing.check_publishable`` (what clients check before uploading) and its
+        statistics."""
         for f in files:
             got = self.store.size(f.sha256)
             if got is None:
@@ -340,101 +492,161 @@ class RegistryService:
                 )
             if got != f.size:
                 raise IntegrityError(f"{f.path}: declared {f.size} bytes but the blob has {got}")
-        tmp = Path(tempfile.mkdtemp(prefix=".lorahive-tmp-validate-", dir=self.settings.home))
-        try:
-            for name in (CONFIG_NAME, WEIGHTS_NAME, SIDECAR):
-                if name in by_path:
-                    sha = by_path[name].sha256
-                    src = self.store.local_path(sha)
-                    if src is not None:
-                        os.symlink(src, tmp / name)
-                    else:
-                        blobmod.copy_blob(self.store, sha, tmp / name)
-            from lorahive.hub.peft_format import load_peft  # torch: only when committing
-
-            adapter = load_peft(tmp)
-            check_config_targets(adapter)
-            summary = adapter.summary()
-            if not summary.get("base_model"):
-                raise InvalidAdapterError(
-                    f"{CONFIG_NAME} declares no base_model_name_or_path; set it to the base "
-                    "model's Hub id or path"
-                )
+        with self._staged(files, (CONFIG_NAME, WEIGHTS_NAME, SIDECAR)) as tmp:
+            ok = check_publishable(tmp)
             with single_threaded_torch():
-                stats = [_stat_dict(st) for st in adapter.stats()] if adapter.is_lora else []
-            side = read_sidecar(tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        lineage = side.get("lineage")
-        if lineage is not None and not isinstance(lineage, dict):
-            raise InvalidAdapterError(f"{SIDECAR}: 'lineage' must be an object")
-        metrics = side.get("metrics") or {}
-        if not isinstance(metrics, dict):
-            raise InvalidAdapterError(f"{SIDECAR}: 'metrics' must be an object")
-        extra = {k: v for k, v in side.items() if k not in ("lineage", "metrics")}
-        for what, value in (("lineage", lineage), ("metrics", metrics), ("sidecar", extra)):
-            _check_json(value, f"{SIDECAR}: {what}")
-        return _Validated(summary, stats, lineage, metrics, extra)
+                stats = [_stat_dict(st) for st in ok.adapter.stats()] if ok.adapter.is_lora else []
+        return _Validated(ok.summary, stats, ok.lineage, ok.metrics, ok.extra)
 
-    def commit(self, p: Principal, repo: str, files: Sequence[FileEntry],
-               version: str | None = None, options: PublishOptions | None = None) -> VersionInfo:
-        """Create version ``version`` (or the next number) of ``repo`` from uploaded blobs."""
-        opts = options or PublishOptions()
-        _check_json(opts.metrics, "metrics")
+    def _target(self, repo: str, version: str | None, files: Sequence[FileEntry]) -> Ref:
+        """``repo`` as a publish target, with the checks that need no database."""
         r = parse_ref(repo)
         if r.version or r.alias:
             raise InvalidReferenceError("publish to namespace/name; pass the version separately")
         if version is not None:
             check_version(version)
+        st = self.settings
+        check_manifest(files, st.max_files, st.max_upload_bytes, st.max_filename_length)
+        return r
+
+    def _same_content(self, s: Session, r: Ref, a: AdapterRow | None, digest: str,
+                      version: str | None, allow_duplicate: bool) -> VersionRow | None:
+        """The existing version whose files are ``digest``'s, if the publish is to answer it
+        instead of creating one; raises when ``version`` exists with other files."""
+        if a is None:
+            return None
+        if version is not None:
+            old = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id,
+                                                  VersionRow.version == version)).first()
+            if old is not None:
+                if old.content_sha256 == digest:
+                    return old
+                raise ConflictError(
+                    f"{r.repo}@{version} exists with different content; versions are "
+                    "immutable: publish a new version (omit the version for the next number)")
+        if allow_duplicate:
+            return None
+        return s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id,
+                                               VersionRow.content_sha256 == digest)
+                      .order_by(col(VersionRow.seq).desc())).first()
+
+    def preflight(self, p: Principal, repo: str, files: Sequence[FileEntry],
+                  version: str | None = None, allow_duplicate: bool = False) -> PublishPlan:
+        """What a publish of ``files`` needs, decided before it uploads anything: refused as
+        the commit would refuse it (manifest, namespace, access, ``version`` taken by other
+        files); else the blobs the store lacks, or the version that already has these files
+        (then nothing needs uploading)."""
+        r = self._target(repo, version, files)
+        digest = content_digest(files)
+        with session_scope(self.engine) as s:
+            ns = self._namespace(s, r.namespace)
+            p.require(ns, "write")
+            a = self._adapter_row(s, ns, r.name)
+            old = self._same_content(s, r, a, digest, version, allow_duplicate)
+            if old is not None and a is not None:
+                info = self._version_info(s, p, ns, a, old)
+                return PublishPlan(unchanged=info.model_copy(update={"unchanged": True}))
+        return PublishPlan(missing=self.missing_blobs(p, (f.sha256 for f in files)))
+
+    def commit(self, p: Principal, repo: str, files: Sequence[FileEntry],
+               version: str | None = None, options: PublishOptions | None = None) -> VersionInfo:
+        """Create version ``version`` (or the next number) of ``repo`` from uploaded blobs, or
+        answer the existing version with the same files (``unchanged``; explicit adapter
+        settings such as ``private`` still apply) unless ``allow_duplicate``."""
+        opts = options or PublishOptions()
+        if opts.from_card:
+            task, card_tags = options_from_card(self._card_front(files))
+            opts = replace(opts, task=opts.task or task, tags=[*opts.tags, *card_tags],
+                           from_card=False)
+        check_plain_json(opts.metrics, "metrics")
         tags = sorted({check_name(t, "tag") for t in opts.tags})
         if opts.task is not None and len(opts.task) > 128:
             raise InvalidRequestError("task must be at most 128 characters")
-        st = self.settings
-        check_manifest(files, st.max_files, st.max_upload_bytes, st.max_filename_length)
+        r = self._target(repo, version, files)
+        digest = content_digest(files)
         with session_scope(self.engine) as s:
-            self._namespace(s, r.namespace)  # 404 before 401/403 would leak nothing new
-            p.require(self._namespace(s, r.namespace), "write")
+            ns = self._namespace(s, r.namespace)  # 404 before 401/403 would leak nothing new
+            p.require(ns, "write")
+            unchanged = self._same_content(s, r, self._adapter_row(s, ns, r.name), digest,
+                                           version, opts.allow_duplicate) is not None
+        if unchanged:  # no validation needed: the files are a version already
+            return self._commit_tx(p, r, files, digest, version, opts, tags, None)
         checked = self._validate(files)
-        files = with_model_card(self.store, r.repo, files, summary=checked.summary, task=opts.task,
-                                description=opts.description, tags=tags, lineage=checked.lineage,
-                                metrics={**checked.metrics, **(opts.metrics or {})})
+        with session_scope(self.engine) as s:
+            public = self._lineage_for(s, ANONYMOUS, checked.lineage)
+        if public is not checked.lineage:  # a parent the public may not see
+            if opts.private is None:
+                opts = replace(opts, private=True)  # its weights carry that parent
+            files = self._with_public_sidecar(files, public)
+        if not any(f.path == CARD for f in files):
+            card = card_text(r.repo, summary=checked.summary, task=opts.task,
+                             description=opts.description, tags=tags, lineage=public,
+                             metrics={**checked.metrics, **(opts.metrics or {})})
+            stored = self._ingest([card], None, len(card))
+            files = sorted([*files, FileEntry(path=CARD, sha256=stored.sha256, size=stored.size)],
+                           key=lambda f: f.path)
         for attempt in range(3):
             try:
-                return self._commit_tx(p, r, files, version, opts, tags, checked)
+                return self._commit_tx(p, r, files, digest, version, opts, tags, checked)
             except SqlIntegrityError:
                 if attempt == 2:
                     raise ConflictError(
                         f"{r.repo}: a concurrent publish won the race; retry") from None
         raise AssertionError("unreachable")
 
-    def _commit_tx(self, p: Principal, r: Ref, files: Sequence[FileEntry], version: str | None,
-                   opts: PublishOptions, tags: list[str], checked: _Validated) -> VersionInfo:
-        summary = checked.summary
+    def _with_public_sidecar(self, files: Sequence[FileEntry], lineage: dict[str, Any] | None
+                             ) -> list[FileEntry]:
+        """``files`` with ``lorahive.json`` rewritten to carry ``lineage`` (its public form):
+        a stored file is served to everyone who can read the version, whoever they are, so it
+        never names what they may not see (the full lineage stays in the database, shown per
+        caller)."""
+        side = next(f for f in files if f.path == SIDECAR)
+        data = json.loads(b"".join(self.store.open_range(side.sha256)))
+        data["lineage"] = lineage
+        body = json.dumps(data, indent=2, sort_keys=True).encode()
+        stored = self._ingest([body], None, len(body))
+        return [FileEntry(path=SIDECAR, sha256=stored.sha256, size=stored.size)
+                if f.path == SIDECAR else f for f in files]
+
+    def _card_front(self, files: Sequence[FileEntry]) -> dict[str, Any]:
+        """The front matter of the README.md among ``files`` (uploaded, not yet committed)."""
+        card = next((f for f in files if f.path == CARD), None)
+        if card is None or card.size > CARD_MAX or self.store.size(card.sha256) != card.size:
+            return {}
+        return parse_card(b"".join(self.store.open_range(card.sha256)).decode("utf-8", "replace"))
+
+    @staticmethod
+    def _adapter_row(s: Session, ns: Namespace, name: str, lock: bool = False
+                     ) -> AdapterRow | None:
+        q = select(AdapterRow).where(AdapterRow.namespace_id == ns.id, AdapterRow.name == name)
+        return s.exec(q.with_for_update() if lock else q).first()
+
+    def _commit_tx(self, p: Principal, r: Ref, files: Sequence[FileEntry], digest: str,
+                   version: str | None, opts: PublishOptions, tags: list[str],
+                   checked: _Validated | None) -> VersionInfo:
+        """One transaction: the new version, its files and ``latest``, or (``checked`` None,
+        or a version with these files committed meanwhile) the existing version."""
         now = utcnow()
         with session_scope(self.engine, write=True) as s:
             ns = self._namespace(s, r.namespace)
             p.require(ns, "write")
-            a = s.exec(select(AdapterRow).where(AdapterRow.namespace_id == ns.id,
-                                                AdapterRow.name == r.name)
-                       .with_for_update()).first()
+            a = self._adapter_row(s, ns, r.name, lock=True)
+            old = self._same_content(s, r, a, digest, version, opts.allow_duplicate)
+            if old is not None and a is not None:
+                if _apply_settings(s, a, opts, tags):
+                    a.updated_at = now
+                    s.add(a)
+                    s.flush()
+                info = self._version_info(s, p, ns, a, old)
+                return info.model_copy(update={"unchanged": True})
+            if checked is None:
+                raise ConflictError(f"{r.repo}: the version with these files was deleted "
+                                    "meanwhile; publish again")
             if a is None:
                 a = AdapterRow(namespace_id=ns.id, name=r.name, private=bool(opts.private),  # type: ignore[arg-type]
                                created_at=now)
                 s.add(a)
                 s.flush()
-            wanted = {f.path: f.sha256 for f in files}
-            if version is not None:
-                old = s.exec(select(VersionRow).where(VersionRow.adapter_id == a.id,
-                                                      VersionRow.version == version)).first()
-                if old is not None:
-                    have = {f.path: f.sha256 for f in s.exec(
-                        select(FileRow).where(FileRow.version_id == old.id)).all()}
-                    if have != wanted:
-                        raise ConflictError(
-                            f"{r.repo}@{version} exists with different content; versions are "
-                            "immutable: publish a new version (omit --version for the next number)"
-                        )
-                    return self._version_info(s, ns, a, old)
             existing = set(s.exec(select(VersionRow.version)
                                   .where(VersionRow.adapter_id == a.id)).all())
             # auto numbers never reuse a number, even one whose version was deleted
@@ -447,11 +659,12 @@ class RegistryService:
                 a.next_seq = max(a.next_seq, int(version) + 1)
             seq = (s.exec(select(func.max(VersionRow.seq))
                           .where(VersionRow.adapter_id == a.id)).one() or 0) + 1
+            summary = checked.summary
             weights = next(f for f in files if f.path == WEIGHTS_NAME)
             metrics = {**checked.metrics, **(opts.metrics or {})}
             v = VersionRow(
                 adapter_id=a.id, version=version, seq=seq, created_at=now,  # type: ignore[arg-type]
-                size=sum(f.size for f in files), sha256=weights.sha256,
+                size=sum(f.size for f in files), sha256=weights.sha256, content_sha256=digest,
                 peft_type=summary.get("peft_type"), base_model=summary.get("base_model"),
                 rank=summary.get("rank"), lora_alpha=summary.get("lora_alpha"),
                 num_parameters=int(summary.get("num_parameters") or 0),
@@ -469,22 +682,11 @@ class RegistryService:
                 latest.version_id = v.id  # type: ignore[assignment]
             a.peft_type = summary.get("peft_type")
             a.base_model = summary.get("base_model")
-            if opts.task is not None:
-                a.task = opts.task or None
-            if opts.description is not None:
-                a.description = opts.description
-            if opts.private is not None:
-                a.private = opts.private
-            if tags:
-                have_tags = set(s.exec(select(AdapterTag.tag)
-                                       .where(AdapterTag.adapter_id == a.id)).all())
-                for t in tags:
-                    if t not in have_tags:
-                        s.add(AdapterTag(adapter_id=a.id, tag=t))  # type: ignore[arg-type]
+            _apply_settings(s, a, opts, tags)
             a.updated_at = now
             s.add(a)
             s.flush()
-            return self._version_info(s, ns, a, v)
+            return self._version_info(s, p, ns, a, v)
 
     # -- aliases and deletion ------------------------------------------------------------
     def set_alias(self, p: Principal, ref: str, alias: str) -> VersionInfo:
@@ -501,7 +703,7 @@ class RegistryService:
                 row.version_id = v.id  # type: ignore[assignment]
                 s.add(row)
             s.flush()
-            return self._version_info(s, ns, a, v)
+            return self._version_info(s, p, ns, a, v)
 
     def remove_alias(self, p: Principal, repo: str, alias: str) -> None:
         r = parse_ref(repo)
@@ -567,10 +769,11 @@ class RegistryService:
         cutoff = utcnow() - dt.timedelta(seconds=grace)
         with session_scope(self.engine) as s:
             referenced = set(s.exec(select(FileRow.sha256).distinct()).all())
-        removed = freed = kept = 0
+        removed = freed = kept = young = 0
         for b in list(self.store.iter_blobs()):
             if b.sha256 in referenced or b.modified > cutoff:
                 kept += 1
+                young += b.sha256 not in referenced
                 continue
             self.store.delete(b.sha256)
             removed += 1
@@ -578,9 +781,42 @@ class RegistryService:
         # temps of killed writers; younger ones may belong to an upload in flight
         stage = getattr(self.store, "stage_dir", None)
         remove_orphans(self.settings.home, Path(stage) if stage else None, grace)
-        return GcReport(blobs_removed=removed, bytes_removed=freed, blobs_kept=kept)
+        return GcReport(blobs_removed=removed, bytes_removed=freed, blobs_kept=kept,
+                        unreferenced_kept=young, grace_seconds=grace)
 
     # -- namespaces, users, tokens -------------------------------------------------------
+    def require_namespace(self, p: Principal, namespace: str, level: str = "write") -> None:
+        """Raise unless ``p`` may act at ``level`` on ``namespace`` (404 when it is absent)."""
+        with session_scope(self.engine) as s:
+            p.require(self._namespace(s, namespace), level)
+
+    def namespaces_of(self, p: Principal) -> list[str]:
+        """The namespaces the caller acts on: the token's restriction, else those its user
+        owns."""
+        if p.anonymous:
+            return []
+        if p.namespaces:
+            return sorted(p.namespaces)
+        with session_scope(self.engine) as s:
+            return sorted(s.exec(select(Namespace.name).where(
+                Namespace.owner_id == p.user_id)).all())
+
+    def create_adapter(self, p: Principal, repo: str, private: bool = False) -> bool:
+        """An adapter with no version yet (the Hub creates repos before their first commit);
+        ``False`` when it exists already. Needs write access to the namespace, as a publish."""
+        r = parse_ref(repo)
+        if r.version or r.alias:
+            raise InvalidReferenceError("create an adapter as namespace/name")
+        with session_scope(self.engine, write=True) as s:
+            ns = self._namespace(s, r.namespace)
+            p.require(ns, "write")
+            row = s.exec(select(AdapterRow).where(AdapterRow.namespace_id == ns.id,
+                                                  AdapterRow.name == r.name)).first()
+            if row is not None:
+                return False
+            s.add(AdapterRow(namespace_id=ns.id, name=r.name, private=private))  # type: ignore[arg-type]
+        return True
+
     def create_namespace(self, p: Principal, name: str) -> NamespaceInfo:
         check_name(name, "namespace")
         if p.anonymous:
@@ -839,20 +1075,8 @@ class RegistryService:
         """The adapter of a (visible, already resolved) version, loaded with ``hub``."""
         from lorahive.hub.peft_format import load_peft
 
-        by_path = {f.path: f for f in info.files}
-        tmp = Path(tempfile.mkdtemp(prefix=".lorahive-tmp-web-", dir=self.settings.home))
-        try:
-            for name in (CONFIG_NAME, WEIGHTS_NAME):
-                if name in by_path:
-                    sha = by_path[name].sha256
-                    src = self.store.local_path(sha)
-                    if src is not None:
-                        os.symlink(src, tmp / name)
-                    else:
-                        blobmod.copy_blob(self.store, sha, tmp / name)
+        with self._staged(info.files, (CONFIG_NAME, WEIGHTS_NAME)) as tmp:
             return load_peft(tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def start_web_session(self, secret: str) -> tuple[str, str, Principal]:
         """Sign a browser in with an API token: ``(session secret, CSRF token, principal)``.
@@ -920,6 +1144,52 @@ def _version_not_found(ref: Ref) -> VersionNotFoundError:
         f"{ref.repo} has no {what}; list versions with `lorahive versions {ref.repo}`")
 
 
+def content_digest(files: Sequence[FileEntry]) -> str:
+    """What makes two publishes "the same files": sha256 over the sorted (path, sha256, size)
+    of the files the publisher sent (before the registry adds a card or rewrites lineage)."""
+    rows = sorted([f.path, f.sha256, f.size] for f in files)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def _apply_settings(s: Session, a: AdapterRow, opts: PublishOptions, tags: list[str]) -> bool:
+    """Adapter-level settings a publish gives explicitly; whether anything changed."""
+    changed = False
+    for attr, value in (("task", None if opts.task is None else (opts.task or None)),
+                        ("description", opts.description), ("private", opts.private)):
+        if value is not None and getattr(a, attr) != value:
+            setattr(a, attr, value)
+            changed = True
+    if opts.task == "" and a.task is not None:
+        a.task = None
+        changed = True
+    if tags:
+        have = set(s.exec(select(AdapterTag.tag).where(AdapterTag.adapter_id == a.id)).all())
+        for t in tags:
+            if t not in have:
+                s.add(AdapterTag(adapter_id=a.id, tag=t))  # type: ignore[arg-type]
+                changed = True
+    return changed
+
+
+def _registry_parent(parent: Any) -> Ref | None:
+    """The registry reference a lineage parent names (``ns/name@version``), or ``None`` for a
+    local directory."""
+    text = parent.get("ref") if isinstance(parent, dict) else parent
+    if not isinstance(text, str):
+        return None
+    try:
+        r = parse_ref(text)
+    except InvalidReferenceError:
+        return None
+    has_version = r.version is not None or (isinstance(parent, dict) and parent.get("version"))
+    return r if has_version else None
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags of an ``If-None-Match`` header (weak or strong, unquoted)."""
+    return {t.strip().removeprefix("W/").strip('"') for t in header.split(",")}
+
+
 def _token_info(t: Token, user: str) -> TokenInfo:
     return TokenInfo(id=t.id, user=user, name=t.name, scope=t.scope,  # type: ignore[arg-type]
                      namespaces=list(t.namespaces), created_at=t.created_at,
@@ -932,16 +1202,17 @@ def _stat_dict(st: Any) -> dict[str, Any]:
     return d
 
 
-def _check_json(value: Any, what: str) -> None:
-    """Metadata must be plain JSON: no NaN/Infinity (PostgreSQL's JSON refuses them)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise InvalidRequestError(f"{what} is not plain JSON ({e}); use finite numbers") from None
-
-
 def _escape_like(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def metrics_text(service: RegistryService, secret: str | None) -> str:
+    """``/metrics`` for a site admin's token (scope ``admin``) or the configured scrape token
+    (``LORAHIVE_METRICS_TOKEN``): its database counts include private adapters."""
+    want = service.settings.metrics_token
+    if not (want and secret and hmac.compare_digest(secret.encode(), want.encode())):
+        service.authenticate(secret).require_admin("reading /metrics")
+    return service.metrics.render(counts(service))
 
 
 def counts(service: RegistryService) -> dict[str, float]:

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     db_pool_size: int = 5
     web_session_hours: float = 24.0 * 7  # a browser sign-in lasts this long at most
     web_overlap_max_bytes: int = 512 * 1024**2  # weights loaded to compare subspaces (both)
+    # a bearer token that may read /metrics (for a Prometheus scraper), besides site admins
+    metrics_token: str | None = None
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -71,6 +73,7 @@ class Settings(BaseSettings):
         """Settings safe to print (no credentials in URLs)."""
         d = self.model_dump()
         d["database_url"] = _redact(self.database_url)
+        d["metrics_token"] = "***" if self.metrics_token else None
         return d
 
 

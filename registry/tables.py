@@ -83,6 +83,8 @@ class VersionRow(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
     size: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     sha256: str = Field(max_length=64)
+    # sha256 over the files as the publisher sent them (see service.content_digest)
+    content_sha256: str | None = Field(default=None, index=True, max_length=64)
     peft_type: str | None = None
     base_model: str | None = None
     rank: int | None = None

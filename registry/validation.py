@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from lorahive.hub.errors import InvalidAdapterError, InvalidRequestError, PayloadTooLargeError
 from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME, check_filename
@@ -35,25 +33,6 @@ def check_manifest(files: Sequence[FileEntry], max_files: int, max_bytes: int,
             raise InvalidAdapterError(
                 f"the version has no {needed}; publish a PEFT adapter directory "
                 f"({CONFIG_NAME} + {WEIGHTS_NAME})"
-            )
-
-
-def check_config_targets(adapter: Any) -> None:
-    """Every adapted module must be one the config's ``target_modules`` selects, as PEFT
-    matches it (exact name, ``.name`` suffix, or a regex string); otherwise PEFT would build
-    other layers and silently drop these weights on load."""
-    targets = adapter.config.target_modules if adapter.is_lora else None
-    if not targets or targets == "all-linear":
-        return
-    for module in adapter.modules:
-        if isinstance(targets, str):
-            ok = re.fullmatch(targets, module) is not None
-        else:
-            ok = any(module == t or module.endswith("." + t) for t in targets)
-        if not ok:
-            raise InvalidAdapterError(
-                f"{CONFIG_NAME}: target_modules {targets!r} does not select {module}, which has "
-                "LoRA weights; the config and the tensors disagree"
             )
 
 

@@ -12,15 +12,11 @@ from huggingface_hub.utils.sha import git_hash
 
 from lorahive.hub.errors import InvalidRequestError, UnsafeFileError
 from lorahive.hub.protocol import FileEntry
-from lorahive.registry.blobs import LocalBlobStore
+from lorahive.registry.blobs import LocalBlobStore, ingest
 from lorahive.registry.hf import protocol as proto
-from lorahive.registry.hf.upload import (
-    apply_commit,
-    check_upload_sig,
-    parse_commit,
-    sign_upload,
-    upload_mode,
-)
+from lorahive.registry.hf.upload import apply_commit, parse_commit, upload_mode
+from lorahive.registry.presign import check_upload_sig, sign_upload
+from lorahive.registry.transfer import RangeNotSatisfiableError, parse_range
 
 
 def fe(path: str, data: bytes) -> FileEntry:
@@ -70,16 +66,24 @@ def test_next_link_pages_until_the_end():
 
 @pytest.mark.parametrize("header,expected", [
     (None, None), ("bytes=0-3", (0, 3)), ("bytes=5-", (5, 9)), ("bytes=-3", (7, 9)),
-    ("bytes=2-100", (2, 9)), ("items=0-1", None), ("bytes=0-1,3-4", None),
+    ("bytes=2-100", (2, 9)), ("bytes=-20", (0, 9)), (" bytes = 1 - 2 ", (1, 2)),
+    # not one satisfiable-or-not byte range: ignored, the whole file is sent (RFC 9110 14.2)
+    ("items=0-1", None), ("bytes=0-1,3-4", None), ("bytes=5-2", None), ("bytes=abc", None),
+    ("bytes=-", None), ("bytes", None),
 ])
 def test_parse_range(header, expected):
-    assert proto.parse_range(header, 10) == expected
+    assert parse_range(header, 10) == expected
 
 
-@pytest.mark.parametrize("header", ["bytes=10-", "bytes=5-2", "bytes=-0"])
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=-0", "bytes=99-100"])
 def test_unsatisfiable_range(header):
-    with pytest.raises(ValueError):
-        proto.parse_range(header, 10)
+    with pytest.raises(RangeNotSatisfiableError) as e:
+        parse_range(header, 10)
+    assert e.value.status == 416 and e.value.headers == {"Content-Range": "bytes */10"}
+
+
+def test_an_empty_file_is_always_sent_whole():
+    assert parse_range("bytes=0-", 0) is None and parse_range("bytes=-5", 0) is None
 
 
 def test_error_headers():
@@ -114,6 +118,11 @@ def test_parse_commit_streams_inline_files_into_the_store(tmp_path, monkeypatch)
     monkeypatch.setattr(up, "_SMALL_LINE", 64)  # force the memory-mapped path for big lines
     monkeypatch.setattr(up, "_B64_CHUNK", 8)
     store = LocalBlobStore(tmp_path / "blobs")
+
+    def into_store(chunks):
+        sha, size, _ = ingest(store, chunks, None, None, 10_000)
+        return sha, size
+
     big = bytes(range(256)) * 3
     body = _ndjson(tmp_path, [
         {"key": "header", "value": {"summary": "s", "description": "d", "parentCommit": "p" * 40}},
@@ -126,7 +135,7 @@ def test_parse_commit_streams_inline_files_into_the_store(tmp_path, monkeypatch)
         {"key": "deletedFile", "value": {"path": "old.txt"}},
         {"key": "deletedFolder", "value": {"path": "sub/"}},
     ])
-    c = parse_commit(body, store, max_bytes=10_000)
+    c = parse_commit(body, into_store)
     assert (c.summary, c.description, c.parent) == ("s", "d", "p" * 40)
     assert c.added["big.bin2"].sha256 == hashlib.sha256(big).hexdigest()
     assert b"".join(store.open_range(c.added["big.bin2"].sha256)) == big
@@ -145,4 +154,5 @@ def test_parse_commit_streams_inline_files_into_the_store(tmp_path, monkeypatch)
 ])
 def test_parse_commit_rejects_bad_lines(tmp_path, item, err):
     with pytest.raises(err):
-        parse_commit(_ndjson(tmp_path, [item]), LocalBlobStore(tmp_path / "b"), 100)
+        store = LocalBlobStore(tmp_path / "b")
+        parse_commit(_ndjson(tmp_path, [item]), lambda c: ingest(store, c, None, None, 100)[:2])

@@ -30,9 +30,11 @@ def test_parallel_publishes_and_pulls(server, tmp_path, lora_dir):
 
     def publish(i: int) -> str:
         with HttpRegistry(server.url, token, cache=PullCache(tmp_path / f"cp{i}")) as c:
-            explicit = c.publish(lora_dir, "team/tagged", version=f"r{i}").version
-            auto = c.publish(lora_dir, "team/auto").version
-            return f"{explicit},{auto}"
+            explicit = c.publish(lora_dir, "team/tagged", version=f"r{i}",
+                                 allow_duplicate=True).version
+            auto = c.publish(lora_dir, "team/auto", allow_duplicate=True).version
+            once = c.publish(lora_dir, "team/once")  # the same files, all at once
+            return f"{explicit},{auto},{once.version},{once.unchanged}"
 
     def pull(i: int) -> bool:
         with HttpRegistry(server.url, None, cache=PullCache(tmp_path / f"cc{i}")) as c:
@@ -53,4 +55,8 @@ def test_parallel_publishes_and_pulls(server, tmp_path, lora_dir):
     assert len(admin.versions("team/auto")) == PUBLISHES
     assert admin.resolve("team/auto").version == str(PUBLISHES)
     assert admin.adapter("team/base").downloads == PULLS
+    # racing publishes of identical files: one version, every other answer is "unchanged"
+    assert [v.version for v in admin.versions("team/once")] == ["1"]
+    assert {r.split(",")[2] for r in results} == {"1"}
+    assert sorted(r.split(",")[3] for r in results) == ["False"] + ["True"] * (PUBLISHES - 1)
     admin.close()

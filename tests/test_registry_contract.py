@@ -4,6 +4,7 @@ SQLite and on PostgreSQL (a throwaway cluster), with real files and a real serve
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -141,11 +142,12 @@ def test_versions_autoincrement_latest_moves_and_immutable(ctx, lora_dir, second
     with pytest.raises(ConflictError):
         owner.publish(second_adapter, f"{ns}/a", version="1")
     again = owner.publish(lora_dir, f"{ns}/a", version="1")  # identical content: no-op
-    assert again.version == "1"
+    assert again.version == "1" and again.unchanged
     assert [x.version for x in owner.versions(f"{ns}/a")] == ["2", "1"]
-    assert owner.publish(lora_dir, f"{ns}/a", version="v1.5").version == "v1.5"
+    dup = owner.publish(lora_dir, f"{ns}/a", version="v1.5", allow_duplicate=True)
+    assert dup.version == "v1.5" and not dup.unchanged
     assert owner.resolve(f"{ns}/a:latest").version == "v1.5"
-    assert owner.publish(lora_dir, f"{ns}/a").version == "3"
+    assert owner.publish(lora_dir, f"{ns}/a", allow_duplicate=True).version == "3"
 
 
 def test_search_filters_sort_and_pages(ctx, lora_dir, second_adapter):
@@ -222,8 +224,9 @@ def test_private_adapters_are_invisible(ctx, lora_dir):
     assert owner.search(task="secret-task").total == 1
     assert admin.resolve(f"{ns}/secret").version == "1"
     assert owner.pull(f"{ns}/secret").is_dir()
-    owner.publish(lora_dir, f"{ns}/secret", private=False)
-    assert anon.resolve(f"{ns}/secret").version == "2"
+    same = owner.publish(lora_dir, f"{ns}/secret", private=False)  # no new content
+    assert same.unchanged and same.version == "1" and not same.private
+    assert anon.resolve(f"{ns}/secret").version == "1"  # the explicit setting still applies
     other.close()
 
 
@@ -302,14 +305,91 @@ def test_bad_adapters_leave_no_trace(ctx, lora_dir, tmp_path):
     assert b.blob_count() == blobs_before
 
 
+def test_identical_content_is_not_published_twice(ctx, lora_dir, second_adapter):
+    """Publishing files identical to an existing version creates nothing: the answer is that
+    version (``unchanged``), its metadata kept, ``latest`` not moved; ``allow_duplicate``
+    publishes it anyway."""
+    ns, owner, anon = ctx["ns"], ctx["owner"], ctx["anon"]
+    v1 = owner.publish(lora_dir, f"{ns}/d", metrics={"acc": 0.9}, task="qa")
+    assert v1.version == "1" and not v1.unchanged
+    again = owner.publish(lora_dir, f"{ns}/d")
+    assert again.unchanged and again.version == "1" and again.metrics == {"acc": 0.9}
+    assert again.files == v1.files
+    assert [v.version for v in owner.versions(f"{ns}/d")] == ["1"]
+    for version in ("1", "1.0"):  # the version, or a new name for the same content
+        same = owner.publish(lora_dir, f"{ns}/d", version=version, metrics={"acc": 0.1})
+        assert same.unchanged and same.version == "1" and same.metrics == {"acc": 0.9}
+    assert owner.publish(second_adapter, f"{ns}/d").version == "2"
+    back = owner.publish(lora_dir, f"{ns}/d")
+    assert back.unchanged and back.version == "1"
+    assert anon.resolve(f"{ns}/d").version == "2"  # latest did not move
+    dup = owner.publish(lora_dir, f"{ns}/d", allow_duplicate=True)
+    assert dup.version == "3" and not dup.unchanged and anon.resolve(f"{ns}/d").version == "3"
+    assert [v.version for v in owner.versions(f"{ns}/d")] == ["3", "2", "1"]
+
+
+def test_a_publish_the_commit_would_refuse_uploads_nothing(ctx, lora_dir, tmp_path):
+    """Everything a commit would refuse that can be known before uploading is refused before
+    the first byte: an existing version with other content, a bad config or sidecar, a
+    missing namespace, no access."""
+    ns, owner, anon, b = ctx["ns"], ctx["owner"], ctx["anon"], ctx["backend"]
+    owner.publish(lora_dir, f"{ns}/r")
+
+    def variant(name: str, config: dict | None = None, sidecar: str | None = None) -> Path:
+        d = tmp_path / name
+        shutil.copytree(lora_dir, d)
+        (d / "notes.txt").write_text(unique("new content "))  # a blob the server lacks
+        if config is not None:
+            cfg = json.loads((d / "adapter_config.json").read_text())
+            cfg.update(config)
+            (d / "adapter_config.json").write_text(json.dumps(cfg))
+        if sidecar is not None:
+            (d / "lorahive.json").write_text(sidecar)
+        return d
+
+    before = b.blob_count()
+    with pytest.raises(ConflictError):
+        owner.publish(variant("other"), f"{ns}/r", version="1")
+    with pytest.raises(InvalidAdapterError, match="base_model"):
+        owner.publish(variant("nobase", {"base_model_name_or_path": None}), f"{ns}/x")
+    with pytest.raises(InvalidAdapterError, match="target_modules"):
+        owner.publish(variant("targets", {"target_modules": ["k_proj"]}), f"{ns}/x")
+    with pytest.raises(InvalidAdapterError, match="lineage"):
+        owner.publish(variant("side", sidecar='{"lineage": [1, 2]}'), f"{ns}/x")
+    with pytest.raises(NamespaceNotFoundError):
+        owner.publish(variant("nons"), f"{unique('nope')}/x")
+    with pytest.raises(AuthenticationError):
+        anon.publish(variant("anon"), f"{ns}/x")
+    assert b.blob_count() == before
+    with pytest.raises(AdapterNotFoundError):
+        owner.resolve(f"{ns}/x")
+
+
+def test_gc_reports_what_its_grace_period_kept(ctx, lora_dir, tmp_path):
+    ns, owner, admin = ctx["ns"], ctx["owner"], ctx["admin"]
+    d = tmp_path / "g"
+    shutil.copytree(lora_dir, d)
+    (d / "notes.txt").write_text(unique("orphan soon "))
+    owner.publish(d, f"{ns}/g")
+    owner.publish(lora_dir, f"{ns}/g", allow_duplicate=True)
+    owner.delete(f"{ns}/g@1")  # its notes.txt is referenced by nothing now
+    kept = admin.gc(3600)
+    assert kept.grace_seconds == 3600 and kept.unreferenced_kept >= 1
+    assert kept.blobs_kept >= kept.unreferenced_kept
+    freed = admin.gc(0)
+    assert freed.blobs_removed >= 1 and freed.unreferenced_kept == 0
+
+
 def test_lineage_and_metrics_from_sidecar(ctx, lora_dir, tmp_path):
     ns, owner = ctx["ns"], ctx["owner"]
+    owner.publish(lora_dir, f"{ns}/p")  # a public parent: the lineage may name it
     d = tmp_path / "fused"
     shutil.copytree(lora_dir, d)
     sha = file_sha256(lora_dir / "adapter_model.safetensors")
     write_sidecar(d, Lineage("fuse:ties", [Parent(f"{ns}/p@1", "1", sha, 0.7)], {"density": 0.5}),
                   metrics={"loss": 1.25})
     v = owner.publish(d, f"{ns}/fused", metrics={"acc": 0.9})
+    assert not v.private and not v.unchanged
     assert v.lineage is not None and v.lineage["method"] == "fuse:ties"
     assert v.lineage["parents"][0]["sha256"] == sha and v.lineage["parents"][0]["weight"] == 0.7
     assert v.metrics == {"loss": 1.25, "acc": 0.9}

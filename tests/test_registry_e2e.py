@@ -40,7 +40,10 @@ def test_cli_publish_search_pull_load_with_peft(server, tmp_path, lora_dir, tiny
                   "--metrics", '{"acc": 0.8}', "--json")
     v = json.loads(out.stdout)
     assert v["version"] == "1" and v["rank"] == 4 and v["metrics"] == {"acc": 0.8}
-    again = run_cli_inprocess(alice_home, "publish", str(lora_dir), "--name", "alice/qa-en")
+    same = run_cli_inprocess(alice_home, "publish", str(lora_dir), "--name", "alice/qa-en")
+    assert same.stdout.startswith("unchanged, already alice/qa-en@1 ")
+    again = run_cli_inprocess(alice_home, "publish", str(lora_dir), "--name", "alice/qa-en",
+                              "--allow-duplicate")
     assert "alice/qa-en@2" in again.stdout
     run_cli_inprocess(alice_home, "alias", "set", "alice/qa-en@1", "prod")
 

@@ -183,9 +183,12 @@ def test_download_range_etag_and_head(server, admin, lora_dir):
     assert tail.status_code == 206 and tail.content == body[-10:]
     rest = admin.get(url, headers={"Range": f"bytes={len(body) - 5}-"})
     assert rest.content == body[-5:]
-    _err(admin.get(url, headers={"Range": f"bytes={len(body)}-"}), 416, "range_not_satisfiable")
-    _err(admin.get(url, headers={"Range": "bytes=5-2"}), 416, "range_not_satisfiable")
-    _err(admin.get(url, headers={"Range": "items=0-1"}), 416, "range_not_satisfiable")
+    tail416 = admin.get(url, headers={"Range": f"bytes={len(body)}-"})
+    _err(tail416, 416, "range_not_satisfiable")
+    assert tail416.headers["content-range"] == f"bytes */{len(body)}"
+    for ignored in ("bytes=5-2", "items=0-1", "bytes=0-1,4-5"):  # RFC 9110: sent whole
+        r = admin.get(url, headers={"Range": ignored})
+        assert r.status_code == 200 and r.content == body, ignored
     assert admin.get(url, headers={"If-None-Match": f'"{v.sha256}"'}).status_code == 304
     head = admin.head(url)
     assert head.status_code == 200 and int(head.headers["content-length"]) == len(body)
@@ -196,7 +199,9 @@ def test_download_range_etag_and_head(server, admin, lora_dir):
 
 def test_health_metrics_openapi_and_unknown_routes(server, anon):
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
-    text = httpx.get(server.url + "/metrics").text
+    assert httpx.get(server.url + "/metrics").status_code == 401  # counts private adapters
+    text = httpx.get(server.url + "/metrics",
+                     headers={"Authorization": f"Bearer {server.admin_token}"}).text
     assert "# TYPE lorahive_http_requests_total counter" in text
     assert "lorahive_adapters " in text and 'direction="download"' in text
     spec = anon.get("/openapi.json").json()
@@ -221,7 +226,8 @@ def test_client_resumes_with_range(server, admin, lora_dir, tmp_path):
     part.parent.mkdir(parents=True)
     part.write_bytes(body[:1000])
     def partial_gets() -> float:
-        text = httpx.get(server.url + "/metrics").text
+        text = httpx.get(server.url + "/metrics",
+                         headers={"Authorization": f"Bearer {server.admin_token}"}).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("lorahive_http_requests_total") and "/files/" in line
                    and 'status="206"' in line)

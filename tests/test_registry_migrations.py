@@ -4,6 +4,7 @@ and PostgreSQL), and the table models match what the migrations build."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -13,6 +14,7 @@ from sqlmodel import SQLModel
 
 from lorahive.hub.protocol import FileEntry
 from lorahive.registry.auth import hash_token
+from lorahive.registry.blobs import ingest
 from lorahive.registry.db import current_revision, head_revision, make_engine, migrate
 from lorahive.registry.service import RegistryService
 from lorahive.registry.settings import Settings
@@ -40,7 +42,8 @@ def test_upgrade_from_first_schema_keeps_data(db_url, tmp_path):
     assert "downloads" not in meta.tables["versions"].c  # the older schema
     t = meta.tables
     now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    sha = "ab" * 32
+    body = b"0123456789"
+    sha = hashlib.sha256(body).hexdigest()
     with engine.begin() as c:
         c.execute(t["users"].insert().values(id=1, name="old", is_admin=True, created_at=now))
         c.execute(t["namespaces"].insert().values(id=1, name="old", owner_id=1, created_at=now))
@@ -59,20 +62,31 @@ def test_upgrade_from_first_schema_keeps_data(db_url, tmp_path):
             metadata={}, lineage=None))
         c.execute(t["files"].insert().values(id=1, version_id=1, path="adapter_model.safetensors",
                                              sha256=sha, size=10))
+        c.execute(t["files"].insert().values(id=2, version_id=1, path="README.md",
+                                             sha256="cd" * 32, size=3))
+        c.execute(t["files"].insert().values(id=3, version_id=1, path="adapter_config.json",
+                                             sha256="ef" * 32, size=2))
         c.execute(t["aliases"].insert().values(adapter_id=1, name="latest", version_id=1))
     engine.dispose()
 
     svc = RegistryService(Settings(home=tmp_path / "home", database_url=db_url))  # start-up
-    assert current_revision(svc.engine) == head_revision() == "0003"
+    assert current_revision(svc.engine) == head_revision() == "0004"
     who = svc.authenticate("lh_old")
     v = svc.resolve(who, "old/legacy")
     assert v.version == "1" and v.downloads == 0 and v.metrics == {"acc": 1}
-    assert v.files == [FileEntry(path="adapter_model.safetensors", sha256=sha, size=10)]
+    weights = FileEntry(path="adapter_model.safetensors", sha256=sha, size=10)
+    config = FileEntry(path="adapter_config.json", sha256="ef" * 32, size=2)
+    assert v.files == [FileEntry(path="README.md", sha256="cd" * 32, size=3), config, weights]
     assert v.created_at == now
     a = svc.adapter(who, "old/legacy")
     assert a.downloads == 0 and a.tags == ["old"] and a.description == "from before"
-    svc.record_download(who, "old/legacy@1")
-    assert svc.adapter(who, "old/legacy").downloads == 1
+    ingest(svc.store, [body], sha, 10, 100)
+    dl = svc.download(who, "old/legacy@1", "adapter_model.safetensors")
+    assert b"".join(dl.body) == body and svc.adapter(who, "old/legacy").downloads == 1
+    # the legacy version's digest (its files but the card it was given): the same files
+    # published again are that version, not a new one
+    plan = svc.preflight(who, "old/legacy", [weights, config])
+    assert plan.unchanged is not None and plan.unchanged.version == "1" and plan.missing == []
     assert svc.search(who, "before").total == 1
     svc.close()
 
@@ -99,5 +113,5 @@ def test_downgrade_and_upgrade_roundtrip(tmp_path):
         command.downgrade(cfg, "0001")
     assert current_revision(engine) == "0001"
     migrate(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == head_revision() == "0004"
     engine.dispose()

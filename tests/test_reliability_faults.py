@@ -40,7 +40,7 @@ KILLS = int(os.environ.get("LORAHIVE_FAULT_KILLS", "6"))
 ROOT = Path(__file__).resolve().parent.parent
 # `lorahive serve` itself (start-up cleanup, migrations, admin bootstrap, uvicorn), launched
 # without the rest of the CLI so a restart does not import torch
-SERVE = ("import sys; from cli.commands.registry_admin import serve; "
+SERVE = ("import sys; from lorahive.cli.commands.registry_admin import serve; "
          "serve('127.0.0.1', int(sys.argv[1]), 1, 'warning')")
 
 
@@ -80,6 +80,13 @@ def _big_adapter(src: Path, dest: Path, seed: int) -> Path:
     return dest
 
 
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _orphans(home: Path) -> list[Path]:
     return [*home.glob(".lorahive-tmp*"), *(home / "blobs" / ".staging").glob("*")]
 
@@ -98,7 +105,8 @@ def test_sigkill_during_large_publishes_loses_nothing(lora_dir, tmp_path):
         acked[reg.publish(d, "crash/big").version] = hashlib.sha256(
             (d / "training_state.safetensors.data").read_bytes()).hexdigest()
     one = time.perf_counter() - t0
-    stats = {"kills": 0, "staging_orphans": 0, "validate_orphans": 0, "acked": 1,
+    stats = {"kills": 0, "mid_upload_kills": 0, "staging_orphans": 0, "validate_orphans": 0,
+             "acked": 1,
              "failed_publishes": 0, "publish_s": round(one, 2)}
     try:
         for i in range(1, KILLS + 1):
@@ -114,18 +122,25 @@ def test_sigkill_during_large_publishes_loses_nothing(lora_dir, tmp_path):
 
             th = threading.Thread(target=publish)
             th.start()
-            if i % 2:  # odd kills land mid-upload: once a staging file exists
-                deadline = time.monotonic() + one * 3
-                while not list((home / "blobs" / ".staging").glob("*")) and \
-                        time.monotonic() < deadline:
-                    time.sleep(0.005)
-                time.sleep(rng.uniform(0.0, 0.05))
+            stage = home / "blobs" / ".staging"
+            if i % 2:  # odd kills land mid-upload: while the big file is partly staged
+                deadline = time.monotonic() + max(60.0, one * 10)
+                partial = []
+                while not partial and time.monotonic() < deadline and th.is_alive():
+                    partial = [p for p in stage.glob("*") if _size(p) >= 1024**2]
+                    time.sleep(0.002)
+                assert partial, "the upload of the big file was never seen in progress"
             else:  # even kills: anywhere in the publish
                 time.sleep(rng.uniform(0.0, one * 1.2))
             os.kill(server.proc.pid, signal.SIGKILL)
             server.proc.wait(timeout=10)
             th.join(timeout=60)
             assert not th.is_alive()
+            if i % 2:  # the kill landed mid-upload: a partial staging file was left behind
+                left = [_size(p) for p in stage.glob("*")]
+                assert any(0 < n < BIG for n in left), left
+                assert "v" not in result, "a publish killed mid-upload was acknowledged"
+                stats["mid_upload_kills"] += 1
             stats["kills"] += 1
             if "v" in result:
                 acked[result["v"]] = hashlib.sha256(
@@ -160,6 +175,7 @@ def test_sigkill_during_large_publishes_loses_nothing(lora_dir, tmp_path):
             stats["versions_present"] = len(r.versions("crash/big"))
     finally:
         server.stop()
+    assert stats["mid_upload_kills"] == (KILLS + 1) // 2
     cp = run_cli(home, "fsck", "--json")
     rep = json.loads(cp.stdout)
     assert rep["ok"] and rep["problems"] == [] and rep["orphan_temps"] == 0, rep
@@ -316,7 +332,7 @@ def test_disk_full_on_the_server_is_507_and_stores_nothing(hx: Harness, monkeypa
     real = blobs.Staged.write
 
     def write(self, chunk):
-        if self.size > 1024**2:
+        if self.size + len(chunk) > 1024**2:  # the disk fills up after 1 MiB
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, chunk)
 
@@ -372,7 +388,7 @@ def test_postgres_loss_is_503_and_recovers(tmp_path, lora_dir):
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             assert h.client.get(f"{API}/adapters/pgns/a").status_code == 200
-            assert h.commit("pgns/a", good, tok)[0] == 201  # writes work again
+            assert h.commit("pgns/b", good, tok)[0] == 201  # writes work again
         finally:
             gen.close()
             shutil.rmtree(tmp_path / "pg-home", ignore_errors=True)

@@ -1,7 +1,8 @@
-"""Auth: every route of the OpenAPI schema x {anonymous, read, write-other-namespace, write,
-admin} answers the status the table says; private adapters are 404 to the unauthorised on every
-route; tokens are random, stored hashed and compared in constant time; failed auth attempts
-are rate limited (429 + Retry-After)."""
+"""Auth: every route of the OpenAPI schema, /metrics and /healthz x {anonymous, read,
+write-other-namespace, write, admin} answers the status the table says; private adapters are
+404 to the unauthorised on every route, and lineage never names them to those callers; tokens
+are random, stored hashed and looked up by their digest; failed auth attempts are rate limited
+(429 + Retry-After)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import hashlib
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
@@ -58,7 +60,8 @@ def _fresh_version(hx: Harness, w: dict, name: str) -> str:
     files = [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
              for p, b in w["good"].items()]
     r = hx.client.post(f"{API}/adapters/{w['own']}/{name}/versions",
-                       headers=hx.headers(w["tokens"]["write"]), json={"files": files})
+                       headers=hx.headers(w["tokens"]["write"]),
+                       json={"files": files, "allow_duplicate": True})
     assert r.status_code == 201, r.text
     return r.json()["version"]
 
@@ -107,7 +110,9 @@ def _files(w: dict) -> list[dict]:
 
 
 BODIES: dict = {
-    ("POST", "/api/v1/adapters/{ns}/{name}/versions"): lambda w, n: {"files": _files(w)},
+    ("POST", "/api/v1/adapters/{ns}/{name}/versions"): lambda w, n: {"files": _files(w),
+                                                                      "allow_duplicate": True},
+    ("POST", "/api/v1/adapters/{ns}/{name}/preflight"): lambda w, n: {"files": _files(w)},
     ("POST", "/api/v1/blobs/missing"): {"sha256": ["0" * 64]},
     ("POST", "/api/v1/namespaces"): lambda w, n: {"name": unique("nsx")},
     ("POST", "/api/v1/tokens"): {"name": "t", "scope": "read"},
@@ -125,9 +130,15 @@ BODIES: dict = {
 }
 
 
+# operational routes kept out of the OpenAPI schema, in the table all the same
+OPERATIONAL = [("GET", "/metrics"), ("GET", "/healthz")]
+
+
 def routes(app) -> list[tuple[str, str]]:
     schema = app.openapi()
-    return [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops]
+    served = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ())}
+    assert set(OPERATIONAL) <= served
+    return [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops] + OPERATIONAL
 
 
 # expected status per route and role (anon, read, other, write, admin) on the public adapter
@@ -140,6 +151,7 @@ TABLE: dict[tuple[str, str], tuple[int, ...]] = {
     ("DELETE", "/api/v1/adapters/{ns}/{name}"): (401, 403, 403, 403, 204),
     ("GET", "/api/v1/adapters/{ns}/{name}/versions"): R,
     ("POST", "/api/v1/adapters/{ns}/{name}/versions"): (401, 403, 403, 201, 201),
+    ("POST", "/api/v1/adapters/{ns}/{name}/preflight"): (401, 403, 403, 200, 200),
     ("GET", "/api/v1/adapters/{ns}/{name}/versions/{version}"): R,
     ("DELETE", "/api/v1/adapters/{ns}/{name}/versions/{version}"): (401, 403, 403, 204, 204),
     ("GET", "/api/v1/adapters/{ns}/{name}/aliases/{alias}"): R,
@@ -156,6 +168,8 @@ TABLE: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/api/v1/tokens"): (401, 200, 200, 200, 200),  # each user sees their own
     ("DELETE", "/api/v1/tokens/{token_id}"): (401, 204, 404, 204, 204),  # owner's token
     ("POST", "/api/v1/gc"): (401, 403, 403, 403, 200),
+    ("GET", "/metrics"): (401, 403, 403, 403, 200),  # counts include private adapters
+    ("GET", "/healthz"): R,
     ("GET", "/api/whoami-v2"): (401, 200, 200, 200, 200),
     ("GET", "/api/models"): R,
     ("GET", "/api/models/{ns}/{name}"): R,
@@ -182,6 +196,7 @@ TABLE: dict[tuple[str, str], tuple[int, ...]] = {
 
 
 def test_table_covers_every_route_of_the_schema(hx: Harness):
+    """Every operation of the schema, plus /metrics and /healthz, has a row."""
     assert set(routes(hx.client.app)) == set(TABLE), "a route was added: extend TABLE"
 
 
@@ -234,9 +249,129 @@ def test_search_and_listings_hide_private_adapters(hx: Harness, world):
         assert "pub" in names
 
 
-def test_tokens_are_random_stored_hashed_and_compared_in_constant_time(hx: Harness, world,
-                                                                      monkeypatch):
-    from lorahive.registry import auth
+# -- lineage never names what the caller may not see --------------------------------------------
+SECRET_SHA = "5ec12e7" + "0" * 57  # the private parent's weights hash, as lineage records it
+PUBLIC_SHA = "9ab1c" + "1" * 59
+
+
+def _with_lineage(w: dict, *parents: dict) -> dict[str, bytes]:
+    sidecar = {"lineage": {"method": "fuse:linear", "parents": list(parents), "params": {}}}
+    files = {k: v for k, v in w["good"].items() if k != "README.md"}  # the card is generated
+    return {**files, "lorahive.json": json.dumps(sidecar).encode()}
+
+
+def _parent(ref: str | None, sha: str, weight: float) -> dict:
+    version = ref.rsplit("@", 1)[1] if ref and "@" in ref else None
+    return {"ref": ref, "version": version, "sha256": sha, "weight": weight}
+
+
+@pytest.fixture(scope="module")
+def lineage(hx: Harness, world):
+    """``own/child`` (explicitly public) made from the private ``own/priv@1``, the public
+    ``own/pub@1`` and a local directory; ``own/kid`` the same without a privacy choice."""
+    own, tok = world["own"], world["tokens"]["write"]
+    files = _with_lineage(world, _parent(f"{own}/priv@1", SECRET_SHA, 0.5),
+                          _parent(f"{own}/pub@1", PUBLIC_SHA, 0.3),
+                          _parent("/data/adapters/local-one", "c" * 64, 0.2))
+    for name, private in (("child", False), ("kid", None)):
+        entries = [{"path": k, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
+                   for k, b in files.items()]
+        for b in files.values():
+            hx.put_blob(b, tok)
+        body = {"files": entries} if private is None else {"files": entries, "private": private}
+        r = hx.client.post(f"{API}/adapters/{own}/{name}/versions", headers=hx.headers(tok),
+                           json=body)
+        assert r.status_code == 201, r.text
+    return {"own": own}
+
+
+def _sees_secret(text: str, own: str) -> bool:
+    return f"{own}/priv" in text or SECRET_SHA in text
+
+
+# role -> does the caller see the private parent's name? (the owner's tokens and the admin)
+SEES_PARENT = {"anon": False, "read": True, "other": False, "write": True, "admin": True}
+
+
+def test_lineage_hides_private_parents_by_role(hx: Harness, world, lineage):
+    own = lineage["own"]
+    bad = []
+    for role in ROLES:
+        h = hx.headers(world["tokens"][role])
+        for url in (f"{API}/adapters/{own}/child/versions/1", f"{API}/adapters/{own}/child/versions",
+                    f"{API}/adapters/{own}/child/aliases/latest"):
+            r = hx.client.get(url, headers=h)
+            assert r.status_code == 200, (role, url, r.status_code)
+            data = r.json()
+            v = data[0] if isinstance(data, list) else data
+            parents = v["lineage"]["parents"]
+            if _sees_secret(r.text, own) != SEES_PARENT[role]:
+                bad.append(f"{role} GET {url}: parent named={_sees_secret(r.text, own)}")
+            if not SEES_PARENT[role]:
+                hidden = parents[0]
+                if hidden != {"ref": "private", "version": None, "sha256": None,
+                              "weight": 0.5}:
+                    bad.append(f"{role} GET {url}: hidden parent shown as {hidden}")
+            assert parents[1]["ref"] == f"{own}/pub@1" and parents[1]["sha256"] == PUBLIC_SHA
+            assert parents[2]["ref"] == "/data/adapters/local-one"
+        # files anyone with access downloads name no private parent, whoever asks
+        for url in (f"/{own}/child/resolve/main/README.md",
+                    f"/{own}/child/resolve/main/lorahive.json",
+                    f"{API}/adapters/{own}/child/versions/1/files/README.md",
+                    f"{API}/adapters/{own}/child/versions/1/files/lorahive.json",
+                    f"/api/models/{own}/child", f"/api/models/{own}/child/revision/main"):
+            r = hx.client.get(url, headers=h)
+            assert r.status_code == 200, (role, url, r.status_code)
+            if _sees_secret(r.text, own):
+                bad.append(f"{role} GET {url}: names the private parent")
+            if "resolve" in url or "/files/" in url:
+                assert f"{own}/pub@1" in r.text, (role, url)  # public parents stay named
+    assert not bad, "\n".join(bad)
+    card = hx.client.get(f"/api/models/{own}/child").json()["cardData"]
+    assert card["lorahive_lineage"]["parents"][0]["ref"] == "private"
+
+
+def test_a_child_of_a_private_parent_is_private_unless_made_public(hx: Harness, world, lineage):
+    own = lineage["own"]
+    for role in ROLES:
+        h = hx.headers(world["tokens"][role])
+        kid = hx.client.get(f"{API}/adapters/{own}/kid", headers=h)
+        child = hx.client.get(f"{API}/adapters/{own}/child", headers=h)
+        assert child.status_code == 200 and child.json()["private"] is False
+        assert kid.status_code == (200 if SEES_PARENT[role] else 404), (role, kid.status_code)
+        if kid.status_code == 200:
+            assert kid.json()["private"] is True
+    # only public or local parents: public as before; an unknown registry parent counts as
+    # private (it is not visible here, so nothing says it may be shown)
+    tok = world["tokens"]["write"]
+    for name, parents, private in (
+            ("pubkid", [_parent(f"{own}/pub@1", PUBLIC_SHA, 1.0),
+                        _parent("/data/x", "d" * 64, 1.0)], False),
+            ("ghostkid", [_parent("nobody/ghost@3", "e" * 64, 1.0)], True)):
+        status, body = hx.commit(f"{own}/{name}", _with_lineage(world, *parents), tok)
+        assert status == 201, body
+        a = hx.client.get(f"{API}/adapters/{own}/{name}", headers=hx.headers(tok)).json()
+        assert a["private"] is private, name
+    # another user who names our private adapter as a parent cannot learn it exists: the
+    # child is private, exactly as for a parent that does not exist
+    other = world["tokens"]["other"]
+    oth = world["oth"]
+    for name, ref in (("probe1", f"{own}/priv@1"), ("probe2", f"{own}/nothing@1")):
+        status, body = hx.commit(f"{oth}/{name}", _with_lineage(
+            world, _parent(ref, "f" * 64, 1.0)), other)
+        assert status == 201, body
+        r = hx.client.get(f"{API}/adapters/{oth}/{name}/versions/1", headers=hx.headers(other))
+        assert r.json()["lineage"]["parents"][0]["ref"] == "private"
+        assert hx.client.get(f"{API}/adapters/{oth}/{name}").status_code == 404
+
+
+def test_tokens_are_random_stored_hashed_and_looked_up_by_digest(hx: Harness, world):
+    """Only the sha256 of a token is stored, and only that digest reaches SQL. The lookup
+    is an indexed equality, not a constant-time comparison, and nothing claims otherwise:
+    its timing could only tell how much of a guess's *digest* matches a stored one, which
+    brings no guess nearer to a 256-bit secret (see registry/auth.py)."""
+    from sqlalchemy import event
+
     from lorahive.registry.tables import Token
 
     secrets_ = [hx.client.post(f"{API}/tokens", headers=hx.headers(hx.admin),
@@ -253,17 +388,40 @@ def test_tokens_are_random_stored_hashed_and_compared_in_constant_time(hx: Harne
     for s in secrets_:
         assert hashlib.sha256(s.encode()).hexdigest() in stored
         assert not any(s in r or s[3:] in r for r in rows)  # the secret itself is nowhere
-    calls = []
-    real = auth.hmac.compare_digest
+    sent: list[str] = []
 
-    def spy(a, b):
-        calls.append((a, b))
-        return real(a, b)
+    def capture(conn, cursor, statement, params, context, executemany):
+        sent.append(f"{statement} {params}")
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
-    r = hx.client.get(f"{API}/whoami", headers=hx.headers(secrets_[0]))
-    assert r.status_code == 200
-    assert calls and calls[-1] == (hashlib.sha256(secrets_[0].encode()).hexdigest(),) * 2
+    event.listen(hx.service.engine, "before_cursor_execute", capture)
+    try:
+        assert hx.client.get(f"{API}/whoami", headers=hx.headers(secrets_[0])).status_code == 200
+        assert hx.client.get(f"{API}/whoami", headers=hx.headers("lh_wrong")).status_code == 401
+    finally:
+        event.remove(hx.service.engine, "before_cursor_execute", capture)
+    digest = hashlib.sha256(secrets_[0].encode()).hexdigest()
+    assert any(digest in q and "token_hash" in q for q in sent)
+    assert not any(secrets_[0] in q or "lh_wrong" in q for q in sent)
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("docs/registry.md", "docs/reliability.md", "registry/auth.py"):
+        text = (root / doc).read_text().lower()
+        assert not re.search(r"compared[\s_]+in[\s_]+constant[\s_-]+time", text), doc
+
+
+def test_metrics_need_an_admin_or_the_scrape_token(tmp_path):
+    gen = open_harness(tmp_path / "m", metrics_token="scrape-" + "s" * 40)
+    h = next(gen)
+    try:
+        assert h.client.get("/metrics").status_code == 401
+        assert h.client.get("/metrics", headers=h.headers("scrape-wrong")).status_code == 401
+        reader = h.user_token("reader", "read")
+        assert h.client.get("/metrics", headers=h.headers(reader)).status_code == 403
+        for tok in ("scrape-" + "s" * 40, h.admin):
+            r = h.client.get("/metrics", headers=h.headers(tok))
+            assert r.status_code == 200 and "lorahive_adapters " in r.text
+        assert h.client.get("/healthz").json() == {"status": "ok"}
+    finally:
+        gen.close()
 
 
 def test_failed_auth_is_rate_limited_with_retry_after(tmp_path, world):
@@ -284,8 +442,13 @@ def test_failed_auth_is_rate_limited_with_retry_after(tmp_path, world):
         assert r.json()["error"]["code"] == "rate_limited"
         hf = h.client.get("/api/whoami-v2", headers=h.headers("lh_guess"))
         assert hf.status_code == 429  # HF routes are behind the same limiter
-        # anonymous requests to token-only routes are not counted as guesses
-        assert limiter.retry_after("other-client") is None
+        # another client (another peer address) on the same app is not affected
+        from fastapi.testclient import TestClient
+
+        other = TestClient(h.client.app, client=("10.20.30.40", 5000))  # no second lifespan
+        assert other.get(f"{API}/whoami", headers=h.headers(h.admin)).status_code == 200
+        assert other.get(f"{API}/whoami", headers=h.headers("lh_x")).status_code == 401
+        assert limiter.retry_after("10.20.30.40") is None and limiter.retry_after("testclient")
         time.sleep(2.1)
         assert h.client.get(f"{API}/whoami", headers=h.headers(h.admin)).status_code == 200
         for _ in range(10):

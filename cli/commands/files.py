@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from lorahive.cli.commands.registry_client import TokenOpt, UrlOpt
 from lorahive.cli.output import Col, console, natural_key, print_json, print_table
+from lorahive.cli.sources import looks_like_ref, resolve_sources
 
 # module names always whole; figures go, rightmost first, when the terminal is narrow
 MODULE_COLUMNS = (Col("module"), Col("shape", justify="right", drop=3),
@@ -17,24 +19,33 @@ MODULE_COLUMNS = (Col("module"), Col("shape", justify="right", drop=3),
 
 
 def inspect(
-    path: Path = typer.Argument(..., help="A PEFT adapter directory."),
+    source: str = typer.Argument(
+        ..., metavar="PATH|REF",
+        help="A PEFT adapter directory, or a registry reference ns/name[@version|:alias] "
+        "(pulled into the cache)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Read adapter_model.bin with a weights-only loader."
     ),
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Print an adapter's config summary and a per-module table (shape, rank, scale, norm,
     effective rank at 90%/99% energy)."""
     from lorahive.hub.peft_format import load_peft
 
+    path, label = Path(source).expanduser(), source
+    if not path.exists() and looks_like_ref(source):
+        pulled = resolve_sources([source], url, token)[0]
+        path, label = pulled.path, f"{pulled.ref} ({pulled.path})"
     adapter = load_peft(path, allow_pickle=allow_pickle)
     summary = adapter.summary()
     stats = sorted(adapter.stats(), key=lambda s: natural_key(s.name)) if adapter.is_lora else []
     if json_out:
-        print_json({"path": str(path), "summary": summary, "config": adapter.config.data,
+        print_json({"path": str(path), "source": source, "summary": summary, "config": adapter.config.data,
                     "modules": [s.as_dict() for s in stats]})
         return
-    console.print(f"[bold]{path}[/bold]")
+    console.print(f"[bold]{label}[/bold]")
     for key, value in summary.items():
         console.print(f"  {key}: {value}")
     if not adapter.is_lora:

@@ -26,6 +26,7 @@ from lorahive.cli.output import (
 )
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.protocol import VersionInfo
+from lorahive.hub.publishing import PublishInterrupted
 
 # names and versions always; the rest goes, last-listed first, when the terminal is narrow
 SEARCH_COLUMNS = (Col("adapter"), Col("latest"), Col("task", drop=3), Col("base model", drop=2),
@@ -60,27 +61,54 @@ def publish(
         show_default=False)] = None,
     description: Annotated[str | None, typer.Option(help="One-paragraph description.")] = None,
     metrics: Annotated[str | None, typer.Option(help="Evaluation metrics as a JSON object.")] = None,
+    allow_duplicate: Annotated[bool, typer.Option(
+        "--allow-duplicate", help="Publish a new version even if an existing version has "
+        "the same files (default: say which version has them and publish nothing).")] = False,
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Validate a PEFT adapter directory and publish it as a new immutable version."""
-    with registry_session(url, token) as reg, progress_bar(not json_out) as cb:
-        info = reg.publish(path, name, version, task=task, tags=tag or [], private=private,
-                           description=description, metrics=_metrics(metrics), progress=cb)
+    """Validate a PEFT adapter directory and publish it as a new immutable version.
+
+    Files identical to an existing version publish nothing (that version is named);
+    an adapter made from a private adapter is private unless --public is given."""
+    try:
+        with registry_session(url, token) as reg, progress_bar(not json_out) as cb:
+            info = reg.publish(path, name, version, task=task, tags=tag or [],
+                               private=private, description=description,
+                               metrics=_metrics(metrics), progress=cb,
+                               allow_duplicate=allow_duplicate)
+    except PublishInterrupted as e:
+        typer.echo(e.message, err=True)  # one line, never wrapped
+        raise typer.Exit(130) from None
     if json_out:
         print_json(info.model_dump(mode="json"))
         return
-    console.print(f"published [bold]{info.ref}[/bold] ({len(info.files)} files, "
-                  f"{human_bytes(info.size)}, rank {info.rank}, base {info.base_model})")
+    print(publish_line(info, private))
+
+
+def publish_line(info: VersionInfo, private: bool | None = None) -> str:
+    """One line for the result of a publish (also used by commands that publish)."""
+    if info.unchanged:
+        return (f"unchanged, already {info.ref} (the same files; nothing was published; "
+                "--allow-duplicate publishes them as a new version)")
+    note = ""
+    if info.private:
+        note = ", private" + ("" if private else ": made from an adapter others cannot see, "
+                              "or private before; --public shares it")
+    return (f"published {info.ref} ({len(info.files)} files, {human_bytes(info.size)}, "
+            f"rank {info.rank}, base {info.base_model}{note})")
 
 
 def pull(
     ref: Annotated[str, typer.Argument(help="namespace/name[@version|:alias]")],
-    to: Annotated[Path | None, typer.Option("--to", help="Copy the files into this directory.")] = None,
+    to: Annotated[Path | None, typer.Option(
+        "--to", help="Copy the files into this directory (absent or empty).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --to DIR and everything in it.")] = False,
     url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Download a version into the local cache (resumable, sha256-verified) and print its path."""
     with registry_session(url, token) as reg, progress_bar(not json_out) as cb:
-        path = reg.pull(ref, to=to, progress=cb)
+        path = reg.pull(ref, to=to, progress=cb, force=force)
     if json_out:
         print_json({"ref": ref, "path": str(path)})
     else:
@@ -209,9 +237,21 @@ def gc(
         report = reg.gc(grace)
     if json_out:
         print_json(report.model_dump())
-    else:
-        console.print(f"removed {report.blobs_removed} blob(s), "
-                      f"{human_bytes(report.bytes_removed)}; kept {report.blobs_kept}")
+        return
+    line = (f"removed {report.blobs_removed} blob(s), {human_bytes(report.bytes_removed)}; "
+            f"kept {report.blobs_kept}")
+    if report.unreferenced_kept:
+        line += (f", of which {report.unreferenced_kept} unreferenced blob(s) younger than the "
+                 f"{_duration(report.grace_seconds)} grace period (uploads that may still be "
+                 "committed; --grace 0 removes them)")
+    print(line)
+
+
+def _duration(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)} {unit}"
+    return f"{seconds:g} s"
 
 
 def register(app: typer.Typer) -> None:

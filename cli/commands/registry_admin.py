@@ -16,6 +16,7 @@ from lorahive.cli.commands.registry_client import (
 )
 from lorahive.cli.output import Col, console, err_console, print_json, print_table
 from lorahive.hub.credentials import credentials_file, save_credentials
+from lorahive.hub.errors import InvalidRequestError
 
 
 def serve(
@@ -30,17 +31,25 @@ def serve(
     from lorahive.registry.service import RegistryService
     from lorahive.registry.settings import Settings
 
+    _check_port(host, port)  # fail in one line, before announcing anything
     settings = Settings()
     svc = RegistryService(settings)  # migrations run here, once, before workers start
     startup_cleanup(svc)  # temp files of a killed previous run; no worker is up yet
     secret = svc.bootstrap_admin()
     svc.close()
+    token_file = settings.admin_token_file
     if secret:
-        err_console.print(
-            f"created user 'admin'; admin token (shown once, also saved to "
-            f"{settings.admin_token_file}):\n{secret}")
+        err_console.print(f"created user 'admin'; admin token (shown once, also saved to "
+                          f"{token_file}):\n{secret}", markup=False, highlight=False)
+    elif token_file.is_file():
+        err_console.print(f"admin token: in {token_file} (created on the first start)",
+                          markup=False, highlight=False)
+    else:
+        err_console.print(f"no admin token file at {token_file}: it was removed; create "
+                          "tokens with another admin token", markup=False, highlight=False)
     err_console.print(f"lorahive registry on http://{host}:{port} "
-                      f"(db {settings.public_dict()['database_url']}, storage {settings.storage_url})")
+                      f"(db {settings.public_dict()['database_url']}, storage {settings.storage_url})",
+                      markup=False, highlight=False)
     # Replace this process with uvicorn: its workers are spawned from a small main module and
     # do not re-import the whole CLI (torch included); the pid stays the same for supervisors.
     sys.stdout.flush()
@@ -50,6 +59,24 @@ def serve(
         "--host", host, "--port", str(port), "--workers", str(workers),
         "--log-level", log_level, "--timeout-graceful-shutdown", "5",
     ])
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind and release the address uvicorn is about to bind, so a port in use is one error
+    line instead of a start-up banner followed by uvicorn's failure."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as e:
+        raise InvalidRequestError(f"cannot listen on {host!r}: {e}", params="host") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            raise InvalidRequestError(f"cannot listen on {host}:{port}: {e.strerror}; choose "
+                                      "another port", params="port") from None
 
 
 def login(
@@ -84,8 +111,14 @@ def whoami(url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False
         who = reg.whoami()
     if json_out:
         print_json(who.model_dump())
-    else:
-        console.print(f"{who.user or 'anonymous'} (scope {who.scope}, admin {who.is_admin})")
+        return
+    if who.user is None:
+        print("anonymous (no token)")
+        return
+    where = (f"only namespace(s) {', '.join(who.namespaces)}" if who.namespaces
+             else f"every namespace {who.user} owns" + (" (site admin: all)" if who.is_admin
+                                                       else ""))
+    print(f"{who.user} (scope {who.scope}, admin {who.is_admin}; acts on {where})")
 
 
 TOKEN_COLUMNS = (Col("id", justify="right"), Col("user"), Col("name"), Col("scope"),

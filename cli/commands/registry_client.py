@@ -13,12 +13,12 @@ from lorahive.cli.output import byte_progress, err_console
 from lorahive.hub.credentials import server_selection
 from lorahive.hub.protocol import ProgressFn, Registry
 
-UrlOpt = Annotated[str | None, typer.Option(
-    "--url", help="Registry server URL (default: LORAHIVE_URL, the logged-in server, or the "
-    "local embedded registry).", show_default=False)]
-TokenOpt = Annotated[str | None, typer.Option(
-    "--token", help="API token for the server (default: LORAHIVE_TOKEN or the saved login).",
-    show_default=False)]
+URL_HELP = ("Registry server URL. Without it: LORAHIVE_URL, else the server saved by "
+            "`lorahive login`, else the embedded registry in LORAHIVE_HOME.")
+TOKEN_HELP = ("API token. Without it: LORAHIVE_TOKEN, else the token saved by `lorahive login` "
+              "for that server; the embedded registry uses its admin token.")
+UrlOpt = Annotated[str | None, typer.Option("--url", help=URL_HELP, show_default=False)]
+TokenOpt = Annotated[str | None, typer.Option("--token", help=TOKEN_HELP, show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
@@ -31,7 +31,7 @@ def open_registry(url: str | None = None, token: str | None = None) -> Registry:
         return HttpRegistry(url, token)
     from lorahive.registry.local import LocalRegistry
 
-    return LocalRegistry()
+    return LocalRegistry(token=token)
 
 
 @contextlib.contextmanager

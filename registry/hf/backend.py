@@ -1,45 +1,43 @@
 """What the Hub-compatible routes need from the registry, for one caller: revisions mapped to
-versions, model-info and search results in the Hub's JSON shapes, blob access, and publishing a
-commit's file list as a new version. Every rule (visibility, scopes, validation, immutability)
-stays in ``RegistryService``; this layer only translates.
+versions, model-info and search results in the Hub's JSON shapes, and a commit's file list
+handed to the service as a new version. Every rule (visibility, scopes, validation,
+immutability, uploads, downloads and their counting) stays in ``RegistryService``; this layer
+only translates, and never touches tables, sessions or blobs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from sqlmodel import select
-from starlette.concurrency import run_in_threadpool
 
 from lorahive.hub.errors import (
     AdapterNotFoundError,
+    EntryNotFoundError,
     InvalidRequestError,
     LorahiveError,
     VersionNotFoundError,
 )
 from lorahive.hub.modelcard import card_tags, parse_card
 from lorahive.hub.protocol import AdapterInfo, FileEntry, VersionInfo, WhoAmI
-from lorahive.hub.refs import DEFAULT_ALIAS, Ref, check_name, check_version, parse_ref
+from lorahive.hub.refs import DEFAULT_ALIAS, Ref, check_version, parse_ref
 from lorahive.registry.auth import Principal
-from lorahive.registry.db import session_scope
+from lorahive.registry.card import CARD, CARD_MAX, IMPLIED_TAGS, is_name
 from lorahive.registry.hf import protocol as proto
-from lorahive.registry.hf.upload import signing_key
-from lorahive.registry.service import PublishOptions, RegistryService
-from lorahive.registry.tables import AdapterRow, Namespace
+from lorahive.registry.http import bearer_token
+from lorahive.registry.service import PresignedUpload, PublishOptions, RegistryService
+from lorahive.registry.transfer import Download, StoredBlob
 
 _COMMIT = re.compile(proto.COMMIT_RE)
 # (repo, commit id) -> version: lets a commit-pinned request (every file of a snapshot_download)
 # resolve one version instead of hashing all of them. Per process, bounded.
 _COMMITS: dict[tuple[str, str], str] = {}
 _COMMITS_MAX = 100_000
-_CARD_MAX = 1024 * 1024
-_WRITE_CHUNK = 1024 * 1024
-_IMPLIED = {"peft", "lora", "safetensors"}
+_GIT_OID_MAX = 64 * 1024 * 1024  # regular files the client compares by git-sha1
 
 
 @dataclass
@@ -74,7 +72,6 @@ class HfBackend:
         self.service = service
         self._secret = secret
         self._principal: Principal | None = None
-        self.store = service.store
         self.max_file_bytes = service.settings.max_upload_bytes
         self.max_files = service.settings.max_files
 
@@ -89,23 +86,17 @@ class HfBackend:
     # -- identity --------------------------------------------------------------------------
     def whoami(self) -> WhoAmI:
         me = self.service.whoami(self.p)
-        if me.user and not me.namespaces:
-            with session_scope(self.service.engine) as s:
-                owned = s.exec(select(Namespace.name).where(
-                    Namespace.owner_id == self.p.user_id)).all()
-            me.namespaces = sorted(owned)
+        me.namespaces = self.service.namespaces_of(self.p)
         return me
 
     def require_write(self, repo: str) -> str:
         """The caller's user name if it may publish to ``repo``'s namespace, else raise."""
-        r = _split(repo)
-        with session_scope(self.service.engine) as s:
-            ns = self.service._namespace(s, r.namespace)
-            self.p.require(ns, "write")
+        self.service.require_namespace(self.p, _split(repo).namespace, "write")
         return self.p.user or ""
 
-    def signing_key(self) -> bytes:
-        return signing_key(self.service.settings.home)
+    def presign_upload(self, repo: str, oid: str, size: int) -> PresignedUpload:
+        """A signed URL's grant to upload one LFS object to ``repo``."""
+        return self.service.presign_upload(self.p, _split(repo).repo, oid, size)
 
     # -- revisions -------------------------------------------------------------------------
     def resolve_revision(self, repo: str, rev: str) -> Resolved:
@@ -132,7 +123,7 @@ class HfBackend:
                     return self._resolved(adapter, self.service.resolve(self.p, Ref(r.namespace, r.name, version=rev)))
                 except VersionNotFoundError:
                     pass
-            if _is_name(rev):
+            if is_name(rev):
                 return self._resolved(adapter, self.service.resolve(self.p, Ref(r.namespace, r.name, alias=rev)))
         except VersionNotFoundError:
             if rev == DEFAULT_ALIAS and adapter.latest_version is None:
@@ -202,10 +193,9 @@ class HfBackend:
     # -- JSON shapes ---------------------------------------------------------------------
     def card_data(self, r: Resolved) -> dict[str, Any]:
         """The version's README front matter, or the card lorahive would generate."""
-        readme = next((f for f in r.files if f.path == "README.md"), None)
-        if readme is not None and readme.size <= _CARD_MAX:
-            text = b"".join(self.store.open_range(readme.sha256)).decode("utf-8", "replace")
-            front = parse_card(text)
+        if r.version is not None and any(f.path == CARD for f in r.files):
+            data = self.service.read_file(self.p, r.version.ref, CARD, CARD_MAX)
+            front = parse_card(data.decode("utf-8", "replace")) if data else {}
             if front:
                 return front
         a = r.adapter
@@ -277,7 +267,7 @@ class HfBackend:
                     base_model = f[len(prefix):]
                     break
             else:
-                if f not in _IMPLIED and _is_name(f):
+                if f not in IMPLIED_TAGS and is_name(f):
                     registry_tags.append(f)
         order = {"lastModified": "updated", "last_modified": "updated", "createdAt": "created",
                  "created_at": "created", "downloads": "downloads", "id": "name",
@@ -297,81 +287,53 @@ class HfBackend:
             if not page.items or offset >= page.total:
                 return out, None
 
-    # -- blobs -----------------------------------------------------------------------------
-    def open_blob(self, sha: str, start: int, end: int) -> Iterator[bytes]:
-        return self.store.open_range(sha, start, end)
+    # -- files -----------------------------------------------------------------------------
+    def download(self, r: Resolved, path: str, range: str | None, head: bool) -> Download:
+        """A file of a resolved revision, through the service's one download step."""
+        if r.version is None:
+            raise EntryNotFoundError(f"{path} does not exist in {r.repo} (no version yet)")
+        return self.service.download(self.p, r.version.ref, path, range=range, head=head)
 
     def blob_size(self, sha: str) -> int | None:
-        return self.store.size(sha)
+        return self.service.blob_size(self.p, sha) if _is_sha256(sha) else None
 
-    def has_blob(self, sha: str, size: int) -> bool:
-        return len(sha) == 64 and self.store.size(sha) == size
-
-    def git_oid(self, f: FileEntry) -> str:
+    def git_oid(self, r: Resolved, f: FileEntry) -> str:
         """git-sha1 of a file's content: what the client compares ``regular`` files by."""
-        if f.size > 64 * 1024 * 1024:
-            return ""
-        return proto.git_blob_sha1(b"".join(self.store.open_range(f.sha256)))
+        data = None if r.version is None else self.service.read_file(
+            self.p, r.version.ref, f.path, _GIT_OID_MAX)
+        return "" if data is None else proto.git_blob_sha1(data)
 
-    def count_download(self, r: Resolved, path: str) -> None:
-        if r.version is not None and path == "adapter_model.safetensors":
-            self.service.record_download(self.p, Ref(r.adapter.namespace, r.adapter.name,
-                                                     version=r.version.version))
+    async def ingest_presigned(self, chunks: AsyncIterator[bytes], repo: str, oid: str,
+                               size: int, grant: PresignedUpload) -> StoredBlob:
+        """Store an LFS upload sent to a signed URL (the grant is its authorisation)."""
+        return await self.service.ingest_presigned(chunks, _split(repo).repo, oid, size, grant)
 
-    async def ingest_stream(self, chunks: AsyncIterator[bytes], sha: str, size: int) -> None:
-        """Store an LFS upload, hashed and sized before it becomes visible."""
-        if self.store.size(sha) == size:
-            async for _ in chunks:
-                pass
-            return
-        with self.store.staging(self.max_file_bytes) as staged:
-            buf = bytearray()
-            async for chunk in chunks:
-                buf += chunk
-                if len(buf) >= _WRITE_CHUNK:  # one thread hop per MiB, not per socket read
-                    await run_in_threadpool(staged.write, bytes(buf))
-                    buf.clear()
-            if buf:
-                await run_in_threadpool(staged.write, bytes(buf))
-            await run_in_threadpool(staged.verify, sha, size)
-            await run_in_threadpool(self.store.commit, staged, sha)
+    def ingest(self, chunks: Iterable[bytes]) -> tuple[str, int]:
+        """Store an inline file of a commit under its own sha256."""
+        stored = self.service.ingest(self.p, chunks)
+        return stored.sha256, stored.size
 
     # -- writes ----------------------------------------------------------------------------
     def create_repo(self, repo: str, private: bool) -> bool:
-        """An adapter with no version yet (the Hub creates repos before the first commit);
-        ``False`` when it exists. Rules as for publish: write scope on the namespace."""
-        r = _split(repo)
-        check_name(r.name, "adapter name")
-        with session_scope(self.service.engine, write=True) as s:
-            ns = self.service._namespace(s, r.namespace)
-            self.p.require(ns, "write")
-            row = s.exec(select(AdapterRow).where(AdapterRow.namespace_id == ns.id,
-                                                  AdapterRow.name == r.name)).first()
-            if row is not None:
-                return False
-            s.add(AdapterRow(namespace_id=ns.id, name=r.name, private=private))  # type: ignore[arg-type]
-        return True
+        """An adapter with no version yet; ``False`` when it exists."""
+        return self.service.create_adapter(self.p, _split(repo).repo, private)
 
-    def publish_files(self, repo: str, files: list[FileEntry], summary: str,
+    def publish_files(self, head: Resolved, files: list[FileEntry], summary: str,
                       description: str) -> Resolved:
-        """A commit's file list becomes the next version (task, tags and description come
-        from the README's front matter when it has them)."""
-        r = _split(repo)
-        opts = PublishOptions()
-        readme = next((f for f in files if f.path == "README.md"), None)
-        if readme is not None and readme.size <= _CARD_MAX:
-            text = b"".join(self.store.open_range(readme.sha256)).decode("utf-8", "replace")
-            opts = _options_from_card(parse_card(text))
-        v = self.service.commit(self.p, r.repo, files, None, opts)
-        adapter = self.service.adapter(self.p, r)
-        return self._resolved(adapter, v)
+        """A commit's file list becomes the next version (task and tags come from the
+        README's front matter when it has them). Git semantics: a commit that changes
+        nothing leaves the head as it is; one that returns to an older version's files is a
+        new version all the same (``main`` must show what was committed)."""
+        if head.version is not None and _by_path(files) == _by_path(head.files):
+            return head
+        r = _split(head.repo)
+        v = self.service.commit(self.p, r.repo, files, None,
+                                PublishOptions(from_card=True, allow_duplicate=True))
+        return self._resolved(self.service.adapter(self.p, r), v)
 
 
-def _options_from_card(front: dict[str, Any]) -> PublishOptions:
-    tags = [t for t in front.get("tags") or [] if isinstance(t, str) and _is_name(t)
-            and t not in _IMPLIED]
-    task = front.get("lorahive_task") or front.get("pipeline_tag")
-    return PublishOptions(task=str(task) if isinstance(task, str) else None, tags=tags)
+def _by_path(files: Sequence[FileEntry]) -> dict[str, tuple[str, int]]:
+    return {f.path: (f.sha256, f.size) for f in files}
 
 
 def _sibling(f: FileEntry, blobs: bool) -> dict[str, Any]:
@@ -390,12 +352,8 @@ def _is_version(s: str) -> bool:
         return False
 
 
-def _is_name(s: str) -> bool:
-    try:
-        check_name(s)
-        return True
-    except LorahiveError:
-        return False
+def _is_sha256(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
 
 
 def _iso(t: Any) -> str | None:
@@ -407,13 +365,7 @@ def _iso(t: Any) -> str | None:
     return s if t.tzinfo else s + "Z"
 
 
-def _bearer(request: Request) -> str | None:
-    h = request.headers.get("authorization") or ""
-    scheme, _, secret = h.partition(" ")
-    return secret.strip() or None if scheme.lower() == "bearer" else None
-
-
 async def hf_backend(request: Request) -> HfBackend:
     """Dependency: the app's registry service and the caller's bearer token."""
-    return HfBackend(request.app.state.service, _bearer(request))
+    return HfBackend(request.app.state.service, bearer_token(request))
 

@@ -15,14 +15,13 @@ import contextlib
 import functools
 import os
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from lorahive.hub.errors import (
@@ -38,15 +37,11 @@ from lorahive.hub.errors import (
 from lorahive.hub.protocol import FileEntry
 from lorahive.registry.hf import protocol as proto
 from lorahive.registry.hf.backend import HfBackend, Resolved, hf_backend
-from lorahive.registry.hf.upload import (
-    SIGNED_URL_TTL,
-    apply_commit,
-    check_upload_sig,
-    inline_max_bytes,
-    parse_commit,
-    sign_upload,
-    upload_mode,
-)
+from lorahive.registry.hf.upload import apply_commit, inline_max_bytes, parse_commit, upload_mode
+from lorahive.registry.http import file_response, request_body
+from lorahive.registry.presign import SIGNED_URL_TTL
+from lorahive.registry.service import PresignedUpload
+from lorahive.registry.transfer import RangeNotSatisfiableError
 
 router = APIRouter(tags=["huggingface"])
 LFS_JSON = "application/vnd.git-lfs+json"
@@ -65,7 +60,9 @@ def _error(e: LorahiveError) -> JSONResponse:
         r = proto.hf_error(401, None, "Invalid credentials in Authorization header")
         r.headers["X-Lorahive-Error"] = proto.header_safe(str(e))
         return r
-    return proto.hf_error(e.status, None, str(e))
+    r = proto.hf_error(e.status, None, str(e))
+    r.headers.update(getattr(e, "headers", None) or {})
+    return r
 
 
 def hf_errors(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
@@ -206,38 +203,17 @@ async def paths_info(request: Request, ns: str, name: str, rev: str,
 async def resolve_file(request: Request, ns: str, name: str, rev: str, path: str,
                        be: HfBackend = Depends(hf_backend)) -> Response:
     r = await run_in_threadpool(be.resolve_revision, f"{ns}/{name}", rev)
-    entry = next((f for f in r.files if f.path == path), None)
-    if entry is None:
+    headers = {"X-Repo-Commit": r.commit, "Content-Disposition":
+               f"attachment; filename*=UTF-8''{quote(path.rsplit('/', 1)[-1])}"}
+    try:
+        dl = await run_in_threadpool(be.download, r, path, request.headers.get("range"),
+                                     request.method == "HEAD")
+    except EntryNotFoundError:
         return proto.hf_error(404, proto.ENTRY_NOT_FOUND,
                               f"{path} does not exist in {r.repo} at {rev}", r.commit)
-    headers = {
-        "X-Repo-Commit": r.commit,
-        "ETag": f'"{entry.sha256}"',
-        "Accept-Ranges": "bytes",
-        "Content-Type": "application/octet-stream",
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(path.rsplit('/', 1)[-1])}",
-    }
-    if request.method == "HEAD":
-        headers["Content-Length"] = str(entry.size)
-        return Response(status_code=200, headers=headers)
-    try:
-        rng = proto.parse_range(request.headers.get("range"), entry.size)
-    except ValueError:
-        headers["Content-Range"] = f"bytes */{entry.size}"
-        return Response(status_code=416, headers=headers)
-    if entry.size == 0:
-        headers["Content-Length"] = "0"
-        return Response(b"", headers=headers)
-    start, end = rng if rng else (0, entry.size - 1)
-    chunks = await run_in_threadpool(be.open_blob, entry.sha256, start, end)
-    if rng is None:
-        await run_in_threadpool(be.count_download, r, path)
-    headers["Content-Length"] = str(end - start + 1)
-    status = 200
-    if rng is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
-    return StreamingResponse(chunks, status_code=status, headers=headers)
+    except RangeNotSatisfiableError as e:
+        return Response(status_code=416, headers={**headers, **e.headers})
+    return file_response(dl, headers)
 
 
 # --------------------------------------------------------------------------- write side
@@ -303,7 +279,7 @@ async def preupload(request: Request, ns: str, name: str, rev: str,
         old = current.get(path)
         oid = None
         if old is not None and old.size == size:
-            oid = old.sha256 if mode == "lfs" else await run_in_threadpool(be.git_oid, old)
+            oid = old.sha256 if mode == "lfs" else await run_in_threadpool(be.git_oid, r, old)
         out.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
     return JSONResponse({"files": out, "commitOid": r.commit})
 
@@ -319,10 +295,8 @@ async def lfs_batch(request: Request, ns: str, repo_git: str,
     if body.get("operation") != "upload":
         raise InvalidRequestError("lorahive's LFS endpoint takes uploads only; download with "
                                   "/resolve")
-    user = await run_in_threadpool(be.require_write, repo)
-    key = be.signing_key()
+    await run_in_threadpool(be.require_write, repo)
     base = _base(request)
-    expires = int(time.time()) + SIGNED_URL_TTL
     objects = []
     for obj in body.get("objects") or []:
         if not isinstance(obj, dict):
@@ -337,10 +311,10 @@ async def lfs_batch(request: Request, ns: str, repo_git: str,
                 "code": 413, "message": f"over the limit of {be.max_file_bytes} bytes per file"}})
             continue
         entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-        if not await run_in_threadpool(be.has_blob, oid, size):
-            sig = sign_upload(key, repo, oid, size, user, expires)
-            href = (f"{base}/api/lorahive-lfs/{repo}/{oid}?size={size}&user={quote(user)}"
-                    f"&expires={expires}&sig={sig}")
+        if await run_in_threadpool(be.blob_size, oid) != size:
+            g = await run_in_threadpool(be.presign_upload, repo, oid, size)
+            href = (f"{base}/api/lorahive-lfs/{repo}/{oid}?size={size}&user={quote(g.user)}"
+                    f"&expires={g.expires}&sig={g.signature}")
             entry["actions"] = {
                 "upload": {"href": href, "expires_in": SIGNED_URL_TTL},
                 "verify": {"href": f"{base}/{repo}.git/info/lfs/objects/verify",
@@ -357,14 +331,11 @@ async def lfs_upload(request: Request, ns: str, name: str, oid: str, size: int, 
                      expires: int, sig: str, be: HfBackend = Depends(hf_backend)) -> Response:
     """The signed URL the batch call hands out: the client PUTs here without credentials
     (as it would to S3), so the signature is the authorisation."""
-    repo = f"{ns}/{name}"
-    if not check_upload_sig(be.signing_key(), repo, oid, size, user, expires, sig):
-        return proto.hf_error(403, None, "upload URL is invalid or expired; ask the batch "
-                                         "endpoint for a new one")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) != size:
         raise InvalidRequestError(f"Content-Length {declared} does not match the declared size {size}")
-    await be.ingest_stream(request.stream(), oid, size)
+    await be.ingest_presigned(request_body(request), f"{ns}/{name}", oid, size,
+                              PresignedUpload(user, expires, sig))
     return Response(status_code=200, headers={"ETag": f'"{oid}"'})
 
 
@@ -376,7 +347,7 @@ async def lfs_verify(request: Request, ns: str, repo_git: str,
     await run_in_threadpool(be.require_write, repo)
     body = await _json_object(request)
     oid, size = str(body.get("oid", "")), _int(body.get("size", -1), "size")
-    if not await run_in_threadpool(be.has_blob, oid, size):
+    if await run_in_threadpool(be.blob_size, oid) != size:
         return proto.hf_error(404, None, f"object {oid} ({size} bytes) was not uploaded")
     return JSONResponse({"oid": oid, "size": size}, media_type=LFS_JSON)
 
@@ -407,19 +378,19 @@ async def commit(request: Request, ns: str, name: str, rev: str,
 
 def _do_commit(be: HfBackend, repo: str, rev: str, body_path: Path) -> Resolved:
     r = be.writable_revision(repo, rev)
-    c = parse_commit(body_path, be.store, be.max_file_bytes)
+    c = parse_commit(body_path, be.ingest)
     if c.parent and c.parent != r.commit:
         raise _Conflict(f"parentCommit {c.parent} is not the head of {rev} ({r.commit}); "
                         "pull and retry")
     lfs_entries = {}
     for path, (oid, size) in c.lfs.items():
-        stored = be.blob_size(oid) if _is_sha256(oid) else None
+        stored = be.blob_size(oid)
         if stored is None or (size is not None and stored != size):
             raise EntryNotFoundError(f"LFS object {oid} for {path} was never uploaded; upload "
                                      "it through the LFS batch endpoint first")
         lfs_entries[path] = FileEntry(path=path, sha256=oid, size=stored)
     files = apply_commit(list(r.files), c, lfs_entries, be.max_files)
-    return be.publish_files(repo, files, c.summary, c.description)
+    return be.publish_files(r, files, c.summary, c.description)
 
 
 class _Conflict(LorahiveError):

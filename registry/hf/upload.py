@@ -1,5 +1,5 @@
-"""The write half of the Hub protocol, independent of HTTP: upload modes, signed LFS upload
-URLs, and the NDJSON commit body turned into a new file list.
+"""The write half of the Hub protocol, independent of HTTP: upload modes and the NDJSON commit
+body turned into a new file list (signed LFS upload URLs are the service's, ``registry.presign``).
 
 Why inline ("regular") uploads are the default: ``huggingface_hub`` >= 1.0 sends every file the
 server marks ``lfs`` through Xet storage whenever ``hf_xet`` is installed (it is a default
@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import mmap
 import os
 import re
-import secrets
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorahive.hub.errors import InvalidRequestError, PayloadTooLargeError
 from lorahive.hub.manifest import check_filename
 from lorahive.hub.protocol import FileEntry
-from lorahive.registry.blobs import BlobStore
+
+# stores one inline file (its decoded bytes) and returns its sha256 and size
+Ingest = Callable[[Iterable[bytes]], "tuple[str, int]"]
 
 DEFAULT_INLINE_MAX = 1024**3
-SIGNED_URL_TTL = 3600
 _CONTENT = re.compile(rb'"content"\s*:\s*"([A-Za-z0-9+/=]*)"')
 _SMALL_LINE = 1024 * 1024
 _MAX_META_LINE = 16 * 1024 * 1024
@@ -48,40 +45,6 @@ def inline_max_bytes() -> int:
 
 def upload_mode(size: int, inline_max: int) -> str:
     return "regular" if size <= inline_max else "lfs"
-
-
-def signing_key(home: Path) -> bytes:
-    """The key signing LFS upload URLs: ``LORAHIVE_HF_SIGNING_KEY`` or a random key kept in the
-    data directory, so every worker of one deployment accepts the URLs any of them issued."""
-    env = os.environ.get("LORAHIVE_HF_SIGNING_KEY")
-    if env:
-        return env.encode()
-    path = home / "hf-signing-key"
-    with contextlib.suppress(FileExistsError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    for _ in range(50):  # another worker may be writing it right now
-        key = path.read_text().strip()
-        if key:
-            return key.encode()
-        time.sleep(0.02)
-    raise RuntimeError(f"{path} is empty; delete it and restart")
-
-
-def sign_upload(key: bytes, repo: str, oid: str, size: int, user: str, expires: int) -> str:
-    msg = f"{repo}\n{oid}\n{size}\n{user}\n{expires}".encode()
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()
-
-
-def check_upload_sig(key: bytes, repo: str, oid: str, size: int, user: str, expires: int,
-                     sig: str) -> bool:
-    if expires < time.time():
-        return False
-    # bytes: compare_digest raises TypeError on non-ASCII str (a hostile sig was a 500)
-    return hmac.compare_digest(sign_upload(key, repo, oid, size, user, expires).encode(),
-                               sig.encode("utf-8", "surrogatepass"))
 
 
 @dataclass
@@ -107,27 +70,19 @@ def _lines(buf: mmap.mmap) -> Iterator[tuple[int, int]]:
         pos = end + 1
 
 
-def _ingest_b64(store: BlobStore, buf: mmap.mmap, start: int, end: int, max_bytes: int) -> FileEntry:
-    """Decode ``buf[start:end]`` (base64) in chunks into the store; returns its sha and size."""
-    with store.staging(max_bytes) as staged:
-        h = hashlib.sha256()
-        for off in range(start, end, _B64_CHUNK):
-            try:
-                chunk = base64.b64decode(buf[off:min(off + _B64_CHUNK, end)], validate=True)
-            except ValueError:
-                raise InvalidRequestError("a file's content is not valid base64") from None
-            h.update(chunk)
-            staged.write(chunk)
-        sha = h.hexdigest()
-        staged.verify(sha, None)
-        if not store.exists(sha):
-            store.commit(staged, sha)
-        return FileEntry(path="_", sha256=sha, size=staged.size)
+def _decoded(buf: mmap.mmap, start: int, end: int) -> Iterator[bytes]:
+    """``buf[start:end]`` (base64) decoded chunk by chunk."""
+    for off in range(start, end, _B64_CHUNK):
+        try:
+            yield base64.b64decode(buf[off:min(off + _B64_CHUNK, end)], validate=True)
+        except ValueError:
+            raise InvalidRequestError("a file's content is not valid base64") from None
 
 
-def parse_commit(body: Path, store: BlobStore, max_bytes: int, max_name: int = 255) -> Commit:
+def parse_commit(body: Path, ingest: Ingest, max_name: int = 255) -> Commit:
     """Read an NDJSON commit body (``header``, ``file``, ``lfsFile``, ``deletedFile``,
-    ``deletedFolder`` lines). Inline files go to the blob store, verified by their hash."""
+    ``deletedFolder`` lines). Inline files are decoded in chunks and handed to ``ingest``
+    (the registry's, which stores them under their sha256)."""
     commit = Commit()
     if body.stat().st_size == 0:
         raise InvalidRequestError("empty commit body: expected application/x-ndjson lines")
@@ -167,10 +122,10 @@ def parse_commit(body: Path, store: BlobStore, max_bytes: int, max_name: int = 2
                 if span is None:
                     content = str(value.get("content", "")).encode()
                     with _bytes_map(content) as small:
-                        entry = _ingest_b64(store, small, 0, len(content), max_bytes)
+                        sha, size = ingest(_decoded(small, 0, len(content)))
                 else:
-                    entry = _ingest_b64(store, buf, span[0], span[1], max_bytes)
-                commit.added[path] = FileEntry(path=path, sha256=entry.sha256, size=entry.size)
+                    sha, size = ingest(_decoded(buf, span[0], span[1]))
+                commit.added[path] = FileEntry(path=path, sha256=sha, size=size)
             elif key == "lfsFile":
                 if value.get("algo", "sha256") != "sha256":
                     raise InvalidRequestError(f"{path}: only sha256 LFS objects are accepted")

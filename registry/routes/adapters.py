@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
-from lorahive.hub.protocol import AdapterInfo, SearchPage, SortKey, VersionInfo
+from lorahive.hub.protocol import AdapterInfo, PublishPlan, SearchPage, SortKey, VersionInfo
 from lorahive.hub.refs import Ref, check_name, check_version
 from lorahive.registry.deps import Caller, Service, limit_json_body
-from lorahive.registry.schemas import AliasRequest, CommitRequest
+from lorahive.registry.schemas import AliasRequest, CommitRequest, PreflightRequest
 from lorahive.registry.service import PublishOptions
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
@@ -57,13 +57,28 @@ def list_versions(ns: str, name: str, svc: Service, caller: Caller) -> list[Vers
     return svc.versions(caller, _ref(ns, name))
 
 
+@router.post("/{ns}/{name}/preflight", response_model=PublishPlan,
+             dependencies=[Depends(limit_json_body)])
+def preflight(ns: str, name: str, body: PreflightRequest, svc: Service,
+              caller: Caller) -> PublishPlan:
+    """Before uploading: refused as the commit would be, or the blobs to upload, or the
+    version that already has these files."""
+    return svc.preflight(caller, str(_ref(ns, name)), body.files, body.version,
+                         body.allow_duplicate)
+
+
 @router.post("/{ns}/{name}/versions", response_model=VersionInfo,
              status_code=status.HTTP_201_CREATED, dependencies=[Depends(limit_json_body)])
-def commit(ns: str, name: str, body: CommitRequest, svc: Service, caller: Caller) -> VersionInfo:
-    """Commit a version from uploaded blobs (phase two of a publish), in one transaction."""
+def commit(ns: str, name: str, body: CommitRequest, svc: Service, caller: Caller,
+           response: Response) -> VersionInfo:
+    """Commit a version from uploaded blobs (phase two of a publish), in one transaction;
+    200 with ``unchanged`` when a version already has these files."""
     opts = PublishOptions(task=body.task, tags=body.tags, private=body.private,
-                          description=body.description, metrics=body.metrics)
-    return svc.commit(caller, str(_ref(ns, name)), body.files, body.version, opts)
+                          description=body.description, metrics=body.metrics,
+                          allow_duplicate=body.allow_duplicate)
+    info = svc.commit(caller, str(_ref(ns, name)), body.files, body.version, opts)
+    response.status_code = status.HTTP_200_OK if info.unchanged else status.HTTP_201_CREATED
+    return info
 
 
 @router.get("/{ns}/{name}/versions/{version}", response_model=VersionInfo)

@@ -1,0 +1,45 @@
+"""HTTP shapes shared by the REST and Hugging Face doors: a planned download as a response,
+and a request body as the chunks the service's ingest reads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect
+
+from lorahive.hub.errors import IntegrityError
+from lorahive.registry.transfer import Download
+
+
+def bearer_token(request: Request) -> str | None:
+    """The secret of an ``Authorization: Bearer`` header (``None`` without one); doors that
+    answer in their own error format authenticate it inside the request."""
+    scheme, _, secret = (request.headers.get("authorization") or "").partition(" ")
+    return secret.strip() or None if scheme.lower() == "bearer" else None
+
+
+def file_response(dl: Download, headers: dict[str, str] | None = None) -> Response:
+    """A download as a response: ``ETag`` (the sha256), ``Accept-Ranges``, the length and,
+    for a range, ``Content-Range``; no body for HEAD (``dl.body is None``) and 304."""
+    h = {"ETag": f'"{dl.entry.sha256}"', "Accept-Ranges": "bytes", **(headers or {})}
+    if dl.status == 304:
+        return Response(status_code=304, headers=h)
+    h["Content-Length"] = str(dl.length)
+    if dl.content_range:
+        h["Content-Range"] = dl.content_range
+    if dl.body is None:
+        return Response(status_code=dl.status, headers=h)
+    return StreamingResponse(dl.body, status_code=dl.status, headers=h,
+                             media_type="application/octet-stream")
+
+
+async def request_body(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that goes away mid-body is an integrity error
+    (the upload is discarded), not a server error."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise IntegrityError("the upload was interrupted; nothing was stored") from None
