@@ -957,7 +957,7 @@ class RegistryService:
         with session_scope(self.engine) as s:
             a, ns = self._adapter(s, p, r)
             view = AdapterView(self._adapter_infos(s, [(a, ns)])[0],
-                               self._version_info(s, ns, a, self._version(s, a, r)),
+                               self._version_info(s, p, ns, a, self._version(s, a, r)),
                                self._version_briefs(s, a))
         entry = next((f for f in view.version.files if f.path == file), None)
         if entry is not None and max_bytes > 0:
@@ -976,35 +976,24 @@ class RegistryService:
             names = list(s.exec(q).all())
         return [n for n in names if not p.namespaces or n in p.namespaces]
 
-    def lineage_parents(self, p: Principal, info: VersionInfo) -> list[LineageEdge]:
-        """The parents recorded in a version's lineage as ``p`` may see them: a parent in the
-        registry that ``p`` cannot read is named by nothing (not even its sha256)."""
-        parents = (info.lineage or {}).get("parents") or []
+    def lineage_parents(self, info: VersionInfo) -> list[LineageEdge]:
+        """The parents of a version as edges of the lineage graph. ``info`` comes from the
+        service for the caller, so a parent the caller may not see is already ``private``
+        (``_lineage_for``) and becomes an edge that names nothing, not even its sha256."""
         out: list[LineageEdge] = []
-        if not parents:
-            return out
-        with session_scope(self.engine) as s:
-            for raw in parents if isinstance(parents, list) else []:
-                if not isinstance(raw, dict):  # one edge per recorded parent, in order
-                    out.append(LineageEdge(None, None, None, None, hidden=True))
-                    continue
-                weight = raw.get("weight")
-                weight = float(weight) if isinstance(weight, int | float) else None
-                text = str(raw.get("ref") or "")
-                try:
-                    r = parse_ref(text)
-                except InvalidReferenceError:
-                    # a local directory when it was made: not a link, named as recorded
-                    out.append(LineageEdge(None, None, None, weight, local=text))
-                    continue
-                try:
-                    self._adapter(s, p, r)
-                except AdapterNotFoundError:
-                    out.append(LineageEdge(None, None, None, weight, hidden=True))
-                    continue
-                version = r.version or (str(raw["version"]) if raw.get("version") else None)
-                out.append(LineageEdge(r.namespace, r.name, version, weight,
-                                       sha256=raw.get("sha256")))
+        parents = (info.lineage or {}).get("parents") or []
+        for raw in parents if isinstance(parents, list) else []:
+            if not isinstance(raw, dict) or raw.get("ref") == "private":
+                weight = raw.get("weight") if isinstance(raw, dict) else None
+                out.append(LineageEdge(None, None, None, _weight(weight), hidden=True))
+                continue
+            weight = _weight(raw.get("weight"))
+            r = _registry_parent(raw)
+            if r is None:  # a local directory when it was made: named as recorded, no link
+                out.append(LineageEdge(None, None, None, weight, local=str(raw.get("ref") or "")))
+                continue
+            version = r.version or str(raw["version"])
+            out.append(LineageEdge(r.namespace, r.name, version, weight, sha256=raw.get("sha256")))
         return out
 
     def lineage_children(self, p: Principal, ref: str | Ref, limit: int = 200
@@ -1169,6 +1158,10 @@ def _apply_settings(s: Session, a: AdapterRow, opts: PublishOptions, tags: list[
                 s.add(AdapterTag(adapter_id=a.id, tag=t))  # type: ignore[arg-type]
                 changed = True
     return changed
+
+
+def _weight(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _registry_parent(parent: Any) -> Ref | None:

@@ -148,7 +148,8 @@ def seed(server: LiveServer, base_dir: Path, work: Path) -> Seeded:
          "objective_trace": [2.0, 1.5, 1.234]}),
         {"objective": 1.234, "zero_shot_objective": 2.01, "eval_accuracy": 0.8,
          "eval_metric": "exact_match", "eval_n": 20})
-    reg.publish(c, "admin/reviews-composed", task="qa", tags=["composed"],
+    # made public explicitly: a child of a private parent is private unless its publisher says
+    reg.publish(c, "admin/reviews-composed", task="qa", tags=["composed"], private=False,
                 description="Composed from sentiment and summarisation adapters.")
     h = make_peft_adapter(base_dir, work / "hostile", seed=6)
     (h / "README.md").write_text(HOSTILE_CARD)
@@ -160,10 +161,17 @@ def seed(server: LiveServer, base_dir: Path, work: Path) -> Seeded:
             server.service.create_namespace(admin, ns)
         reg.publish(a1, repo, task=task, tags=tags, description=text)
         for _ in range(downloads):
-            server.service.record_download(admin, repo + "@1")
+            _count_download(server.service, admin, repo + "@1")
     for _ in range(9):
-        server.service.record_download(admin, "admin/sentiment-en@2")
+        _count_download(server.service, admin, "admin/sentiment-en@2")
     return Seeded(alice_token=alice.token, public=4 + len(MORE))
+
+
+def _count_download(service, who, ref: str) -> None:
+    """One whole download of the weights (what the service counts)."""
+    dl = service.download(who, ref, "adapter_model.safetensors")
+    for _ in dl.body:
+        pass
 
 
 def csrf_field(html: str) -> str:

@@ -418,7 +418,7 @@ def adapter_page(ns: str, name: str, request: Request, v: Visitor = Page,
     ctx = _adapter_ctx(request, v, ns, name, version, alias, "card", card=True)
     svc = svc_of(request)
     info: VersionInfo = ctx["info"]
-    parents = svc.lineage_parents(v.principal, info)
+    parents = svc.lineage_parents(info)
     raw = ctx.pop("card_bytes")
     card = None
     if raw is not None:
@@ -461,7 +461,7 @@ def lineage_page(ns: str, name: str, request: Request, v: Visitor = Page,
     ctx = _adapter_ctx(request, v, ns, name, version, alias, "lineage")
     svc = svc_of(request)
     info: VersionInfo = ctx["info"]
-    parents = svc.lineage_parents(v.principal, info)
+    parents = svc.lineage_parents(info)
     children = svc.lineage_children(v.principal, Ref(ns, name))
     lineage = info.lineage or {}
     params = lineage.get("params") if isinstance(lineage.get("params"), dict) else {}
