@@ -41,11 +41,12 @@ def save_credentials(url: str, token: str) -> Path:
 
 def server_selection(url: str | None = None,
                      token: str | None = None) -> tuple[str | None, str | None]:
-    """``(url, token)`` of the selected server; ``(None, None)`` when none is configured."""
+    """``(url, token)`` of the selected server; ``(None, token)`` when none is configured (the
+    embedded registry then acts with the token given, if any, else its admin token)."""
     creds = load_credentials()
     url = url or os.environ.get("LORAHIVE_URL") or creds.get("url")
     if not url:
-        return None, None
+        return None, token
     if token is None:
         token = os.environ.get("LORAHIVE_TOKEN") or (
             creds.get("token") if creds.get("url", "").rstrip("/") == url.rstrip("/") else None)

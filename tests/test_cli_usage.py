@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import lorahive
+from lorahive.cli.commands.registry_client import URL_HELP
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,5 +173,6 @@ def test_url_help_says_what_the_default_is():
         for p in cmd.params:
             if "--url" in getattr(p, "opts", []) and path != ["login"]:
                 seen += 1
-                assert "logged-in server" in p.help, (path, p.help)
+                assert p.help == URL_HELP and "lorahive login" in p.help, (path, p.help)
     assert seen > 15
+    assert "LORAHIVE_URL" in URL_HELP and URL_HELP.index("login") < URL_HELP.index("embedded")

@@ -32,10 +32,11 @@ NOT_RUN = {
     "make serve": "installs the package and serves until stopped",
     "make test": "is the whole suite, this test included",
     "lorahive serve": "serves until stopped; tests/test_registry_http.py runs the server",
-    "lorahive compose": "not yet run here",
     "HF_ENDPOINT=": "needs a running server; tests/test_hf_interop.py covers the HF routes",
     "lorahive import-hf": "needs a Hugging Face-compatible hub holding org/some-adapter",
     "lorahive export-hf": "needs a Hugging Face-compatible hub at hf.example",
+    "LORAHIVE_URL=": "needs vLLM (make install-vllm); tests/test_vllm_e2e.py serves it "
+                     "(make test-vllm)",
 }
 
 

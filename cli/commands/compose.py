@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lorahive.cli.commands.registry_client import TOKEN_HELP, URL_HELP
 from lorahive.cli.output import Col, console, err_console, print_json, print_table
 from lorahive.cli.sources import (
     check_outputs,
@@ -59,12 +60,8 @@ def compose(
         None, "--private/--public", show_default=False,
         help="Visibility of the published adapter (default: the registry decides; a child of "
         "a private parent is private)."),
-    url: str | None = typer.Option(
-        None, "--url", envvar="LORAHIVE_URL", help="Registry server for references, --select "
-        "and --publish (default: the logged-in server, else the local embedded registry)."),
-    token: str | None = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN",
-                                     help="API token for that server (default: the saved "
-                                     "login)."),
+    url: str | None = typer.Option(None, "--url", help=URL_HELP, show_default=False),
+    token: str | None = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
     eval_file: Path | None = typer.Option(None, "--eval", help="Held-out JSONL for accuracy."),
     budget: int = typer.Option(40, help="Objective evaluations (nevergrad budget)."),
     optimizer: str = typer.Option("NGOpt", help="Any nevergrad optimizer by name."),

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from lorahive.cli.commands.registry_client import TOKEN_HELP, URL_HELP
 from lorahive.cli.output import (
     Col,
     byte_progress,
@@ -66,11 +67,8 @@ PARAM = typer.Option(None, "--param", help="Other method parameter, KEY=VALUE (r
 WEIGHTS = typer.Option(None, "--weights", help="One weight per adapter, comma separated "
                        "(default 1 each).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
-URL = typer.Option(None, "--url", envvar="LORAHIVE_URL",
-                   help="Registry server for references and --publish (default: the "
-                   "logged-in server, else the local embedded registry).")
-TOKEN = typer.Option(None, "--token", envvar="LORAHIVE_TOKEN",
-                     help="API token for that server (default: the saved login).")
+URL = typer.Option(None, "--url", help=URL_HELP, show_default=False)
+TOKEN = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False)
 PRIVATE = typer.Option(None, "--private/--public", show_default=False,
                        help="Visibility of the published adapter (default: the registry decides; "
                        "a child of a private parent is private).")
