@@ -95,3 +95,51 @@ def make_peft_adapter(
     data["base_model_name_or_path"] = base_id
     cfg_path.write_text(json.dumps(data, indent=2))
     return Path(out)
+
+
+def save_tiny_llama_4bit(base_dir: Path, out: Path, quant_type: str = "nf4",
+                         double_quant: bool = True, max_shard_size: str | None = None,
+                         storage: torch.dtype = torch.uint8) -> Path:
+    """The tiny Llama loaded 4-bit by transformers with bitsandbytes (CPU) and saved: the
+    layout a QLoRA base has on disk. Needs the ``bitsandbytes`` package (dev extra)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                             bnb_4bit_use_double_quant=double_quant,
+                             bnb_4bit_compute_dtype=torch.float32,
+                             bnb_4bit_quant_storage=storage)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=cfg,
+                                                 device_map="cpu")
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out, **kw)
+    return Path(out)
+
+
+def load_4bit(path: Path):
+    """A saved 4-bit checkpoint through transformers and bitsandbytes (the reference)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, device_map="cpu").eval()
+
+
+def make_qlora_adapter(q4_dir: Path, out: Path, seed: int = 1, scale: float = 1.0,
+                       base_id: str = BASE_ID, **lora_kw: Any) -> Path:
+    """A LoRA adapter made with PEFT on the 4-bit model itself (QLoRA), random factors times
+    ``scale``, saved by PEFT."""
+    from peft import LoraConfig, get_peft_model
+
+    kw = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    kw.update(lora_kw)
+    torch.manual_seed(seed)
+    model = get_peft_model(load_4bit(q4_dir), LoraConfig(**kw))
+    if scale != 1.0:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.mul_(scale)
+    model.save_pretrained(out)
+    cfg_path = Path(out) / "adapter_config.json"
+    data = json.loads(cfg_path.read_text())
+    data["base_model_name_or_path"] = base_id
+    cfg_path.write_text(json.dumps(data, indent=2))
+    return Path(out)
