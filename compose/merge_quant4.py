@@ -97,39 +97,39 @@ class Quant4Merge:
         if not ckpt.is_4bit:
             if requantize is not None:
                 raise InvalidRequestError(
-                    "re-quantizing needs a bitsandbytes 4-bit base; this base stores float "
-                    "weights", params="requantize")
+                    "requantize needs a bitsandbytes 4-bit base; this base stores float weights",
+                    params="requantize")
             if original is not None or against is not None:
                 raise InvalidRequestError(
-                    "an original base is compared with a 4-bit base; this base stores float "
-                    "weights", params=("original", "against"))
+                    "original and against apply to a bitsandbytes 4-bit base; this base stores "
+                    "float weights", params=("original", "against"))
             return None
         rq = None
         if requantize is not None:
             rq = requantize.lower()
             if rq not in quant4.QUANT_TYPES:
                 raise InvalidRequestError(
-                    f"re-quantize to {' or '.join(quant4.QUANT_TYPES)}, not {requantize!r}",
+                    f"requantize takes {' or '.join(quant4.QUANT_TYPES)}, not {requantize!r}",
                     params="requantize")
             if dtype is not None:
                 raise InvalidRequestError(
-                    "a dtype applies to 16-bit output; a re-quantized checkpoint keeps the "
-                    "base's other tensors as stored", params=("dtype", "requantize"))
+                    "dtype applies to 16-bit output; with requantize the base's other tensors "
+                    "keep their stored dtype", params=("dtype", "requantize"))
         against = against or "dequantized"
         if against not in AGAINST:
-            raise InvalidRequestError(f"against is {' or '.join(AGAINST)}, not {against!r}",
+            raise InvalidRequestError(f"against takes {' or '.join(AGAINST)}, not {against!r}",
                                       params="against")
         if against == "original" and original is None:
             raise InvalidRequestError(
-                "adding the deltas to the original weights needs the original 16-bit base",
-                params="original")
+                "adding the deltas to the 16-bit weights needs original: the 16-bit base this "
+                "4-bit base was quantized from", params="original")
         orig = None
         if original is not None:
             orig = open_checkpoint(original)
             if orig.is_4bit:
                 raise InvalidRequestError(
-                    f"the original base {original} is 4-bit too; give the 16-bit model the "
-                    "4-bit base was quantized from", params="original")
+                    f"original {original} is 4-bit too; give the 16-bit model the 4-bit base "
+                    "was quantized from", params="original")
         if dtype is None:
             dtype = Counter(m.dtype for m in ckpt.meta.values()).most_common(1)[0][0]
         return cls(ckpt, rq, against, dtype, orig)
@@ -151,16 +151,17 @@ class Quant4Merge:
             info = orig.tensors.get(key)
             if info is None:
                 raise ShapeMismatchError(
-                    f"the original base has no {key}; is it the model the 4-bit base was "
-                    "quantized from?", params="original")
+                    f"the 16-bit base given as original has no {key}; is it the model the "
+                    "4-bit base was quantized from?", params="original")
             if info.shape != self.ckpt.shape(key):
                 raise ShapeMismatchError(
-                    f"{key} is {info.shape} in the original base but {self.ckpt.shape(key)} "
-                    "in the 4-bit base; is it the model the 4-bit base was quantized from?",
-                    params="original")
+                    f"{key} is {info.shape} in the 16-bit base given as original but "
+                    f"{self.ckpt.shape(key)} in the 4-bit base; is it the model the 4-bit base "
+                    "was quantized from?", params="original")
             if key in self.ckpt.quantized and ST_DTYPES[info.dtype] not in FLOAT_DTYPES:
-                raise InvalidRequestError(f"{key} is {info.dtype} in the original base; it "
-                                          "must hold float weights", params="original")
+                raise InvalidRequestError(f"{key} is {info.dtype} in the base given as "
+                                          "original; it must hold float weights",
+                                          params="original")
         self._orig = Reader(orig)
 
     def close(self) -> None:

@@ -261,7 +261,7 @@ def test_bad_requests_fail_before_writing(tiny_llama_dir, q4, qlora, tmp_path):
         (dict(base=tiny_llama_dir, requantize="nf4"), InvalidRequestError, "needs a bitsandbytes"),
         (dict(base=tiny_llama_dir, original=tiny_llama_dir), InvalidRequestError, "float"),
         (dict(base=q4, requantize="int4"), InvalidRequestError, "not 'int4'"),
-        (dict(base=q4, against="original"), InvalidRequestError, "needs the original"),
+        (dict(base=q4, against="original"), InvalidRequestError, "needs original"),
         (dict(base=q4, against="sideways"), InvalidRequestError, "not 'sideways'"),
         (dict(base=q4, original=q4), InvalidRequestError, "4-bit too"),
         (dict(base=q4, requantize="nf4", dtype="bfloat16"), InvalidRequestError, "16-bit"),
@@ -296,3 +296,48 @@ def test_corrupt_4bit_base_is_one_line_error(q4, qlora, tmp_path):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "no quant state" in lines[0]
+
+
+def lorahive(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lorahive", *args], cwd=REPO,
+                          capture_output=True, text=True)
+
+
+def test_cli_merges_a_qlora_adapter_to_16bit_and_to_4bit(tiny_llama_dir, q4, qlora, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out16 = tmp_path / "m16"
+    r = lorahive("merge", "--base", str(q4), "-a", str(qlora), "--out", str(out16),
+                 "--dtype", "bfloat16", "--original", str(tiny_llama_dir))
+    assert r.returncode == 0, r.stderr
+    assert "gap/delta" in r.stdout and "layers.0.self_attn.q_proj" in r.stdout
+    m16 = AutoModelForCausalLM.from_pretrained(out16).eval()
+    assert next(m16.parameters()).dtype == torch.bfloat16
+    out4 = tmp_path / "m4"
+    r = lorahive("merge", "--base", str(q4), "-a", str(qlora), "--out", str(out4),
+                 "--requantize", "nf4", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["quant"]["output"] == "4-bit nf4" and data["quant"]["against"] == "dequantized"
+    assert len(data["modules"]) == 6 and all(0 <= m["rel_error"] < 1 for m in data["modules"])
+    lineage = json.loads((out4 / "lorahive.json").read_text())["lineage"]
+    assert lineage["params"]["requantize"] == "nf4"
+    with torch.no_grad():
+        a, b = m16(IDS).logits.float(), load_4bit(out4)(IDS).logits
+        base = load_4bit(q4)(IDS).logits
+    # the same merge in bf16 and re-quantized: the 4-bit model moved most of the way
+    assert (b - a).norm() < 0.5 * (base - a).norm()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--against", "original"], "needs --original"),
+    (["--requantize", "int8"], "--requantize takes nf4 or fp4, not 'int8'"),
+    (["--requantize", "nf4", "--dtype", "bf16"], "--dtype applies to 16-bit output"),
+])
+def test_cli_bad_4bit_options_are_one_line_errors(q4, qlora, tmp_path, args, msg):
+    r = lorahive("merge", "--base", str(q4), "-a", str(qlora), "--out", str(tmp_path / "o"),
+                 *args)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], r.stderr
+    assert not (tmp_path / "o").exists()
