@@ -181,9 +181,11 @@ class Reader:
 
     def weight(self, key: str, device: torch.device, dtype: torch.dtype = torch.float32
                ) -> torch.Tensor:
-        """A weight as floats on ``device``: dequantized when it is 4-bit."""
+        """A weight as floats on ``device``. A 4-bit weight is dequantized to its recorded
+        dtype first, as bitsandbytes' forward pass does: these are the weights a QLoRA
+        adapter was trained against."""
         if key in self.ckpt.quantized:
-            return quant4.dequantize(self.tensor(key), self.state(key), dtype, device)
+            return quant4.dequantize(self.tensor(key), self.state(key), device=device).to(dtype)
         return self.tensor(key).to(device=device, dtype=dtype)
 
 

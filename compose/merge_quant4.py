@@ -251,7 +251,7 @@ class Quant4Merge:
 
         def produce() -> list[tuple[str, torch.Tensor]]:
             packed, state = reader.tensor(key), reader.state(key)
-            W_deq = quant4.dequantize(packed, state, torch.float32, device)
+            W_deq = quant4.dequantize(packed, state, device=device).float()
             W, gap = self._reference(key, W_deq, device, adapted)
             d = deltas.delta(key, W, device) if adapted else None
             merged = W + d if d is not None else W

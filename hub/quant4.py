@@ -229,10 +229,28 @@ def _field(obj: dict, name: str, key: str, kind: type | tuple[type, ...]):
     return value
 
 
-def parse_state(keys: Quant4Keys, tensors: Mapping[str, torch.Tensor]) -> Quant4State:
-    """Build the state of one 4-bit weight from its (already read) state tensors."""
+@dataclass(frozen=True)
+class Quant4Meta:
+    """What the packed JSON state says: enough to know a 4-bit weight's shape without its
+    scales (a checkpoint is checked against an adapter before any scale is read)."""
+
+    quant_type: str
+    blocksize: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nested_blocksize: int | None = None
+    nested_offset: float | None = None
+    nested_dtype: torch.dtype | None = None
+
+    @property
+    def blocks(self) -> int:
+        return -(-math.prod(self.shape) // self.blocksize)
+
+
+def parse_meta(keys: Quant4Keys, packed_state: torch.Tensor) -> Quant4Meta:
+    """Validate and read the packed JSON state of one 4-bit weight."""
     key = keys.packed_state
-    obj = decode_packed(tensors[key], key)
+    obj = decode_packed(packed_state, key)
     qt = _field(obj, "quant_type", key, str)
     if qt not in QUANT_TYPES:
         raise InvalidRequestError(f"{key}: unknown 4-bit quant type {qt!r}; bitsandbytes "
@@ -250,36 +268,46 @@ def parse_state(keys: Quant4Keys, tensors: Mapping[str, torch.Tensor]) -> Quant4
     if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
                             for d in shape):
         raise InvalidRequestError(f"{key}: malformed shape {shape!r}")
+    if keys.nested_absmax is None:
+        return Quant4Meta(qt, blocksize, dtype, tuple(shape))
+    nb = _field(obj, "nested_blocksize", key, int)
+    offset = _field(obj, "nested_offset", key, (int, float))
+    ndt = STATE_DTYPES.get(_field(obj, "nested_dtype", key, str))
+    if nb <= 0 or ndt is None:
+        raise InvalidRequestError(f"{key}: malformed nested quant state")
+    return Quant4Meta(qt, blocksize, dtype, tuple(shape), nb, float(offset), ndt)
+
+
+def parse_state(keys: Quant4Keys, tensors: Mapping[str, torch.Tensor]) -> Quant4State:
+    """Build the state of one 4-bit weight from its (already read) state tensors."""
+    meta = parse_meta(keys, tensors[keys.packed_state])
     code = tensors[keys.quant_map].float().reshape(-1)
     if code.numel() != 16:
         raise InvalidRequestError(f"{keys.quant_map} has {code.numel()} values; a 4-bit code "
                                   "book has 16")
     absmax = tensors[keys.absmax].reshape(-1)
-    n = math.prod(shape)
-    blocks = -(-n // blocksize)
-    if absmax.numel() != blocks:
+    if absmax.numel() != meta.blocks:
         raise InvalidRequestError(
-            f"{keys.absmax} has {absmax.numel()} scales; {n} values in blocks of {blocksize} "
-            f"need {blocks}")
+            f"{keys.absmax} has {absmax.numel()} scales; {math.prod(meta.shape)} values in "
+            f"blocks of {meta.blocksize} need {meta.blocks}")
     nested = None
-    if keys.nested_absmax is not None:
-        nb = _field(obj, "nested_blocksize", key, int)
-        offset = _field(obj, "nested_offset", key, (int, float))
-        ndt = STATE_DTYPES.get(_field(obj, "nested_dtype", key, str))
-        if nb <= 0 or ndt is None:
-            raise InvalidRequestError(f"{key}: malformed nested quant state")
+    if meta.nested_blocksize is not None:
+        assert keys.nested_absmax and keys.nested_quant_map
         if absmax.dtype != torch.uint8:
             raise InvalidRequestError(f"{keys.absmax} must hold 8-bit codes under double "
                                       "quantization; the checkpoint is corrupt")
         nabs = tensors[keys.nested_absmax].float().reshape(-1)
         ncode = tensors[keys.nested_quant_map].float().reshape(-1)
-        if ncode.numel() != 256 or nabs.numel() != -(-blocks // nb):
-            raise InvalidRequestError(f"{key}: nested scales or code book have the wrong size")
-        nested = Nested(nabs, ncode, nb, float(offset), ndt)
+        if ncode.numel() != 256 or nabs.numel() != -(-meta.blocks // meta.nested_blocksize):
+            raise InvalidRequestError(f"{keys.packed_state}: nested scales or code book have "
+                                      "the wrong size; the checkpoint is corrupt")
+        nested = Nested(nabs, ncode, meta.nested_blocksize, float(meta.nested_offset or 0.0),
+                        meta.nested_dtype or torch.float32)
     elif not absmax.dtype.is_floating_point:
         raise InvalidRequestError(f"{keys.absmax} holds codes but the checkpoint has no "
                                   "nested_absmax; the checkpoint is incomplete")
-    return Quant4State(qt, blocksize, dtype, tuple(shape), absmax, code, nested)
+    return Quant4State(meta.quant_type, meta.blocksize, meta.dtype, meta.shape, absmax, code,
+                       nested)
 
 
 def state_tensors(keys_of: str, state: Quant4State) -> dict[str, torch.Tensor]:

@@ -99,16 +99,18 @@ def make_peft_adapter(
 
 def save_tiny_llama_4bit(base_dir: Path, out: Path, quant_type: str = "nf4",
                          double_quant: bool = True, max_shard_size: str | None = None,
-                         storage: torch.dtype = torch.uint8) -> Path:
+                         storage: torch.dtype = torch.uint8,
+                         dtype: torch.dtype = torch.float32) -> Path:
     """The tiny Llama loaded 4-bit by transformers with bitsandbytes (CPU) and saved: the
-    layout a QLoRA base has on disk. Needs the ``bitsandbytes`` package (dev extra)."""
+    layout a QLoRA base has on disk. ``dtype`` is what the weights are quantized from (the
+    recorded dtype). Needs the ``bitsandbytes`` package (dev extra)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                              bnb_4bit_use_double_quant=double_quant,
                              bnb_4bit_compute_dtype=torch.float32,
                              bnb_4bit_quant_storage=storage)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=cfg,
+    model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=cfg, dtype=dtype,
                                                  device_map="cpu")
     kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kw)

@@ -44,6 +44,13 @@ def q4_plain(tiny_llama_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def q4_bf16(tiny_llama_dir, tmp_path_factory):
+    """Quantized from bfloat16 weights: dequantization yields bf16, as for most real bases."""
+    return save_tiny_llama_4bit(tiny_llama_dir, tmp_path_factory.mktemp("q4") / "nf4-bf16",
+                                double_quant=False, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
 def fp4(tiny_llama_dir, tmp_path_factory):
     return save_tiny_llama_4bit(tiny_llama_dir, tmp_path_factory.mktemp("q4") / "fp4",
                                 quant_type="fp4", double_quant=False)
@@ -70,7 +77,7 @@ def peft_merged(q4_dir: Path, adapter: Path, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("base", ["q4", "fp4"])
+@pytest.mark.parametrize("base", ["q4", "fp4", "q4_bf16"])
 def test_16bit_merge_equals_peft_merge_of_the_dequantized_model(base, request, tmp_path):
     q = request.getfixturevalue(base)
     ad = make_qlora_adapter(q, tmp_path / "ad", seed=5)
@@ -78,7 +85,9 @@ def test_16bit_merge_equals_peft_merge_of_the_dequantized_model(base, request, t
     report = merge_into_base(q, [load_peft(ad)], out, device="cpu")
     cfg = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in cfg
-    assert {t.dtype for t in open_checkpoint(out).tensors.values()} == {"F32"}
+    # by default, the dtype the weights were quantized from
+    assert {t.dtype for t in open_checkpoint(out).tensors.values()} == \
+        {"BF16" if base == "q4_bf16" else "F32"}
     assert [r.key for r in report.modules] == sorted(report.merged)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -107,13 +116,15 @@ def test_16bit_output_dtype(q4, qlora, tmp_path, dtype):
     assert all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)  # one rounding of fp32
 
 
-def test_requantized_equals_peft_merge_and_unload_byte_for_byte(q4_plain, tmp_path):
+@pytest.mark.parametrize("base", ["q4_plain", "q4_bf16"])
+def test_requantized_equals_peft_merge_and_unload_byte_for_byte(base, request, tmp_path):
     """Without double quantization every tensor equals PEFT's (same dequantization, same
     float32 sum, same 4-bit rounding), so the logits are identical."""
-    ad = make_qlora_adapter(q4_plain, tmp_path / "ad", seed=4)
+    q = request.getfixturevalue(base)
+    ad = make_qlora_adapter(q, tmp_path / "ad", seed=4)
     out = tmp_path / "ours"
-    merge_into_base(q4_plain, [load_peft(ad)], out, device="cpu", requantize="nf4")
-    ref = peft_merged(q4_plain, ad, tmp_path / "peft")
+    merge_into_base(q, [load_peft(ad)], out, device="cpu", requantize="nf4")
+    ref = peft_merged(q, ad, tmp_path / "peft")
     a, b = load_file(out / "model.safetensors"), load_file(ref / "model.safetensors")
     assert set(a) == set(b)
     for k in a:
