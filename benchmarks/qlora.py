@@ -85,7 +85,8 @@ def _loss(model, tok, examples, batch: int = 8) -> float:
 
 
 def train_adapter(base: Path, steps: int, batch: int, lr: float, seed: int = 0) -> Path:
-    """LoRA r=8 on all Linear layers of the 4-bit model (QLoRA), cached per step count."""
+    """LoRA r=8 on all Linear layers of the 4-bit model (QLoRA), trained as the composer's
+    task adapters are (``train_task_adapters.fit``), cached per step count."""
     out = ROOT / f"adapter-{TASK}-{steps}"
     if (out / "adapter_model.safetensors").exists():
         return out
@@ -95,8 +96,7 @@ def train_adapter(base: Path, steps: int, batch: int, lr: float, seed: int = 0) 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from benchmarks.tasks import build
-    from benchmarks.train_task_adapters import output_token_loss
-    from lorahive.compose.composer.examples import encode_causal
+    from benchmarks.train_task_adapters import fit
 
     tok = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(seed)
@@ -106,25 +106,15 @@ def train_adapter(base: Path, steps: int, batch: int, lr: float, seed: int = 0) 
     model.train()
     examples = build(TASK, steps * batch, seed)
     random.Random(seed).shuffle(examples)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    losses, t0 = [], time.time()
-    for s in range(steps):
-        enc = encode_causal(tok, examples[s * batch:(s + 1) * batch], max_length=96)
-        loss = output_token_loss(model, enc.input_ids, enc.attention_mask, enc.labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        losses.append(round(float(loss.detach()), 4))
-        print(f"  step {s + 1}/{steps} loss {losses[-1]:.3f}", flush=True)
+    losses, seconds = fit(model, tok, examples, batch, lr, on_step=lambda i, n, loss: print(
+        f"  step {i}/{n} loss {loss:.3f}", flush=True))
     model.peft_config["default"].base_model_name_or_path = MODEL_ID
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     (tmp / "train.json").write_text(json.dumps(
-        {"task": TASK, "steps": steps, "batch": batch, "lr": lr, "seconds":
-         round(time.time() - t0, 1), "losses": losses}, indent=2))
+        {"task": TASK, "steps": steps, "batch": batch, "lr": lr, "seconds": round(seconds, 1),
+         "losses": losses}, indent=2))
     tmp.rename(out)
     return out
 

@@ -88,8 +88,13 @@ def make_peft_adapter(
             for n, p in model.named_parameters():
                 if "lora_" in n:
                     p.add_(torch.randn_like(p) * 0.1)
+    return save_adapter(model, out, base_id)
+
+
+def save_adapter(model: Any, out: Path, base_id: str = BASE_ID) -> Path:
+    """Save a PEFT model's adapter. PEFT records the local path it loaded from; pin the
+    stable id the tests reason about."""
     model.save_pretrained(out)
-    # PEFT records the local path it loaded from; pin the stable id the tests reason about
     cfg_path = Path(out) / "adapter_config.json"
     data = json.loads(cfg_path.read_text())
     data["base_model_name_or_path"] = base_id
@@ -139,9 +144,4 @@ def make_qlora_adapter(q4_dir: Path, out: Path, seed: int = 1, scale: float = 1.
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.mul_(scale)
-    model.save_pretrained(out)
-    cfg_path = Path(out) / "adapter_config.json"
-    data = json.loads(cfg_path.read_text())
-    data["base_model_name_or_path"] = base_id
-    cfg_path.write_text(json.dumps(data, indent=2))
-    return Path(out)
+    return save_adapter(model, out, base_id)
