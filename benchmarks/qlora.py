@@ -144,6 +144,19 @@ def _merge(kind: str, base: Path, adapter: Path, out: Path) -> None:
         merged.save_pretrained(out, save_original_format=False)
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. ``getrusage``'s ``ru_maxrss`` survives ``exec`` on Linux,
+    so a child started by a large parent would report the parent's size; ``VmHWM`` is the
+    high-water mark of the child's own memory."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def merge_child(kind: str, base: Path, adapter: Path, out: Path) -> None:
     import peft  # noqa: F401  (same imports for every contender: RSS compares work)
     import transformers  # noqa: F401
@@ -154,8 +167,7 @@ def merge_child(kind: str, base: Path, adapter: Path, out: Path) -> None:
     if kind != "import":
         _merge(kind, base, adapter, out)
     wall = time.perf_counter() - t
-    print(json.dumps({"wall": wall, "rss_mb": resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"wall": wall, "rss_mb": peak_rss_mb()}))
 
 
 def _child(args: list[str], threads: int) -> dict:
@@ -205,8 +217,7 @@ def compose_child(base: Path, cands: list[str], evals: int) -> None:
         comp.score(w[None])
     per_eval = (time.perf_counter() - t) / evals
     print(json.dumps({"resident_mb": resident_bytes(bm.model) / 1e6, "load_s": load_s,
-                      "s_per_eval": per_eval, "rss_mb": resource.getrusage(
-                          resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "s_per_eval": per_eval, "rss_mb": peak_rss_mb()}))
 
 
 def random_candidates(base: Path, n: int) -> list[Path]:
@@ -234,7 +245,7 @@ def survival_table(report) -> None:
     groups: dict[str, list] = defaultdict(list)
     for r in report.modules:
         groups[r.key.removesuffix(".weight").rsplit(".", 1)[-1]].append(r)
-    print("\n| module type | n | ||delta||/||W|| | gap/||delta|| | rel. error after NF4 "
+    print("\n| module type | n | ‖Δ‖/‖W‖ | gap/‖Δ‖ | rel. error of Δ after NF4 "
           "(median, min-max) | codes changed | modules > 0.5 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
@@ -246,7 +257,7 @@ def survival_table(report) -> None:
               f"{statistics.median(r.delta_norm / r.weight_norm for r in rows):.4f} | "
               f"{statistics.median(r.gap_to_delta for r in rows):.1f} | "
               f"{statistics.median(err):.3f} ({min(err):.3f}-{max(err):.3f}) | "
-              f"{statistics.median(r.codes_changed for r in rows):.1%} | "
+              f"{statistics.median(r.codes_changed for r in rows):.2%} | "
               f"{sum(e > 0.5 for e in err)} |")
     s = report.quant.summary()
     print(f"\nall {s['modules']} modules: median relative error {s['median_rel_error']:.3f}, "
@@ -342,10 +353,18 @@ def main() -> None:
     report = merge_into_base(base, [load_peft(adapter)], WORK / "report", device="cpu",
                              requantize="nf4", original=smollm2_dir(), overwrite=True)
     survival_table(report)
-    orig = WORK / "against-original"
+    orig, f32 = WORK / "against-original", WORK / "float32"
     merge_into_base(base, [load_peft(adapter)], orig, device="cpu", original=smollm2_dir(),
                     against="original", dtype="bfloat16", overwrite=True)
-    task_losses(base, adapter, {"lorahive bf16 (onto the dequantized weights)":
+    r32 = merge_into_base(base, [load_peft(adapter)], f32, device="cpu", dtype="float32",
+                          overwrite=True)
+    r16 = merge_into_base(base, [load_peft(adapter)], WORK / "bf16-report", device="cpu",
+                          overwrite=True)
+    for name, rep in (("bf16", r16), ("float32", r32)):
+        print(f"16-bit merge to {name}: median relative error of the delta as written "
+              f"{rep.quant.summary()['median_rel_error']:.3g}")
+    task_losses(base, adapter, {"lorahive float32 (onto the dequantized weights)": f32,
+                                "lorahive bf16 (onto the dequantized weights)":
                                 outs["lorahive-bf16"],
                                 "lorahive bf16, against the original weights": orig,
                                 "lorahive nf4": outs["lorahive-nf4"],

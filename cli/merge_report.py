@@ -31,6 +31,7 @@ def print_quant_report(report: Any) -> None:
     rows = report.modules
     gap = any(r.gap_norm is not None for r in rows)
     rq = any(r.rel_error is not None for r in rows)
+    codes = any(r.codes_changed is not None for r in rows)
     notes = ["delta: ||delta||", "delta/W: ||delta|| / ||W||"]
     table = Table(title=f"4-bit base -> {report.quant.summary()['output']}, deltas added to the "
                   f"{report.quant.against} weights", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -42,24 +43,26 @@ def print_quant_report(report: Any) -> None:
         notes.append("gap: ||W_original - W_4bit||")
     if rq:
         table.add_column("rel.err", justify="right", min_width=7)
+        notes.append("rel.err: ||delta as written - delta|| / ||delta||")
+    if codes:
         table.add_column("codes", justify="right", min_width=5)
-        notes += ["rel.err: ||delta in the 4-bit model - delta|| / ||delta||",
-                  "codes: 4-bit codes changed"]
+        notes.append("codes: 4-bit codes changed")
     for r in rows:
         cells = [r.key.removeprefix("model.").removesuffix(".weight"), f"{r.delta_norm:.3g}",
                  f"{r.delta_norm / r.weight_norm:.3g}" if r.weight_norm else "-"]
         if gap:
             cells.append(f"{r.gap_to_delta:.3g}" if r.gap_to_delta is not None else "-")
         if rq:
-            cells += [f"{r.rel_error:.3g}" if r.rel_error is not None else "-",
-                      f"{r.codes_changed:.0%}" if r.codes_changed is not None else "-"]
+            cells.append(f"{r.rel_error:.3g}" if r.rel_error is not None else "-")
+        if codes:
+            cells.append(f"{r.codes_changed:.2%}" if r.codes_changed is not None else "-")
         table.add_row(*cells)
     table.caption = "; ".join(notes)
     console.print(table)
     s = report.quant.summary()
     parts = []
     if s["median_rel_error"] is not None:
-        parts.append(f"median relative error of the delta after 4-bit rounding "
+        parts.append(f"median relative error of the delta as written "
                      f"{s['median_rel_error']:.3f} ({s['modules_mostly_lost']} of {s['modules']} "
                      "modules lose more than half)")
     if s["median_gap_to_delta"] is not None:

@@ -11,7 +11,13 @@ added to them (``against="dequantized"``). What is written:
   A low-rank delta is small next to the spacing of 4-bit codes (neighbouring NF4 values are
   0.08-0.30 of a block's absmax apart), so much of it can round away; each module's report
   gives the relative error of the delta the 4-bit model really gets,
-  ``||(dequant(Q') - dequant(Q)) - delta|| / ||delta||``.
+  ``||(dequant(Q') - dequant(Q)) - delta|| / ||delta||``. With double quantization every
+  re-quantized weight also gets new 8-bit scale codes (their offset is the mean of the new
+  scales), a change of its own that a small delta can be smaller than; the error then exceeds
+  1, and the merged 4-bit model is further from the adapter's than the base is.
+
+16-bit output reports the same figure for the cast: bf16 keeps about 3 significant digits, so a
+delta well under 1% of its weight loses part of itself there too (float32 keeps it).
 
 With the original 16-bit base at hand (``original``), ``against="original"`` adds the deltas to
 its weights instead (the 16-bit output is then the original model plus the deltas), and either
@@ -61,7 +67,7 @@ class ModuleReport:
     delta_norm: float
     weight_norm: float  # of the weights the delta was added to
     gap_norm: float | None = None  # ||original - dequantized||, with an original base
-    rel_error: float | None = None  # re-quantized: error of the delta the 4-bit model gets
+    rel_error: float | None = None  # error of the delta the written model really gets
     codes_changed: float | None = None  # re-quantized: share of 4-bit codes that moved
 
     @property
@@ -76,6 +82,13 @@ class ModuleReport:
 
 def _norm(t: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(t.float()))
+
+
+def _written_error(merged: torch.Tensor, unmerged: torch.Tensor, delta: torch.Tensor) -> float:
+    """Relative error of the delta as written: ``(merged - unmerged)`` against ``delta``, both
+    in the output dtype (a bf16 weight has ~3 significant digits, and a small delta loses
+    some of itself in them too)."""
+    return quant4.relative_error(merged.float() - unmerged.float(), delta)
 
 
 @dataclass
@@ -209,12 +222,14 @@ class Quant4Merge:
 
         def produce() -> list[tuple[str, torch.Tensor]]:
             t = self._orig.tensor(key) if (from_orig and self._orig) else reader.tensor(key)
+            want = ST_DTYPES[dt]
             if key in deltas.terms:
                 W = t.to(device=device, dtype=torch.float32)
                 d = deltas.delta(key, W, device)
-                self._row(key, d, W, None)
-                t = W + d
-            return [(key, t.to(ST_DTYPES[dt]))]
+                out = (W + d).to(want)
+                self._row(key, d, W, None, rel_error=_written_error(out, W.to(want), d))
+                return [(key, out)]
+            return [(key, t.to(want))]
 
         return Item([key], [(key, dt, info.shape)], produce)
 
@@ -227,11 +242,13 @@ class Quant4Merge:
         def produce() -> list[tuple[str, torch.Tensor]]:
             W_deq = reader.weight(key, device)
             W, gap = self._reference(key, W_deq, device, adapted)
-            if adapted:
-                d = deltas.delta(key, W, device)
-                self._row(key, d, W, gap)
-                W = W + d
-            return [(key, W.to(self.out_dtype))]
+            if not adapted:
+                return [(key, W.to(self.out_dtype))]
+            d = deltas.delta(key, W, device)
+            out = (W + d).to(self.out_dtype)
+            self._row(key, d, W, gap,
+                      rel_error=_written_error(out, W.to(self.out_dtype), d))
+            return [(key, out)]
 
         planned = [(key, ST_NAMES[self.out_dtype], list(self.ckpt.meta[key].shape))]
         return Item(keys.all_keys, planned, produce)
@@ -259,10 +276,8 @@ class Quant4Merge:
                                              storage=storage)
             if d is not None:
                 got = quant4.dequantize(new, new_state, torch.float32) - W_deq
-                n = state.numel
-                moved = quant4.unpack_codes(new, n) != quant4.unpack_codes(packed.to(device), n)
                 self._row(key, d, W, gap, rel_error=quant4.relative_error(got, d),
-                          codes_changed=float(moved.float().mean()))
+                          codes_changed=quant4.codes_changed(packed, new, state.numel))
             return [(key, new), *quant4.state_tensors(key, new_state).items()]
 
         return Item(keys.all_keys, self._planned_requantized(key, meta, target, storage),
@@ -309,11 +324,13 @@ class Quant4Merge:
         rq = [r.rel_error for r in self.rows if r.rel_error is not None]
         lost = sum(e > MOSTLY_LOST for e in rq)
         if rq and lost * 2 > len(rq):
+            written = self.summary()["output"]
+            instead = "merge to 16-bit instead" if self.requantize else "write float32 instead"
             out.append(
-                f"most of the adapter's delta rounds away in 4-bit: relative error above "
+                f"most of the adapter's delta rounds away in {written}: relative error above "
                 f"{MOSTLY_LOST} in {lost} of {len(rq)} modules (median "
-                f"{statistics.median(rq):.2f}), so the re-quantized model stays close to the "
-                "base; merge to 16-bit instead, or serve the adapter unmerged on the 4-bit base")
+                f"{statistics.median(rq):.2f}), so the merged model stays close to the base; "
+                f"{instead}, or serve the adapter unmerged on the 4-bit base")
         gaps = [r.gap_norm / r.weight_norm for r in self.rows
                 if r.gap_norm is not None and r.weight_norm > 0]
         if gaps and statistics.median(gaps) > FOREIGN_GAP:

@@ -333,13 +333,13 @@ def _per_block(values: torch.Tensor, scales: torch.Tensor, blocksize: int) -> to
     return out
 
 
-def unpack_codes(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """4-bit codes (int64, length ``n``) from the packed bytes, high nibble first."""
+def _packed_bytes(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The packed codes as a flat uint8 tensor, checked against the weight's size."""
     b = packed.reshape(-1).contiguous().view(torch.uint8)
     if b.numel() != (n + 1) // 2:
         raise InvalidRequestError(f"packed 4-bit data has {b.numel()} bytes; {n} values need "
                                   f"{(n + 1) // 2}")
-    return torch.stack([b >> 4, b & 15], dim=1).reshape(-1)[:n].long()
+    return b
 
 
 def dequantize(packed: torch.Tensor, state: Quant4State, dtype: torch.dtype | None = None,
@@ -348,9 +348,19 @@ def dequantize(packed: torch.Tensor, state: Quant4State, dtype: torch.dtype | No
     to the recorded one; float32 is exact, every other dtype is one rounding of it)."""
     dev = torch.device(device) if device is not None else packed.device
     state = state.to(dev)
-    values = state.code.float()[unpack_codes(packed.to(dev), state.numel)]
+    b = _packed_bytes(packed.to(dev), state.numel)
+    # one lookup per byte: both of its codes' values at once (a 256 x 2 table)
+    idx = torch.arange(256, device=dev)
+    pairs = torch.stack([state.code.float()[idx >> 4], state.code.float()[idx & 15]], dim=1)
+    values = torch.index_select(pairs, 0, b.int()).reshape(-1)[: state.numel]
     out = _per_block(values, state.scales(), state.blocksize)
     return out.to(dtype or state.dtype).reshape(state.shape)
+
+
+def codes_changed(old: torch.Tensor, new: torch.Tensor, n: int) -> float:
+    """Share of the ``n`` 4-bit codes that differ between two packed weights."""
+    x = _packed_bytes(old.to(new.device), n) ^ _packed_bytes(new, n)
+    return float(((x >> 4) != 0).sum() + ((x & 15) != 0).sum()) / n
 
 
 def _quantize_blocks(x: torch.Tensor, blocksize: int, bounds: torch.Tensor,

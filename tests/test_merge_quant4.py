@@ -116,6 +116,25 @@ def test_16bit_output_dtype(q4, qlora, tmp_path, dtype):
     assert all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)  # one rounding of fp32
 
 
+def test_16bit_cast_of_a_small_delta_is_reported(q4, tmp_path):
+    """A delta well under 1% of its weight partly rounds away in bf16 too; float32 keeps it."""
+    ad = load_peft(make_qlora_adapter(q4, tmp_path / "ad", seed=6, scale=1e-3))
+    f32 = merge_into_base(q4, [ad], tmp_path / "f32", device="cpu")
+    assert max(r.rel_error for r in f32.modules) < 1e-5 and f32.warnings == []
+    bf16 = merge_into_base(q4, [ad], tmp_path / "bf16", device="cpu", dtype="bfloat16")
+    assert min(r.rel_error for r in bf16.modules) > 0.01
+    got = load_file(tmp_path / "bf16/model.safetensors")
+    base = load_file(tmp_path / "f32/model.safetensors")
+    row = bf16.modules[0]
+    from lorahive.compose.checkpoint import Reader
+
+    with Reader(open_checkpoint(q4)) as r:
+        W = r.weight(row.key, torch.device("cpu"))
+    want = base[row.key] - W  # the exact delta, as float32 keeps it
+    written = got[row.key].float() - W.to(torch.bfloat16).float()
+    assert row.rel_error == pytest.approx(float((written - want).norm() / want.norm()), rel=1e-4)
+
+
 @pytest.mark.parametrize("base", ["q4_plain", "q4_bf16"])
 def test_requantized_equals_peft_merge_and_unload_byte_for_byte(base, request, tmp_path):
     """Without double quantization every tensor equals PEFT's (same dequantization, same

@@ -190,3 +190,13 @@ def test_packed_state_bound_covers_any_offset():
     for off in (0.0, -1.2345678901234567e-05, 1e-300, 0.1 + 0.2, -123456.789):
         s = replace(like, nested=replace(like.nested, offset=off))
         assert quant4.encode_packed(s).numel() <= bound
+
+
+def test_codes_changed_counts_nibbles():
+    W = torch.randn(7, 9) * 0.05  # 63 codes: the last byte's low nibble is padding
+    packed, _ = quant4.quantize(W, "nf4", 64)
+    assert quant4.codes_changed(packed, packed, 63) == 0.0
+    other = packed.clone()
+    other.view(-1)[0] ^= 0x10  # first code
+    other.view(-1)[-1] ^= 0x10  # last real code (high nibble of the last byte)
+    assert quant4.codes_changed(packed, other, 63) == pytest.approx(2 / 63)
