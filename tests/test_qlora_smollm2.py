@@ -88,6 +88,12 @@ def test_smollm2_nf4_adapter_merges_to_16bit_and_4bit(smollm2_nf4, tmp_path):
             assert int((a[k] != b[k]).sum()) <= max(1, a[k].numel() // 100), k
         else:
             assert torch.equal(a[k], b[k]), k
-    with torch.no_grad():
-        la, lb = load_4bit(tmp_path / "nf4")(ids).logits, ref.eval()(ids).logits
+    # both reloaded from disk the same way, activations in float32 (bf16 activations alone
+    # differ by an ulp of ~0.1 at these logits): only the near-tie scales differ
+    def logits(path: Path) -> torch.Tensor:
+        m = AutoModelForCausalLM.from_pretrained(path, device_map="cpu", dtype=torch.float32)
+        with torch.no_grad():
+            return m.eval()(ids).logits
+
+    la, lb = logits(tmp_path / "nf4"), logits(tmp_path / "peft")
     assert (la - lb).abs().max() <= 1e-3 * (lb.max() - lb.min())
