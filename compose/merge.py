@@ -1,112 +1,54 @@
 """Merge adapters into a base checkpoint, streaming it tensor by tensor.
 
-The base's safetensors shards are read one tensor at a time, each with one positioned read into
-a buffer of its own size (a whole-file memory map would keep every touched page resident, so
-the process would grow to the model's size); each adapted weight gets its delta added in
-float32 on the chosen device and is cast back (to the stored dtype, or ``dtype``). Output shards keep the input's layout and index and are written by a
-streaming writer (header first, then each tensor's bytes), so peak memory is a few tensors,
-not a shard. Every adapter module is checked against the base's header before anything is
-written; the output is built in a temp directory renamed on success.
+The base is read one tensor at a time (``compose.checkpoint``); each adapted weight gets its
+delta added in float32 on the chosen device and is cast back (to the stored dtype, or
+``dtype``). Output shards keep the input's layout and index and are streamed, so peak memory is
+a few tensors, not a shard. Every adapter module is checked against the base's header before
+anything is written; the output is built in a temp directory renamed on success.
+
+A bitsandbytes 4-bit base (QLoRA) is dequantized weight by weight in plain torch; what is
+written then — 16-bit shards, or 4-bit ones re-quantized with a per-module account of how much
+of each delta survived — is ``compose.merge_quant4``'s business.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import shutil
-import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from lorahive.compose.checkpoint import (
+    FLOAT_DTYPES,
+    INDEX_NAME,
+    ST_DTYPES,
+    ST_NAMES,
+    Checkpoint,
+    Item,
+    Reader,
+    TensorInfo,
+    copy_side_files,
+    open_checkpoint,
+    set_config_dtype,
+    update_config,
+    write_shard,
+)
 from lorahive.compose.fusion import fuse
+from lorahive.compose.merge_quant4 import ModuleReport, Quant4Merge
 from lorahive.hub.adapter import Adapter, LoraModule
 from lorahive.hub.atomic import atomic_directory, require_free_dir
 from lorahive.hub.devices import resolve_device, resolve_dtype
 from lorahive.hub.errors import (
-    InvalidAdapterError,
     InvalidRequestError,
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
-from lorahive.hub.manifest import is_pickle_name
-from lorahive.hub.safetensors_io import DTYPE_SIZES, read_header, read_metadata
 
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-
-ST_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32,
-    "U64": torch.uint64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
-
-
-@dataclass
-class TensorInfo:
-    shard: str
-    dtype: str
-    shape: list[int]
-    offset: int = 0  # absolute byte offset of the data in the shard file
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
-
-
-@dataclass
-class Checkpoint:
-    """A base model directory's safetensors layout, read from headers only."""
-
-    root: Path
-    shards: list[str]  # file names in order
-    tensors: dict[str, TensorInfo]  # in file order within each shard
-    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # per shard
-    index: dict[str, Any] | None = None
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
-
-def open_checkpoint(root: str | Path) -> Checkpoint:
-    root = Path(root)
-    if not root.is_dir():
-        raise InvalidRequestError(f"base model {root} is not a directory")
-    index = None
-    if (root / INDEX_NAME).is_file():
-        index = json.loads((root / INDEX_NAME).read_text())
-        shards = list(dict.fromkeys(index.get("weight_map", {}).values()))
-    elif (root / SINGLE_NAME).is_file():
-        shards = [SINGLE_NAME]
-    else:
-        found = sorted(p.name for p in root.glob("*.safetensors"))
-        if len(found) != 1:
-            other = [p.name for p in root.iterdir() if is_pickle_name(p.name)]
-            hint = " (pickle weights are not read; convert the base to safetensors)" if other else ""
-            raise InvalidRequestError(
-                f"{root} has no {SINGLE_NAME} or {INDEX_NAME}{hint}; pass a base model directory"
-            )
-        shards = found
-    tensors: dict[str, TensorInfo] = {}
-    metadata: dict[str, dict[str, str]] = {}
-    for shard in shards:
-        path = root / shard
-        if not path.is_file():
-            raise InvalidRequestError(f"{root}: the index names {shard}, which is missing")
-        header, data_start = read_header(path)
-        metadata[shard] = read_metadata(path)
-        for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            tensors[key] = TensorInfo(shard, info["dtype"], list(info["shape"]),
-                                      data_start + info["data_offsets"][0])
-    return Checkpoint(root, shards, tensors, metadata, index)
-
+__all__ = ["Checkpoint", "DeltaSource", "MergeReport", "TensorInfo", "build_deltas",
+           "check_against_base", "merge_into_base", "open_checkpoint"]
 
 # checks ------------------------------------------------------------------------------------
 def base_key(name: str, ckpt: Checkpoint) -> str:
@@ -135,16 +77,16 @@ def check_against_base(adapter: Adapter, ckpt: Checkpoint) -> dict[str, str]:
     out = {}
     for name, m in adapter.modules.items():
         key = base_key(name, ckpt)
-        info = ckpt.tensors[key]
-        if tuple(info.shape) != tuple(m.weight_shape):
+        shape = ckpt.shape(key)
+        if tuple(shape) != tuple(m.weight_shape):
             raise ShapeMismatchError(
                 f"adapter module {name} expects a base weight of shape {list(m.weight_shape)} "
-                f"but {key} is {info.shape}; the adapter was made for another base model"
+                f"but {key} is {shape}; the adapter was made for another base model"
             )
-        if ST_DTYPES.get(info.dtype) not in (torch.float16, torch.bfloat16, torch.float32,
-                                             torch.float64):
+        if key not in ckpt.quantized and ckpt.dtype(key) not in FLOAT_DTYPES:
             raise UnsupportedAdapterError(
-                f"{key} is stored as {info.dtype}; quantized bases are not merged here"
+                f"{key} is stored as {ckpt.tensors[key].dtype}; only float and bitsandbytes "
+                "4-bit (NF4/FP4) weights are merged"
             )
         out[name] = key
     return out
@@ -200,62 +142,28 @@ def build_deltas(
     return DeltaSource(terms)
 
 
-# reading and writing -----------------------------------------------------------------------
-def read_tensor(fh: BinaryIO, info: TensorInfo) -> torch.Tensor:
-    """One tensor from an open shard: a positioned read into a buffer of exactly its size."""
-    buf = torch.empty(info.nbytes, dtype=torch.uint8)
-    fh.seek(info.offset)
-    if info.nbytes and fh.readinto(buf.numpy()) != info.nbytes:
-        raise InvalidRequestError(f"{info.shard} is truncated; the base checkpoint is corrupt")
-    return buf.view(ST_DTYPES[info.dtype]).reshape(info.shape)
-
-
-def _write_shard(
-    src: Path, dest: Path, keys: list[str], ckpt: Checkpoint, deltas: DeltaSource,
-    device: torch.device, out_dtype: torch.dtype | None, on_bytes: Callable[[int], None],
-) -> int:
-    """Stream one shard: header with final offsets, then each tensor's bytes in order."""
-    def final_dtype(info: TensorInfo) -> str:
-        floating = ST_DTYPES[info.dtype].is_floating_point
-        return ST_NAMES[out_dtype] if (out_dtype is not None and floating) else info.dtype
-
-    header: dict[str, Any] = {}
-    meta = ckpt.metadata.get(src.name) or {"format": "pt"}
-    header["__metadata__"] = meta
-    offset = 0
+# writing ----------------------------------------------------------------------------------
+def float_items(keys: list[str], ckpt: Checkpoint, reader: Reader, deltas: DeltaSource,
+                device: torch.device, out_dtype: torch.dtype | None) -> list[Item]:
+    """One item per tensor of a float base: ``W + delta`` where adapted, else a copy (cast to
+    ``out_dtype`` when given)."""
+    items = []
     for key in keys:
         info = ckpt.tensors[key]
-        dt = final_dtype(info)
-        n = math.prod(info.shape) * DTYPE_SIZES[dt]
-        header[key] = {"dtype": dt, "shape": info.shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(src, "rb") as f, open(dest, "wb") as out:
-        out.write(struct.pack("<Q", len(raw)))
-        out.write(raw)
-        for key in keys:
-            t = read_tensor(f, ckpt.tensors[key])
-            want = ST_DTYPES[header[key]["dtype"]]
+        floating = ST_DTYPES[info.dtype].is_floating_point
+        dt = ST_NAMES[out_dtype] if (out_dtype is not None and floating) else info.dtype
+
+        def produce(key: str = key, want: torch.dtype = ST_DTYPES[dt]):
+            t = reader.tensor(key)
             if key in deltas.terms:
                 W = t.to(device=device, dtype=torch.float32)
                 t = (W + deltas.delta(key, W, device)).to(want)
             elif t.dtype != want:
                 t = t.to(want)
-            out.write(t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
-            on_bytes(ckpt.tensors[key].nbytes)
-    return offset
+            return [(key, t)]
 
-
-def copy_side_files(src: Path, dest: Path) -> list[str]:
-    """Config, generation config, tokenizer and chat template: every non-weight file."""
-    copied = []
-    for p in sorted(src.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and p.suffix not in WEIGHT_SUFFIXES \
-                and p.name != INDEX_NAME:
-            shutil.copy2(p, dest / p.name)
-            copied.append(p.name)
-    return copied
+        items.append(Item([key], [(key, dt, info.shape)], produce))
+    return items
 
 
 @dataclass
@@ -266,6 +174,15 @@ class MergeReport:
     bytes_read: int
     bytes_written: int
     copied: list[str]
+    quant: Quant4Merge | None = None  # 4-bit bases: output kind and per-module figures
+
+    @property
+    def modules(self) -> list[ModuleReport]:
+        return self.quant.rows if self.quant is not None else []
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.quant.warnings() if self.quant is not None else []
 
 
 def merge_into_base(
@@ -282,8 +199,18 @@ def merge_into_base(
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
     extra_files: dict[str, bytes] | None = None,
+    requantize: str | None = None,
+    original: str | Path | None = None,
+    against: str | None = None,
 ) -> MergeReport:
-    """Write ``base + sum of deltas`` to ``out_dir`` (same shards and index as the base)."""
+    """Write ``base + sum of deltas`` to ``out_dir`` (same shards and index as the base).
+
+    A 4-bit base is written as 16-bit shards (``dtype``, default the dtype its weights were
+    quantized from) or, with ``requantize="nf4"``/``"fp4"``, as a 4-bit checkpoint; with
+    ``original`` (the 16-bit base it was quantized from) ``against`` says which weights the
+    deltas are added to, ``"dequantized"`` (what the adapter was trained on, the default) or
+    ``"original"``, and the quantization gap is reported beside each delta.
+    """
     out_dir = Path(out_dir)
     if not overwrite:
         require_free_dir(out_dir)
@@ -292,41 +219,56 @@ def merge_into_base(
     out_dtype = resolve_dtype(dtype)
     if out_dtype is not None and out_dtype not in ST_NAMES:
         raise InvalidRequestError(f"dtype {dtype} cannot be stored in safetensors", params="dtype")
+    quant = Quant4Merge.prepare(ckpt, requantize, original, against, out_dtype)
     deltas = build_deltas(adapters, ckpt, weights, method, params, rank, seed, dev)
+    if quant is not None:
+        quant.check_original(deltas.terms)
     total = ckpt.total_bytes
     done = 0
 
-    def on_bytes(n: int) -> None:
+    def on_done(item: Item) -> None:
         nonlocal done
-        done += n
+        done += sum(ckpt.tensors[k].nbytes for k in item.inputs)
         if progress:
             progress(done, total)
 
     written = 0
-    with atomic_directory(out_dir, overwrite=True) as tmp:
-        for shard in ckpt.shards:
-            keys = [k for k, t in ckpt.tensors.items() if t.shard == shard]
-            written += _write_shard(ckpt.root / shard, tmp / shard, keys, ckpt, deltas, dev,
-                                    out_dtype, on_bytes)
-        copied = copy_side_files(ckpt.root, tmp)
-        for rel, data in (extra_files or {}).items():
-            (tmp / rel).write_bytes(data)
-        if ckpt.index is not None:
-            index = dict(ckpt.index)
-            index["metadata"] = {**(index.get("metadata") or {}), "total_size": written}
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-        if out_dtype is not None and (tmp / "config.json").is_file():
-            _set_config_dtype(tmp / "config.json", out_dtype)
-    return MergeReport(out_dir, ckpt.shards, sorted(deltas.terms), total, written, copied)
-
-
-def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
+    shard_keys: dict[str, list[str]] = {}
     try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise InvalidAdapterError(f"{path}: not valid JSON") from None
-    name = str(dtype).removeprefix("torch.")
-    for key in ("torch_dtype", "dtype"):
-        if key in cfg:
-            cfg[key] = name
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
+        with Reader(ckpt) as reader, atomic_directory(out_dir, overwrite=True) as tmp:
+            for shard in ckpt.shards:
+                keys = [k for k, t in ckpt.tensors.items() if t.shard == shard]
+                items = quant.items(keys, reader, deltas, dev) if quant is not None else \
+                    float_items(keys, ckpt, reader, deltas, dev, out_dtype)
+                n, shard_keys[shard] = write_shard(
+                    tmp / shard, items, ckpt.metadata.get(shard) or {"format": "pt"}, on_done)
+                written += n
+            copied = copy_side_files(ckpt.root, tmp)
+            for rel, data in (extra_files or {}).items():
+                (tmp / rel).write_bytes(data)
+            if ckpt.index is not None:
+                _write_index(tmp / INDEX_NAME, ckpt.index, shard_keys, written)
+            if (tmp / "config.json").is_file():
+                if quant is not None:
+                    update_config(tmp / "config.json", quant.edit_config)
+                elif out_dtype is not None:
+                    update_config(tmp / "config.json",
+                                  lambda cfg: set_config_dtype(cfg, out_dtype))
+    finally:
+        if quant is not None:
+            quant.close()
+    return MergeReport(out_dir, ckpt.shards, sorted(deltas.terms), total, written, copied,
+                       quant)
+
+
+def _write_index(path: Path, index: dict[str, Any], shard_keys: dict[str, list[str]],
+                 total: int) -> None:
+    """The base's index with the keys really written (a 4-bit base's state keys come and go),
+    in the base's order."""
+    out = dict(index)
+    old = index.get("weight_map") or {}
+    where = {k: shard for shard, keys in shard_keys.items() for k in keys}
+    out["weight_map"] = {**{k: where[k] for k in old if k in where},
+                         **{k: v for k, v in where.items() if k not in old}}
+    out["metadata"] = {**(index.get("metadata") or {}), "total_size": total}
+    path.write_text(json.dumps(out, indent=2) + "\n")

@@ -88,8 +88,13 @@ def make_peft_adapter(
             for n, p in model.named_parameters():
                 if "lora_" in n:
                     p.add_(torch.randn_like(p) * 0.1)
+    return save_adapter(model, out, base_id)
+
+
+def save_adapter(model: Any, out: Path, base_id: str = BASE_ID) -> Path:
+    """Save a PEFT model's adapter. PEFT records the local path it loaded from; pin the
+    stable id the tests reason about."""
     model.save_pretrained(out)
-    # PEFT records the local path it loaded from; pin the stable id the tests reason about
     cfg_path = Path(out) / "adapter_config.json"
     data = json.loads(cfg_path.read_text())
     data["base_model_name_or_path"] = base_id
@@ -112,3 +117,48 @@ def make_pissa_adapters(base_dir: Path, initial: Path, trained: Path) -> tuple[P
                 p.add_(0.05)
     model.save_pretrained(trained)
     return Path(initial), Path(trained)
+
+
+def save_tiny_llama_4bit(base_dir: Path, out: Path, quant_type: str = "nf4",
+                         double_quant: bool = True, max_shard_size: str | None = None,
+                         storage: torch.dtype = torch.uint8,
+                         dtype: torch.dtype = torch.float32) -> Path:
+    """The tiny Llama loaded 4-bit by transformers with bitsandbytes (CPU) and saved: the
+    layout a QLoRA base has on disk. ``dtype`` is what the weights are quantized from (the
+    recorded dtype). Needs the ``bitsandbytes`` package (dev extra)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                             bnb_4bit_use_double_quant=double_quant,
+                             bnb_4bit_compute_dtype=torch.float32,
+                             bnb_4bit_quant_storage=storage)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=cfg, dtype=dtype,
+                                                 device_map="cpu")
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out, **kw)
+    return Path(out)
+
+
+def load_4bit(path: Path):
+    """A saved 4-bit checkpoint through transformers and bitsandbytes (the reference)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, device_map="cpu").eval()
+
+
+def make_qlora_adapter(q4_dir: Path, out: Path, seed: int = 1, scale: float = 1.0,
+                       base_id: str = BASE_ID, **lora_kw: Any) -> Path:
+    """A LoRA adapter made with PEFT on the 4-bit model itself (QLoRA), random factors times
+    ``scale``, saved by PEFT."""
+    from peft import LoraConfig, get_peft_model
+
+    kw = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    kw.update(lora_kw)
+    torch.manual_seed(seed)
+    model = get_peft_model(load_4bit(q4_dir), LoraConfig(**kw))
+    if scale != 1.0:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.mul_(scale)
+    return save_adapter(model, out, base_id)

@@ -178,12 +178,24 @@ def merge_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of random pruning (DARE)."),
     device: str = DEVICE,
     dtype: str | None = typer.Option(None, "--dtype", help="Output dtype of floating weights "
-                                     "(default: as stored)."),
+                                     "(default: as stored; a 4-bit base: the dtype it was "
+                                     "quantized from)."),
+    requantize: str | None = typer.Option(
+        None, "--requantize", help="4-bit base: write 4-bit again (nf4 or fp4) and report how "
+        "much of each delta survives the rounding (default: 16-bit output)."),
+    original: Path | None = typer.Option(
+        None, "--original", help="4-bit base: the 16-bit model it was quantized from; reports "
+        "the quantization gap beside each delta."),
+    against: str | None = typer.Option(
+        None, "--against", help="4-bit base: add the deltas to the 'dequantized' weights (what "
+        "a QLoRA adapter was trained on; default) or the 'original' ones (needs --original)."),
     url: str | None = URL,
     token: str | None = TOKEN,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Merge adapters into a base model's weights, streaming its shards tensor by tensor."""
+    """Merge adapters into a base model's weights, streaming its shards tensor by tensor
+    (a bitsandbytes 4-bit base is dequantized weight by weight)."""
+    from lorahive.cli.merge_report import print_quant_report, print_warnings, quant_json
     from lorahive.compose.merge import merge_into_base
     from lorahive.hub.peft_format import load_peft
 
@@ -197,7 +209,9 @@ def merge_cmd(
     lineage = Lineage.of(
         f"merge:{method or 'sum'}", sources,
         {k: v for k, v in {**params, "rank": rank, "seed": seed, "base": str(base),
-                           "dtype": dtype}.items() if v is not None},
+                           "dtype": dtype, "requantize": requantize,
+                           "original": str(original) if original else None,
+                           "against": against}.items() if v is not None},
         w if w else [1.0] * len(sources),
     )
     with byte_progress() as bar:
@@ -207,15 +221,18 @@ def merge_cmd(
             rank=rank, seed=seed, device=device, dtype=dtype,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             extra_files={SIDECAR: sidecar_bytes(lineage)},
+            requantize=requantize, original=original, against=against,
         )
+    print_warnings(report)
     if json_out:
         print_json({"out": str(report.out), "shards": report.shards, "merged": report.merged,
                     "bytes_read": report.bytes_read, "bytes_written": report.bytes_written,
-                    "copied": report.copied})
+                    "copied": report.copied, **quant_json(report)})
         return
     console.print(f"merged {len(dirs)} adapter(s) into {len(report.merged)} weights -> "
                   f"{report.out} ({len(report.shards)} shard(s), "
                   f"{human_bytes(report.bytes_written)})")
+    print_quant_report(report)
 
 
 def methods_cmd(

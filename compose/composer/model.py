@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lorahive.compose.composer.linear4 import is_4bit_checkpoint, load_4bit_model
 from lorahive.hub.devices import resolve_device, resolve_dtype
 from lorahive.hub.errors import InvalidRequestError
 
@@ -34,7 +35,11 @@ def _transformers():
 
 def load_base(path: str | os.PathLike[str], device: str = "auto",
               dtype: str | torch.dtype | None = "float32") -> BaseModel:
-    """A base checkpoint directory with its tokenizer, on ``device`` in ``dtype``."""
+    """A base checkpoint directory with its tokenizer, on ``device`` in ``dtype``.
+
+    A bitsandbytes 4-bit checkpoint stays 4-bit: its Linear layers dequantize per call
+    (``compose.composer.linear4``), without bitsandbytes.
+    """
     p = Path(path)
     if not (p / "config.json").is_file():
         raise InvalidRequestError(
@@ -45,7 +50,10 @@ def load_base(path: str | os.PathLike[str], device: str = "auto",
     cfg = tf.AutoConfig.from_pretrained(p)
     enc_dec = bool(getattr(cfg, "is_encoder_decoder", False))
     cls = tf.AutoModelForSeq2SeqLM if enc_dec else tf.AutoModelForCausalLM
-    model = cls.from_pretrained(p, dtype=dt).to(dev).eval()
+    if is_4bit_checkpoint(p):
+        model = load_4bit_model(p, cls, cfg, dev, dt)
+    else:
+        model = cls.from_pretrained(p, dtype=dt).to(dev).eval()
     try:
         tok = tf.AutoTokenizer.from_pretrained(p)
     except (OSError, ValueError, TypeError) as e:
