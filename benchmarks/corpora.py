@@ -55,9 +55,9 @@ def bbc(side: Side) -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {}
     for topic, texts in raw.items():
         rows = []
-        for t in on_side(texts, side):
+        for t in texts:
             head, _, body = t.strip().partition("\n")
-            if head.strip() and body.strip():
+            if head.strip() and body.strip() and side_of(body) == side:
                 rows.append((" ".join(head.split()), " ".join(body.split())))
         out["sport" if topic == "sports" else topic] = rows
     return out

@@ -86,6 +86,12 @@ def _by_answer(n: int, rng: random.Random, t: tuple[str, ...], draw, tries: int 
     return balanced(groups, n + n // 4, rng)
 
 
+def _pick(groups: dict[str, list], n: int, rng: random.Random) -> list[tuple[str, object]]:
+    """``n`` (label, row) pairs drawn round-robin over labels: rows are rendered only once
+    picked, so a task over a large corpus builds in milliseconds."""
+    return balanced({k: [(k, r) for r in v] for k, v in groups.items()}, n, rng)
+
+
 TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 
 
@@ -97,9 +103,8 @@ TOPICS = ("business", "entertainment", "politics", "sport", "tech")
       "Classify the news story as business, entertainment, politics, sport or tech.\n{x}\n"
       "Answer:")
 def news_topic(n, rng, t):
-    groups = {k: [render(t, {"x": clip(b, 200)}, k, rng, b) for _, b in v]
-              for k, v in bbc("library").items()}
-    return balanced(groups, n, rng)
+    groups = {k: [b for _, b in v] for k, v in bbc("library").items()}
+    return [render(t, {"x": clip(b, 200)}, k, rng, b) for k, b in _pick(groups, n, rng)]
 
 
 @task("news_topic_mc", "news", "multiple-choice", "topic",
@@ -108,14 +113,11 @@ def news_topic(n, rng, t):
       "Article: {x}\nQuestion: What is the topic?\n{options}\nAnswer with the letter:",
       "Pick the best label for the article.\n{x}\n{options}\nAnswer:")
 def news_topic_mc(n, rng, t):
-    groups = {}
-    for k, v in bbc("library").items():
-        items = []
-        for _, b in v:
-            opts, letter = mc(k, [x for x in TOPICS if x != k], 4, rng)
-            items.append(render(t, {"x": clip(b, 200), "options": opts}, letter, rng, b))
-        groups[k] = items
-    return balanced(groups, n, rng)
+    out = []
+    for k, b in _pick({k: [b for _, b in v] for k, v in bbc("library").items()}, n, rng):
+        opts, letter = mc(k, [x for x in TOPICS if x != k], 4, rng)
+        out.append(render(t, {"x": clip(b, 200), "options": opts}, letter, rng, b))
+    return out
 
 
 @task("news_headline", "news", "extraction", "headline",
@@ -156,10 +158,10 @@ def news_first_number(n, rng, t):
       "{x}\nWas this review great or other?",
       "Product review: {x}\nIs the rating great or other? Answer:")
 def review_sentiment(n, rng, t):
-    groups: dict[str, list[Item]] = {"great": [], "other": []}
+    groups: dict[str, list[str]] = {"great": [], "other": []}
     for r, s in food("library"):
-        groups[s].append(render(t, {"x": clip(r, 200)}, s, rng, r))
-    return balanced(groups, n, rng)
+        groups[s].append(r)
+    return [render(t, {"x": clip(r, 200)}, s, rng, r) for s, r in _pick(groups, n, rng)]
 
 
 @task("review_negative_yesno", "reviews", "yesno", "sentiment",
@@ -168,11 +170,10 @@ def review_sentiment(n, rng, t):
       "Review: {x}\nIs this review critical? yes or no:",
       "Read the review and say whether the buyer was unhappy (yes or no).\n{x}\nAnswer:")
 def review_negative_yesno(n, rng, t):
-    groups: dict[str, list[Item]] = {"yes": [], "no": []}
+    groups: dict[str, list[str]] = {"yes": [], "no": []}
     for r, s in food("library"):
-        a = "no" if s == "great" else "yes"
-        groups[a].append(render(t, {"x": clip(r, 200)}, a, rng, r))
-    return balanced(groups, n, rng)
+        groups["no" if s == "great" else "yes"].append(r)
+    return [render(t, {"x": clip(r, 200)}, a, rng, r) for a, r in _pick(groups, n, rng)]
 
 
 @task("review_first_words", "reviews", "extraction", "span",
@@ -212,9 +213,8 @@ CHAT_TOPICS = {"ai": "ai", "psychology": "psychology", "trivia": "trivia",
       "Sort the message into ai, psychology, trivia or support.\nMessage: {x}\nAnswer:")
 def chat_topic(n, rng, t):
     c = chat()
-    groups = {lab: [render(t, {"x": clip(q, 150)}, lab, rng, q) for q, _ in c[cat]]
-              for cat, lab in CHAT_TOPICS.items()}
-    return balanced(groups, n, rng)
+    groups = {lab: [q for q, _ in c[cat]] for cat, lab in CHAT_TOPICS.items()}
+    return [render(t, {"x": clip(q, 150)}, lab, rng, q) for lab, q in _pick(groups, n, rng)]
 
 
 @task("chat_topic_mc", "chat", "multiple-choice", "topic",
@@ -225,14 +225,12 @@ def chat_topic(n, rng, t):
 def chat_topic_mc(n, rng, t):
     c = chat()
     labs = list(CHAT_TOPICS.values())
-    groups = {}
-    for cat, lab in CHAT_TOPICS.items():
-        items = []
-        for q, _ in c[cat]:
-            opts, letter = mc(lab, [x for x in labs if x != lab], 3, rng)
-            items.append(render(t, {"x": clip(q, 150), "options": opts}, letter, rng, q))
-        groups[lab] = items
-    return balanced(groups, n, rng)
+    out = []
+    for lab, q in _pick({lab: [q for q, _ in c[cat]] for cat, lab in CHAT_TOPICS.items()},
+                        n, rng):
+        opts, letter = mc(lab, [x for x in labs if x != lab], 3, rng)
+        out.append(render(t, {"x": clip(q, 150), "options": opts}, letter, rng, q))
+    return out
 
 
 @task("chat_tech_yesno", "chat", "yesno", "topic",
@@ -242,11 +240,10 @@ def chat_topic_mc(n, rng, t):
       "Say yes if the message asks for computer help, otherwise no.\n{x}\nAnswer:")
 def chat_tech_yesno(n, rng, t):
     c = chat()
-    groups: dict[str, list[Item]] = {"yes": [], "no": []}
+    groups: dict[str, list[str]] = {"yes": [], "no": []}
     for cat in ("tech_support", "computers", "ai", "psychology", "trivia", "humor", "gossip"):
-        a = "yes" if cat in ("tech_support", "computers") else "no"
-        groups[a] += [render(t, {"x": clip(q, 150)}, a, rng, q) for q, _ in c[cat]]
-    return balanced(groups, n, rng)
+        groups["yes" if cat in ("tech_support", "computers") else "no"] += [q for q, _ in c[cat]]
+    return [render(t, {"x": clip(q, 150)}, a, rng, q) for a, q in _pick(groups, n, rng)]
 
 
 @task("trivia_qa", "chat", "generation", "qa",
@@ -276,11 +273,10 @@ def chat_reply(n, rng, t):
       "{x}\nWas this tweet sent from android, iphone or web?",
       "Guess the device of the tweet (android, iphone, web).\n{x}\nAnswer:")
 def tweet_device(n, rng, t):
-    groups: dict[str, list[Item]] = {}
+    groups: dict[str, list[str]] = {}
     for tw in tweets("library"):
-        groups.setdefault(tw.source, []).append(render(t, {"x": clip(tw.text, 200)}, tw.source,
-                                                       rng, tw.text))
-    return balanced(groups, n, rng)
+        groups.setdefault(tw.source, []).append(tw.text)
+    return [render(t, {"x": clip(x, 200)}, k, rng, x) for k, x in _pick(groups, n, rng)]
 
 
 @task("tweet_era", "tweets", "label", "time",
@@ -289,11 +285,10 @@ def tweet_device(n, rng, t):
       "{x}\nIs this tweet early or campaign?",
       "Date the tweet: early (before 2015) or campaign (2015 on).\n{x}\nAnswer:")
 def tweet_era(n, rng, t):
-    groups: dict[str, list[Item]] = {"early": [], "campaign": []}
+    groups: dict[str, list[str]] = {"early": [], "campaign": []}
     for tw in tweets("library"):
-        lab = "early" if tw.year < 2015 else "campaign"
-        groups[lab].append(render(t, {"x": clip(tw.text, 200)}, lab, rng, tw.text))
-    return balanced(groups, n, rng)
+        groups["early" if tw.year < 2015 else "campaign"].append(tw.text)
+    return [render(t, {"x": clip(x, 200)}, k, rng, x) for k, x in _pick(groups, n, rng)]
 
 
 @task("tweet_has_link", "tweets", "yesno", "link",
@@ -302,11 +297,10 @@ def tweet_era(n, rng, t):
       "Tweet: {x}\nIs there a URL in it? yes or no:",
       "Answer yes if the tweet links to a web page, else no.\n{x}\nAnswer:")
 def tweet_has_link(n, rng, t):
-    groups: dict[str, list[Item]] = {"yes": [], "no": []}
+    groups: dict[str, list[str]] = {"yes": [], "no": []}
     for tw in tweets("library"):
-        a = "yes" if LINK.search(tw.text) else "no"
-        groups[a].append(render(t, {"x": clip(tw.text, 200)}, a, rng, tw.text))
-    return balanced(groups, n, rng)
+        groups["yes" if LINK.search(tw.text) else "no"].append(tw.text)
+    return [render(t, {"x": clip(x, 200)}, k, rng, x) for k, x in _pick(groups, n, rng)]
 
 
 @task("tweet_hashtag", "tweets", "extraction", "hashtag",
@@ -334,13 +328,12 @@ def tweet_mention(n, rng, t):
       "{x}\nHow many hashtags are in this tweet?", "Tweet: {x}\nNumber of hashtags:",
       "Count the hashtags.\n{x}\nAnswer:")
 def tweet_hashtag_count(n, rng, t):
-    groups: dict[str, list[Item]] = {}
+    groups: dict[str, list[str]] = {}
     for tw in tweets("library"):
-        x = clip(tw.text, 200)
-        k = len(HASHTAG.findall(x))
+        k = len(HASHTAG.findall(clip(tw.text, 200)))
         if k <= 3:
-            groups.setdefault(str(k), []).append(render(t, {"x": x}, str(k), rng, tw.text))
-    return balanced(groups, n, rng)
+            groups.setdefault(str(k), []).append(tw.text)
+    return [render(t, {"x": clip(x, 200)}, k, rng, x) for k, x in _pick(groups, n, rng)]
 
 
 # text rules -----------------------------------------------------------------------------------
