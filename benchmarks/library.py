@@ -164,7 +164,7 @@ def build(tasks: list[str], jobs: int, threads: int) -> None:
             futures = {name: pool.submit(train_task, name, base, threads) for name in tasks}
             for name, fut in futures.items():
                 m = fut.result()
-                ref = publish(reg, name, m)
+                ref = publish(reg, name, {k: v for k, v in m.items() if k != "task"})
                 print(f"{name}: val {m['val_metric']} {m['val_accuracy']:.0%}, loss "
                       f"{m['train_loss_first']:.2f} -> {m['train_loss_last5']:.2f}, "
                       f"{m['train_seconds']:.0f} s  -> {ref}  [{time.time() - t0:.0f} s]",

@@ -330,4 +330,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the imported module's main: rows register into ``benchmarks.suite``, not __main__
+    from benchmarks.suite import main as _main
+
+    _main()

@@ -3,6 +3,9 @@ scoring, intervals are computed as documented, finished rows are cached and resu
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +83,92 @@ def test_applied_adapter_matches_peft_and_restores_weights(tiny):
 
 def test_correct_normalises_as_lorahub():
     assert correct([" Yes.", "no", "A  b"], ["yes", " yes", "a b"]) == [1, 0, 1]
+
+
+# --- intervals ----------------------------------------------------------------------------------
+def test_interval_over_examples_only():
+    """One seed, 50 of 100 right: the t-interval over examples (df 99)."""
+    from benchmarks.suite_stats import interval
+
+    iv = interval([1] * 50 + [0] * 50)
+    assert iv.mean == 0.5 and iv.seeds == 1 and iv.n == 100
+    # SE = sqrt(0.2525 / 100) = 0.050252, t(0.975, 99) = 1.98422
+    assert iv.low == pytest.approx(0.5 - 0.099711, abs=1e-5)
+    assert iv.high == pytest.approx(0.5 + 0.099711, abs=1e-5)
+    # identical seeds add nothing: the same interval as one seed
+    again = interval([[1] * 50 + [0] * 50] * 3)
+    assert (again.low, again.high) == pytest.approx((iv.low, iv.high))
+
+
+def test_interval_counts_the_spread_between_seeds():
+    """Seeds right on the first 60, 50 and 70 examples (worked by hand): var(a_s) = 0.01,
+    var(e_i) = 0.197531, SE^2 = 0.01/3 + 0.197531/100 = 0.0053086, Welch-Satterthwaite
+    df = 5.037, t = 2.568: mean 0.6 +- 0.1871."""
+    from benchmarks.suite_stats import interval
+
+    c = np.zeros((3, 100))
+    for s, k in enumerate((60, 50, 70)):
+        c[s, :k] = 1
+    iv = interval(c)
+    assert iv.mean == pytest.approx(0.6)
+    assert iv.half_width == pytest.approx(0.1871, abs=5e-4)
+    narrower = interval(c.mean(0, keepdims=True).round())  # no seed spread: narrower
+    assert narrower.half_width < iv.half_width
+
+
+def test_interval_when_every_answer_agrees():
+    """0 of 100 is not 0 +- 0: the Wilson score interval, 0 to 3.70%."""
+    from benchmarks.suite_stats import interval
+
+    iv = interval(np.zeros((3, 100)))
+    assert (iv.mean, iv.low) == (0.0, 0.0) and iv.high == pytest.approx(0.0370, abs=1e-4)
+    top = interval(np.ones((1, 100)))
+    assert top.high == 1.0 and top.low == pytest.approx(0.9630, abs=1e-4)
+    assert iv.format() == "0.0 [0.0, 3.7]"
+
+
+# --- caching and resume -------------------------------------------------------------------------
+def test_rows_are_cached_per_task_and_seed_and_resume(tmp_path, monkeypatch):
+    import argparse
+
+    import benchmarks.suite as suite
+
+    monkeypatch.setattr(suite, "RESULTS", tmp_path / "results")
+    calls: list[tuple[str, int]] = []
+
+    def fake(task, shots, seed, ctx):  # right on every other example, then wrong on seed 2
+        calls.append((task.name, seed))
+        refs = task.references
+        return [r if (i % 2 == 0 and seed != 2) else "<wrong>" for i, r in enumerate(refs)]
+
+    flaky = {"n": 0}
+
+    def crashes_once(task, shots, seed, ctx):
+        flaky["n"] += 1
+        if flaky["n"] == 2:
+            raise KeyboardInterrupt  # an interrupted run
+        return suite.RowOutput(["x"] * len(task.eval), {"evaluations": 3})
+
+    rows = [suite.Row("fake", "fake", fake), suite.Row("fixed", "fixed", crashes_once,
+                                                       seeded=False)]
+    ctx = suite.Context(argparse.Namespace())
+    tasks = ["word_count_parity", "boolean_xor"]
+    with pytest.raises(KeyboardInterrupt):
+        suite.run(rows, tasks, [0, 1, 2], 20, ctx, log=lambda *_: None)
+    assert len(calls) == 6  # both tasks of the first row; the second cell of 'fixed' crashed
+    res = suite.run(rows, tasks, [0, 1, 2], 20, ctx, log=lambda *_: None)
+    assert len(calls) == 6 and flaky["n"] == 3  # resumed: only the crashed cell ran again
+    cells = res[("fake", "boolean_xor")]
+    assert [c["seed"] for c in cells] == [0, 1, 2]
+    assert [c["accuracy"] for c in cells] == [0.5, 0.5, 0.0]
+    saved = json.loads(suite.result_path(rows[0], "boolean_xor", 1, 20).read_text())
+    assert saved["correct"] == cells[1]["correct"] and saved["key"]["shots"]
+    # a new version of a row, another evaluation size, a corrupt file: computed again
+    rows[0] = suite.Row("fake", "fake", fake, version=2)
+    suite.result_path(rows[1], "boolean_xor", None, 20).write_text("{not json")
+    suite.run(rows, ["boolean_xor"], [0], 20, ctx, log=lambda *_: None)
+    suite.run(rows, ["boolean_xor"], [0], 30, ctx, log=lambda *_: None)
+    assert calls[6:] == [("boolean_xor", 0), ("boolean_xor", 0)] and flaky["n"] == 5
+    text = suite.table(res, rows, tasks)
+    assert "| boolean_xor | 33.3 [" in text and "mean over tasks" in text
+    assert "| fixed | 2 |" in suite.costs(res, rows)
