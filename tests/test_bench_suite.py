@@ -4,6 +4,7 @@ scoring, intervals are computed as documented, finished rows are cached and resu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,52 @@ def test_rows_are_cached_per_task_and_seed_and_resume(tmp_path, monkeypatch):
     text = suite.table(res, rows, tasks)
     assert "| boolean_xor | 33.3 [" in text and "mean over tasks" in text
     assert "| fixed | 2 |" in suite.costs(res, rows)
+
+
+# --- every row, end to end, on a tiny model -----------------------------------------------------
+@pytest.mark.slow
+def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch):
+    """Each registered row answers every evaluation example through the real pieces: the
+    composer's scores, LoRAHub's own loop, PEFT training, and ``lorahive compose`` over a
+    registry of published adapters."""
+    import argparse
+
+    import benchmarks.library as library
+    import benchmarks.suite_rows as rows_mod
+    from benchmarks.corpora import Item
+    from benchmarks.suite import ROWS, Context, RowOutput, TaskData
+    from benchmarks.suite_tasks import SuiteTask
+    from lorahive.registry.local import LocalRegistry
+    from lorahive.registry.settings import Settings
+
+    base = add_tokenizer(tiny_llama_dir, tmp_path / "base")
+    dirs = [str(make_peft_adapter(base, tmp_path / "lib" / f"skill{i}", seed=50 + i, r=4,
+                                  lora_alpha=8)) for i in range(3)]
+    home = tmp_path / "registry"
+    reg = LocalRegistry(Settings(home=home))
+    reg.create_namespace("library")
+    for d in dirs:
+        reg.publish(d, f"library/{Path(d).name}")
+    reg.close()
+    monkeypatch.setattr(library, "HOME", home)
+    monkeypatch.setattr(rows_mod, "LORAHUB_MODULES", 2)
+    monkeypatch.setattr(rows_mod, "FT_STEPS", 3)
+    monkeypatch.setattr(rows_mod, "UPPER_STEPS", 3)
+
+    words = ["cat", "dog", "bird", "sun", "moon", "star"]
+    items = [Item(f"the {a} is {b} ?", " yes" if i % 2 else " no")
+             for i, (a, b) in enumerate((a, b) for a in words for b in ("big", "small"))]
+    task = TaskData(SuiteTask("tiny", "unseen-rule", "", "{x}", lambda n, r: []),
+                    pool=items[:7], eval=items[7:], labels=[" no", " yes"], max_new_tokens=3)
+    ctx = Context(argparse.Namespace(budget=3, device="cpu", threads=1, eval_batch=4))
+    ctx.work = tmp_path / "work"
+    ctx.base_dir = Path(base)
+    ctx.library_dirs = dirs
+    for name, r in ROWS.items():
+        out = r.fn(task, items[:5], 1, ctx)
+        preds = out.predictions if isinstance(out, RowOutput) else out
+        assert len(preds) == len(task.eval) and set(preds) <= {" no", " yes"}, name
+        if name in ("lorahub", "default", "best_single"):
+            assert out.info["evaluations"] >= 3, name
+    assert (tmp_path / "work" / "lora_ft" / "tiny-seed1" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "work" / "upper" / "tiny" / "train.json").exists()
