@@ -183,7 +183,10 @@ def result_path(r: Row, task: str, seed: int | None, n_eval: int) -> Path:
 
 
 def result_key(r: Row, task: TaskData, shots: Sequence[Item] | None, ctx: Context) -> dict:
-    key = {"row": r.name, "version": r.version, "eval": examples_key(task.eval)}
+    from benchmarks.suite_eval import VERSION
+
+    key = {"row": r.name, "version": r.version, "evaluator": VERSION,
+           "eval": examples_key(task.eval)}
     if shots is not None:
         key["shots"] = examples_key(shots)
     if r.library:

@@ -26,6 +26,14 @@ import torch
 from lorahive.compose.composer.evaluate import normalise
 from lorahive.hub.adapter import Adapter
 
+VERSION = 2  # part of every cached result's key: a change here recomputes them all
+
+
+def first_line(text: str) -> str:
+    """The answer a generation gives: up to the end of its first non-empty line (every suite
+    answer is one line; in-context prompts would otherwise run on into the next example)."""
+    return text.lstrip().split("\n", 1)[0]
+
 
 @contextlib.contextmanager
 def applied(model, adapter: Adapter | None) -> Iterator[None]:
@@ -52,7 +60,8 @@ def _device(model) -> torch.device:
 
 
 class Predictor:
-    """Predictions of a causal LM for prompts, optionally after a shared prefix."""
+    """Predictions of a causal LM for prompts, optionally after a shared prefix. Generation
+    is greedy and stops at EOS or at the end of the answer's first line."""
 
     def __init__(self, model, tokenizer, batch: int = 16):
         self.model = model
@@ -158,13 +167,15 @@ class Predictor:
                             done[i] = True
                         else:
                             gen[i].append(t)
+                            text = self.tok.decode(gen[i], skip_special_tokens=True)
+                            done[i] = "\n" in text.lstrip()  # the first line is complete
                 if bool(done.all()):
                     break
                 feed = torch.where(done, torch.full_like(tok, self.pad), tok)[:, None]
                 lp, mask = self._continue(feed, cache, mask, nxt)
                 logp = lp[:, -1]
                 nxt = nxt + 1
-            texts += [self.tok.decode(g, skip_special_tokens=True) for g in gen]
+            texts += [first_line(self.tok.decode(g, skip_special_tokens=True)) for g in gen]
         return texts
 
     def predict(self, inputs: Sequence[str], labels: Sequence[str] | None,

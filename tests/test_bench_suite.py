@@ -82,6 +82,13 @@ def test_applied_adapter_matches_peft_and_restores_weights(tiny):
     assert not torch.allclose(ours, pred.label_nll(INPUTS, LABELS))
 
 
+def test_generation_answers_with_its_first_line():
+    from benchmarks.suite_eval import first_line
+
+    assert first_line("\n\n APPLE\n\nLast word: x") == "APPLE"
+    assert first_line(" 42") == "42" and first_line("") == ""
+
+
 def test_correct_normalises_as_lorahub():
     assert correct([" Yes.", "no", "A  b"], ["yes", " yes", "a b"]) == [1, 0, 1]
 
