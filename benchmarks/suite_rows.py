@@ -71,7 +71,8 @@ def lorahub(task: TaskData, shots, seed: int, ctx: Context):
     from lorahive.compose.composer import Composer
 
     rng = random.Random(f"lorahub:{task.name}:{seed}")
-    idx = sorted(rng.sample(range(len(ctx.library_dirs)), LORAHUB_MODULES))
+    n = len(ctx.library_dirs)
+    idx = sorted(rng.sample(range(n), min(LORAHUB_MODULES, n)))
     dirs = [ctx.library_dirs[i] for i in idx]
     model, tok, cache = ctx.lorahub
     sub = {d: cache[d] for d in dirs}
