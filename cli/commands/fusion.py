@@ -63,6 +63,19 @@ def _parents(sources: list[Source], weights: list[float] | None) -> list[Parent]
             for i, s in enumerate(sources)]
 
 
+def default_method(method: str | None, params: dict[str, Any], n_inputs: int
+                   ) -> tuple[str, dict[str, Any], str | None]:
+    """The method asked for, or the one the measured standings support (with the reason)."""
+    if method is not None:
+        return method, params, None
+    if any(v is not None for v in params.values()):
+        raise InvalidRequestError("method parameters need --method")
+    from lorahive.compose.fusion import METHODS, standings
+
+    choice = standings.choose(n_inputs, known=set(METHODS))
+    return choice.method, {**params, **choice.params}, choice.reason
+
+
 def fuse_cmd(
     adapters: list[str] = typer.Argument(
         ..., help="Adapters to fuse: directories or registry references ns/name[@version]."),
@@ -72,8 +85,9 @@ def fuse_cmd(
     task: str | None = typer.Option(None, "--task", help="Task recorded when publishing."),
     url: str | None = URL,
     token: str | None = TOKEN,
-    method: str = typer.Option("task_arithmetic", "--method", "-m",
-                               help="Fusion method (`lorahive methods` lists them)."),
+    method: str | None = typer.Option(
+        None, "--method", "-m", help="Fusion method (`lorahive methods` lists them; default: "
+        "the best measured for this many inputs, named with the reason)."),
     weights: str | None = WEIGHTS,
     density: float | None = DENSITY,
     majority_sign: str | None = SIGN,
@@ -88,32 +102,35 @@ def fuse_cmd(
     """Fuse several adapters into one adapter; its lineage is written to lorahive.json (and
     stored in the registry with --publish)."""
     check_outputs(out, publish)
-    from lorahive.compose.fusion import fuse
-    from lorahive.hub.peft_format import load_peft, save_peft
+    from lorahive.compose.fusion import fuse_files
 
+    params = method_params(density, majority_sign, param)
+    method, params, why = default_method(method, params, len(adapters))
+    if why and not json_out:
+        console.print(f"method: {why}")
     sources = resolve_sources(adapters, url, token)
     dirs = [s.path for s in sources]
-    loaded = [load_peft(d) for d in dirs]
     w = parse_weights(weights, len(dirs))
-    res = fuse(loaded, method, w, method_params(density, majority_sign, param), rank=rank,
-               rank_budget=rank_budget, seed=seed, device=device)
-    lineage = Lineage(
-        method=f"fuse:{res.method}",
-        parents=_parents(sources, res.weights),
-        params={**res.params, "rank": rank, "rank_budget": rank_budget, "seed": seed},
-    )
-    metrics = {"energy_kept": res.energy} if res.energy else None
-    files = {SIDECAR: _sidecar(lineage, metrics)}
+
+    def sidecar(res: Any) -> dict[str, bytes]:
+        lineage = Lineage(
+            method=f"fuse:{res.method}",
+            parents=_parents(sources, res.weights),
+            params={**res.params, "rank": rank, "rank_budget": rank_budget, "seed": seed},
+        )
+        return {SIDECAR: _sidecar(lineage, {"energy_kept": res.energy} if res.energy else None)}
+
     published = None
     with output_dir(out) as target:
-        save_peft(res.adapter, target, extra_files=files)
+        res = fuse_files(dirs, target, method, w, params, rank=rank, rank_budget=rank_budget,
+                         seed=seed, device=device, extra_files=sidecar)
         if publish is not None:
             published = publish_output(target, publish, url, token, task=task)
     summary = {"out": str(out) if out else None, "published": published,
                "method": res.method, "params": res.params,
                "weights": res.weights, "modules": len(res.ranks),
                "max_rank": max(res.ranks.values(), default=0),
-               "total_rank": sum(res.ranks.values())}
+               "total_rank": sum(res.ranks.values()), "method_choice": why}
     if json_out:
         print_json({**summary, "ranks": res.ranks, "energy_kept": res.energy})
         return
@@ -187,10 +204,12 @@ def merge_cmd(
 def methods_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON."),
 ) -> None:
-    """List fusion methods: name, what it does, parameters with defaults, paper."""
-    from lorahive.compose.fusion import all_methods
+    """List fusion methods: name, what it does, parameters with defaults, paper, and the
+    measured standing that picks `fuse`'s default method."""
+    from lorahive.compose.fusion import all_methods, standings
 
     ms = all_methods()
+    table_of = standings.load()
     if json_out:
         print_json([{"name": m.name, "family": m.family, "description": m.description,
                      "paper": m.paper, "note": m.note,
@@ -198,14 +217,21 @@ def methods_cmd(
                                  "choices": list(p.choices) if p.choices else None,
                                  "required": p.required,
                                  "default": None if p.required else p.default}
-                                for p in m.params]} for m in ms])
+                                for p in m.params],
+                     "standings": [{**r.__dict__, "ci95": list(r.ci95) if r.ci95 else None}
+                                   for r in table_of.of(m.name)]} for m in ms])
         return
-    table = Table("method", "description", "parameters", show_lines=False)
+    table = Table("method", "description", "parameters", "measured", show_lines=False)
     for m in ms:
         desc = m.description + (f"\n[dim]{m.note}[/dim]" if m.note else "")
-        table.add_row(m.name, desc, "\n".join(p.describe() for p in m.params) or "-")
+        measured = "\n".join(f"{r.setting}: {r.describe()}" for r in table_of.of(m.name))
+        table.add_row(m.name, desc, "\n".join(p.describe() for p in m.params) or "-",
+                      measured or "-")
     console.print(table)
     console.print("Every method also takes --weights, --rank or --rank-budget, --seed, --device.")
+    console.print(f"measured: {table_of.metric} [95% interval]; evidence: {table_of.evidence}. "
+                  "`lorahive fuse` without --method takes the best default-setting method at "
+                  "the measured input count nearest to its number of inputs.")
 
 
 def register(app: typer.Typer) -> None:
