@@ -132,9 +132,11 @@ def run_cli(args: list[str], env: dict[str, str]) -> Run:
 
 
 def cli_env(threads: int | None) -> dict[str, str]:
+    """The CLI's environment; ``threads`` sets torch's thread count (lorahive runs that many
+    one-thread workers on CPU)."""
     env = {**os.environ, "COLUMNS": "200"}
     if threads:
-        env["LORAHIVE_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -145,7 +147,7 @@ def startup(env: dict[str, str], reps: int = 3) -> Run:
 
 
 def cli(methods: list[str], device: str, threads: int | None, dense_layers: int,
-        rank: int | None) -> None:
+        rank: int | None, out_dir: Path) -> None:
     from lorahive.compose.fusion import all_methods
 
     names = methods or [m.name for m in all_methods()]
@@ -157,13 +159,15 @@ def cli(methods: list[str], device: str, threads: int | None, dense_layers: int,
         warm(dense_dirs)
     st = startup(env)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}, device {device}, threads {threads or 'default'}; "
+          f"{os.getloadavg()[0]:.1f}, device {device}, threads {threads or 'default'}, "
+          f"outputs under {out_dir}; "
           f"inputs read once in {warm_s:.2f} s; CLI start-up (`lorahive methods --json`, best "
           f"of 3) {st.wall:.2f} s wall, {st.user + st.sys:.2f} s CPU")
     print()
     print("| method | modules | wall (s) | CPU (s) | peak RSS (MB) | output (MB) | how |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    scratch = Path(tempfile.mkdtemp(prefix="fuse-7b-", dir=ROOT))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="fuse-7b-", dir=out_dir))
     try:
         for name in names:
             dense = name in DENSE and dense_layers < LAYERS
@@ -203,7 +207,10 @@ def main() -> None:
     p.add_argument("--methods", default="", help="comma-separated (default: every method)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads in the CLI (LORAHIVE_THREADS; default: lorahive's)")
+                   help="torch threads of the CLI (OMP_NUM_THREADS; default: torch's)")
+    p.add_argument("--out-dir", type=Path, default=ROOT,
+                   help="where outputs are written (and deleted): the bench cache's disk by "
+                   "default; /dev/shm leaves the disk's fsync out")
     p.add_argument("--dense-layers", type=int, default=1,
                    help="layers the dense element-wise methods run on before extrapolating")
     p.add_argument("--rank", type=int, default=None, help="--rank passed to every fuse")
@@ -212,7 +219,8 @@ def main() -> None:
     if a.part == "prepare":
         prepare()
     elif a.part == "cli":
-        cli([m for m in a.methods.split(",") if m], a.device, a.threads, a.dense_layers, a.rank)
+        cli([m for m in a.methods.split(",") if m], a.device, a.threads, a.dense_layers, a.rank,
+            a.out_dir)
     else:
         raise SystemExit("peft: not yet")
 

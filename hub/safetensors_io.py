@@ -174,8 +174,11 @@ class StreamWriter:
     tensors may be fewer or smaller, never larger); the header written at the end, with the
     real shapes and offsets, is then never longer than the planned one and is padded with
     spaces to the reserved size, as the format allows. Peak memory is one tensor, not the
-    file.
+    file. Every ``WRITEBACK`` bytes the kernel is asked to start writing what came before
+    (``posix_fadvise``), so the final fsync does not wait for the whole file at once.
     """
+
+    WRITEBACK = 64 << 20
 
     def __init__(self, path: str | os.PathLike[str], planned: list[tuple[str, str, list[int]]],
                  metadata: dict[str, str]):
@@ -185,11 +188,18 @@ class StreamWriter:
         self.entries: list[tuple[str, str, list[int]]] = []
         self.fh = open(self.path, "wb")  # noqa: SIM115 (closed by close() or abort())
         self.fh.seek(8 + self.reserved)
+        self._flushed = 8 + self.reserved
 
     def write(self, key: str, t: torch.Tensor) -> None:
         t = t.detach().to("cpu").contiguous()
         self.entries.append((key, ST_NAMES[t.dtype], list(t.shape)))
         self.fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
+        end = self.fh.tell()
+        if end - self._flushed >= self.WRITEBACK and hasattr(os, "posix_fadvise"):
+            self.fh.flush()
+            os.posix_fadvise(self.fh.fileno(), self._flushed, end - self._flushed,
+                             os.POSIX_FADV_DONTNEED)  # starts writeback of those pages
+            self._flushed = end
 
     def close(self) -> int:
         """Write the header and flush; returns the data bytes written."""

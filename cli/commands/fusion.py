@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +66,22 @@ def _parents(sources: list[Source], weights: list[float] | None) -> list[Parent]
             for i, s in enumerate(sources)]
 
 
+def import_in_background(module: str) -> None:
+    """Start importing ``module`` on a thread, so that a slow import (torch: a second or more)
+    runs while this thread does I/O; a later ``import`` waits for it, and an import error is
+    raised there, not on the thread."""
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name=f"import {module}", daemon=True).start()
+
+
 def default_method(method: str | None, params: dict[str, Any], n_inputs: int
                    ) -> tuple[str, dict[str, Any], str | None]:
     """The method asked for, or the one the measured standings support (with the reason)."""
     if method is not None:
         return method, params, None
-    if any(v is not None for v in params.values()):
-        raise InvalidRequestError("method parameters need --method")
     from lorahive.compose.fusion import METHODS, standings
 
     choice = standings.choose(n_inputs, known=set(METHODS))
@@ -102,15 +114,16 @@ def fuse_cmd(
     """Fuse several adapters into one adapter; its lineage is written to lorahive.json (and
     stored in the registry with --publish)."""
     check_outputs(out, publish)
-    from lorahive.compose.fusion import fuse_files
-
+    import_in_background("lorahive.compose.fusion")  # torch loads while the inputs are hashed
     params = method_params(density, majority_sign, param)
-    method, params, why = default_method(method, params, len(adapters))
-    if why and not json_out:
-        console.print(f"method: {why}")
+    if method is None and any(v is not None for v in params.values()):
+        raise InvalidRequestError("method parameters need --method")
     sources = resolve_sources(adapters, url, token)
     dirs = [s.path for s in sources]
     w = parse_weights(weights, len(dirs))
+    method, params, why = default_method(method, params, len(adapters))
+    if why and not json_out:
+        console.print(f"method: {why}", soft_wrap=True)
 
     def sidecar(res: Any) -> dict[str, bytes]:
         lineage = Lineage(
@@ -119,6 +132,8 @@ def fuse_cmd(
             params={**res.params, "rank": rank, "rank_budget": rank_budget, "seed": seed},
         )
         return {SIDECAR: _sidecar(lineage, {"energy_kept": res.energy} if res.energy else None)}
+
+    from lorahive.compose.fusion import fuse_files
 
     published = None
     with output_dir(out) as target:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -18,7 +18,9 @@ from lorahive.cli.commands.registry_client import (
 )
 from lorahive.cli.output import console, human_bytes, print_json
 from lorahive.hub.errors import InvalidRequestError
-from lorahive.hub.protocol import VersionInfo
+
+if TYPE_CHECKING:  # annotations only: pydantic loads when a registry is opened
+    from lorahive.hub.protocol import VersionInfo
 
 
 def _metrics(text: str | None) -> dict:
