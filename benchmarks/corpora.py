@@ -109,18 +109,6 @@ LINK = re.compile(r"https?://\S+")
 
 
 # building examples ---------------------------------------------------------------------------
-def balanced(groups: dict[str, list[Item]], n: int, rng: random.Random) -> list[Item]:
-    """Up to ``n`` items drawn round-robin over labels (each pool shuffled), then shuffled."""
-    pools = {k: rng.sample(v, len(v)) for k, v in groups.items()}
-    out: list[Item] = []
-    while len(out) < n and any(pools.values()):
-        for k in sorted(pools):
-            if pools[k] and len(out) < n:
-                out.append(pools[k].pop())
-    rng.shuffle(out)
-    return out
-
-
 def render(templates: Sequence[str], fields: dict[str, str], answer: str, rng: random.Random,
            source: str = "") -> Item:
     """One example in one of the task's instruction phrasings, picked at random (FLAN-style)."""

@@ -23,7 +23,6 @@ from benchmarks.corpora import (
     LINK,
     MENTION,
     Item,
-    balanced,
     bbc,
     chat,
     clip,
@@ -33,6 +32,7 @@ from benchmarks.corpora import (
     tweets,
     unique,
 )
+from benchmarks.tasks import balanced
 
 # chatterbot categories the library may use; the suite uses others (see suite_tasks)
 LIBRARY_CHAT = ("ai", "psychology", "trivia", "tech_support", "botprofile", "computers",

@@ -23,7 +23,6 @@ from benchmarks import rules
 from benchmarks.corpora import (
     MENTION,
     Item,
-    balanced,
     bbc,
     chat,
     clip,
@@ -33,6 +32,7 @@ from benchmarks.corpora import (
     unique,
 )
 from benchmarks.library_tasks import LIBRARY_CHAT
+from benchmarks.tasks import balanced
 
 SUITE_CHAT = ("emotion", "literature", "money", "movies")  # chat_domain's labels
 QUESTION_CHAT = ("coding", "science", "sports", "politics", "history")  # text_kind's questions
