@@ -178,6 +178,48 @@ def library_dirs() -> list[Path]:
     return [ADAPTERS / n for n in LIBRARY if (ADAPTERS / n / "adapter_model.safetensors").exists()]
 
 
+N_TEST = 100
+
+
+def test_split(spec: TaskSpec, n: int = N_TEST) -> list:
+    """``n`` test examples of a library task whose inputs are in neither its training nor its
+    validation split (drawn with another seed, then filtered), for the fusion curve."""
+    train, val, _ = split(spec)
+    seen = {e.input for e in train + val}
+    return [e for e in spec.build(4 * n + len(seen), SEED + 1) if e.input not in seen][:n]
+
+
+def curve_tasks(threads: int = 2) -> list:
+    """The trained library as ``benchmarks.fusion_curve`` takes it: per task its adapter, its
+    validation split and a disjoint test split, scored by one shared SmolLM2 (rank
+    classification over the task's labels, else greedy exact match)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks.fusion_curve import CurveTask
+    from benchmarks.suite_eval import Predictor, applied, correct
+
+    torch.set_num_threads(threads)
+    base = smollm2_dir()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    pred = Predictor(model, AutoTokenizer.from_pretrained(base))
+    out = []
+    for d in library_dirs():
+        spec = LIBRARY[d.name]
+        train, val, _ = split(spec)
+        test = test_split(spec)
+        labels = labels_of(train + val)
+        longest = max(len(pred.tok(e.output)["input_ids"]) for e in val + test)
+
+        def scorer(adapter, examples, labels=labels, longest=longest) -> float:
+            with applied(model, adapter):
+                got = pred.predict([e.input for e in examples], labels, longest + 2)
+            return sum(correct(got, [e.output for e in examples])) / len(examples)
+
+        out.append(CurveTask(d.name, d, val, test, scorer))
+    return out
+
+
 def show() -> None:
     reg = registry()
     try:
