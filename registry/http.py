@@ -22,8 +22,17 @@ def bearer_token(request: Request) -> str | None:
 
 def file_response(dl: Download, headers: dict[str, str] | None = None) -> Response:
     """A download as a response: ``ETag`` (the sha256), ``Accept-Ranges``, the length and,
-    for a range, ``Content-Range``; no body for HEAD (``dl.body is None``) and 304."""
+    for a range, ``Content-Range``; no body for HEAD (``dl.body is None``) and 304.
+
+    A redirect is a 302 to the presigned object with the file's identity in the Hub's
+    headers (``X-Linked-Etag``, ``X-Linked-Size``): the client names and checks the file by
+    them, since the object store's own ``ETag`` is not the sha256. The link expires, so the
+    302 itself is never cached."""
     h = {"ETag": f'"{dl.entry.sha256}"', "Accept-Ranges": "bytes", **(headers or {})}
+    if dl.status == 302 and dl.location:
+        h.update({"Location": dl.location, "X-Linked-Etag": f'"{dl.entry.sha256}"',
+                  "X-Linked-Size": str(dl.entry.size), "Cache-Control": "no-store"})
+        return Response(status_code=302, headers=h)
     if dl.status == 304:
         return Response(status_code=304, headers=h)
     h["Content-Length"] = str(dl.length)

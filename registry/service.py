@@ -154,7 +154,8 @@ class RegistryService:
         if migrate:
             ensure_schema(self.engine)
         self.store = blobmod.open_store(self.settings.storage_url, self.settings.home,
-                                        self.settings.s3_endpoint_url, self.settings.s3_region)
+                                        self.settings.s3_endpoint_url, self.settings.s3_region,
+                                        self.settings.s3_public_endpoint_url)
         self.metrics = Metrics()  # this process's transfer counters (served on /metrics)
         self._signing_key: bytes | None = None
 
@@ -357,25 +358,49 @@ class RegistryService:
         raise EntryNotFoundError(f"{info.ref} has no file {path!r}")
 
     def download(self, p: Principal, ref: str | Ref, path: str, *, range: str | None = None,
-                 if_none_match: str | None = None, head: bool = False) -> Download:
+                 if_none_match: str | None = None, head: bool = False,
+                 redirect: bool = False) -> Download:
         """The one download step of every door (REST, HF ``resolve``, the embedded registry's
         pull): visibility, the file, ``If-None-Match``, the Range policy of
-        ``transfer.parse_range`` and the download count. A GET of the weights that starts at
-        byte 0 counts one download; HEAD, a resumed download and other files do not."""
+        ``transfer.parse_range``, the redirect to object storage and the download count.
+
+        ``redirect`` (HTTP doors): with a store that presigns URLs and ``redirect_downloads``
+        on, the answer is a 302 to the object, decided only after the visibility check; the
+        store then serves the bytes and the Range. Counting: the request that hands out the
+        weights from byte 0, or the link to them, counts one download. A GET streamed from
+        byte 0 counts; redirected, the GET or HEAD that receives the link counts (the
+        Hugging Face client asks with HEAD and then fetches the object without coming back,
+        as it does from the Hub), the object store's own GETs are never seen. A streamed
+        HEAD, a resumed download (Range from byte > 0) and other files do not count."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
         entry = self.file_entry(p, r, path)
         if if_none_match is not None and _etags(if_none_match) & {entry.sha256, "*"}:
             return Download(entry, 304)
         span = parse_range(range, entry.size)
         start, end = span if span is not None else (0, entry.size - 1)
+        counted = start == 0 and path == WEIGHTS_NAME
+        url = self._download_url(entry) if redirect else None
+        if url is not None:
+            if counted:
+                self._count_download(p, r)
+            self.metrics.add_redirect()
+            return Download(entry, 302, start, end, location=url)
         dl = Download(entry, 206 if span is not None else 200, start, end)
         if head:
             return dl
-        if start == 0 and path == WEIGHTS_NAME:
+        if counted:
             self._count_download(p, r)
         dl.body = self.store.open_range(entry.sha256, start, end) if dl.length else iter(())
         self.metrics.add_bytes("download", dl.length)
         return dl
+
+    def _download_url(self, entry: FileEntry) -> str | None:
+        """A presigned URL of the file's blob, or ``None`` to stream it (redirects off, a
+        store without URLs, or an empty file, which has nothing to fetch)."""
+        if not self.settings.redirect_downloads or entry.size == 0:
+            return None
+        return self.store.download_url(entry.sha256, self.settings.redirect_ttl_seconds,
+                                       entry.path.rsplit("/", 1)[-1])
 
     def read_file(self, p: Principal, ref: str | Ref, path: str, max_bytes: int) -> bytes | None:
         """A small file of a visible version, in memory (``None`` when it is over

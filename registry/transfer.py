@@ -66,14 +66,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 @dataclass
 class Download:
-    """One planned response for a file: status 200, 206 or 304, the byte span, and the body
-    (``None`` for HEAD and 304)."""
+    """One planned response for a file: status 200, 206, 302 or 304, the byte span, and the
+    body (``None`` for HEAD, 302 and 304). A 302 carries ``location``, a presigned URL of the
+    object in the store, which serves the bytes (and any Range) itself."""
 
     entry: FileEntry
     status: int
     start: int = 0
     end: int = -1  # inclusive; -1 for an empty body
     body: Iterator[bytes] | None = field(default=None, repr=False)
+    location: str | None = None
 
     @property
     def length(self) -> int:
