@@ -3,14 +3,16 @@ and a request body as the chunks the service's ingest reads."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Sequence
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from lorahive.hub.errors import IntegrityError
-from lorahive.registry.transfer import Download
+from lorahive.registry.transfer import Download, not_modified
 
 
 def bearer_token(request: Request) -> str | None:
@@ -52,3 +54,20 @@ async def request_body(request: Request) -> AsyncIterator[bytes]:
             yield chunk
     except ClientDisconnect:
         raise IntegrityError("the upload was interrupted; nothing was stored") from None
+
+
+def revalidated_json(request: Request, value: BaseModel | Sequence[BaseModel]) -> Response:
+    """Metadata as JSON with an ``ETag`` (a hash of the body), answered 304 with no body when
+    the request's ``If-None-Match`` names it, so a fleet that polls a reference moves a few
+    headers per poll instead of the document. ``Cache-Control: no-cache`` lets a cache keep
+    the document only if it revalidates every use (aliases move); ``Vary: Authorization``
+    because what a caller sees depends on its token. The body is serialized once here
+    (FastAPI's response model would validate and serialize it again)."""
+    body = (value.model_dump_json() if isinstance(value, BaseModel)
+            else "[" + ",".join(v.model_dump_json() for v in value) + "]").encode()
+    tag = hashlib.blake2b(body, digest_size=16).hexdigest()
+    headers = {"ETag": f'"{tag}"', "Cache-Control": "no-cache", "Vary": "Authorization"}
+    if not_modified(request.headers.get("if-none-match"), tag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+

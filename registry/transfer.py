@@ -64,6 +64,15 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return (start, min(int(last), size - 1) if last else size - 1)
 
 
+def not_modified(if_none_match: str | None, tag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``tag`` (unquoted) or ``*``: the weak
+    comparison of RFC 9110, section 13.1.2, which revalidation uses."""
+    if if_none_match is None:
+        return False
+    tags = {t.strip().removeprefix("W/").strip('"') for t in if_none_match.split(",")}
+    return bool(tags & {tag, "*"})
+
+
 @dataclass
 class Download:
     """One planned response for a file: status 200, 206, 302 or 304, the byte span, and the
