@@ -1,15 +1,21 @@
-"""Registry throughput: pull over loopback vs a plain file copy, and metadata latency.
+"""Registry throughput: pull over loopback vs a plain file copy, and metadata under ``wrk``.
 
-    python benchmarks/registry.py            # 100 MB adapter, metadata with 1/4/16 clients
-    python benchmarks/registry.py --large    # adds the 1 GB adapter (about a minute more)
+    python -m benchmarks.registry                  # 100 MB pull; metadata at 1/16/64 connections
+    python -m benchmarks.registry --large          # adds the 1 GB adapter (about a minute more)
+    python -m benchmarks.registry --no-pull --duration 5 --connections 1,16   # metadata only
+    python -m benchmarks.registry --db postgres    # the same on a throwaway PostgreSQL cluster
 
 A synthetic PEFT adapter (random float32 LoRA factors, so nothing compresses) is published to
-a real ``lorahive serve`` on 127.0.0.1 in a temp data directory. A pull goes into a fresh,
-empty cache every time and includes what a pull does: streaming download, sha256 check,
-fsync, rename, snapshot links. The reference is a plain ``shutil.copyfile`` + ``fsync`` of the
-same bytes on the same disk (page cache warm for both). Metadata reads are
-``GET .../aliases/latest`` (a resolve) from N concurrent client threads, each with its own
-connection; p50/p99 are per request.
+a real ``lorahive serve --workers N`` on 127.0.0.1 in a temp data directory. A pull goes into
+a fresh, empty cache every time and includes what a pull does: streaming download, sha256
+check, fsync, rename, snapshot links. The reference is a plain ``shutil.copyfile`` + ``fsync``
+of the same bytes on the same disk (page cache warm for both).
+
+Metadata is measured with ``wrk`` (Debian package ``wrk``; one load thread by default, so the
+load generator leaves the server its cores), each level for ``--duration`` seconds after a
+one-second warm-up: a resolve (``GET .../aliases/latest``), the same resolve revalidated
+(``If-None-Match`` with its ``ETag``: a 304), and one page of search (``GET /adapters?limit=20``)
+over ``--catalog`` published adapters. Anything but 2xx/3xx is counted as an error.
 """
 
 from __future__ import annotations
@@ -17,14 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,8 +39,11 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.load import database, serve  # noqa: E402
 from lorahive.hub.cache import PullCache  # noqa: E402
 from lorahive.hub.client import HttpRegistry  # noqa: E402
+
+API = "/api/v1"
 
 
 def make_adapter(out: Path, megabytes: int, r: int = 64, d: int = 4096) -> Path:
@@ -60,35 +67,12 @@ def make_adapter(out: Path, megabytes: int, r: int = 64, d: int = 4096) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    def __init__(self, home: Path, workers: int):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "LORAHIVE_HOME": str(home)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lorahive", "serve", "--port", str(self.port), "--workers",
-             str(workers), "--log-level", "warning"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            self.stop()
-            raise SystemExit("server did not start")
-        self.token = (home / "admin-token").read_text().strip()
+    """A running ``lorahive serve``: its URL and the admin token of its data directory."""
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
+    def __init__(self, url: str, home: Path):
+        self.url = url
+        self.token = (home / "admin-token").read_text().strip()
 
 
 def copy_with_fsync(src: Path, dest: Path) -> None:
@@ -125,69 +109,114 @@ def bench_pull(server: Server, work: Path, megabytes: int, repeats: int) -> dict
             "pull_mbps": mb / pull_s, "copy_mbps": mb / copy_s, "ratio": copy_s / pull_s}
 
 
-def bench_metadata(server: Server, clients: int, total: int, ref: str) -> dict:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    per_client = max(1, total // clients)
+def publish_catalog(server: Server, work: Path, n: int) -> str:
+    """``n`` small adapters (1 MB, same blobs) for search to page over; returns one of them."""
+    src = make_adapter(work / "meta-adapter", 1)
+    with HttpRegistry(server.url, server.token, cache=PullCache(work / "meta-cache")) as reg:
+        for i in range(max(1, n)):
+            reg.publish(src, f"admin/meta-{i:04d}", description=f"catalog adapter {i}",
+                        allow_duplicate=True)
+    return "admin/meta-0000"
+
+
+_WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_WRK_PCT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_WRK_TOTAL = re.compile(r"(\d+) requests in")
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, connections: int, duration: float, threads: int = 1,
+        headers: dict[str, str] | None = None) -> dict:
+    """One ``wrk`` run (after a one-second warm-up) parsed into req/s, p50/p99 and errors."""
+    hdr = [x for k, v in (headers or {}).items() for x in ("-H", f"{k}: {v}")]
+    base = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), *hdr, url]
+    subprocess.run([*base[:-1], "-d", "1s", url], capture_output=True, timeout=60, check=True)
+    out = subprocess.run([*base[:-1], "-d", f"{duration:g}s", "--latency", url],
+                         capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    pct = {int(m[0]): float(m[1]) * _UNIT_MS[m[2]] for m in _WRK_PCT.findall(out)}
+    sock = _WRK_SOCKET.search(out)
+    non2xx = _WRK_NON2XX.search(out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (
+        sum(int(x) for x in sock.groups()) if sock else 0)
+    total = _WRK_TOTAL.search(out)
+    rps = _WRK_RPS.search(out)
+    if rps is None or total is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    return {"connections": connections, "requests": int(total.group(1)),
+            "rps": float(rps.group(1)), "p50_ms": pct.get(50, float("nan")),
+            "p99_ms": pct.get(99, float("nan")), "errors": errors}
+
+
+def bench_metadata(server: Server, ref: str, levels: list[int], duration: float,
+                   threads: int) -> list[dict]:
     ns, name = ref.split("/")
-    barrier = threading.Barrier(clients)
-
-    def run() -> None:
-        mine = []
-        with httpx.Client(base_url=server.url) as c:
-            c.get(f"/api/v1/adapters/{ns}/{name}/aliases/latest").raise_for_status()  # warm
-            barrier.wait()
-            for _ in range(per_client):
-                t0 = time.perf_counter()
-                c.get(f"/api/v1/adapters/{ns}/{name}/aliases/latest").raise_for_status()
-                mine.append(time.perf_counter() - t0)
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100)
-    return {"clients": clients, "requests": len(latencies), "rps": len(latencies) / wall,
-            "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
+    resolve = f"{server.url}{API}/adapters/{ns}/{name}/aliases/latest"
+    first = httpx.get(resolve)
+    first.raise_for_status()
+    targets = [
+        ("resolve", resolve, {}),
+        ("resolve, revalidated (304)", resolve, {"If-None-Match": first.headers["etag"]}),
+        ("search page (20)", f"{server.url}{API}/adapters?limit=20", {}),
+    ]
+    rows = []
+    for label, url, headers in targets:
+        for c in levels:
+            rows.append({"what": label, **wrk(url, c, duration, threads, headers)})
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--large", action="store_true", help="also the 1 GB adapter")
+    ap.add_argument("--no-pull", action="store_true", help="metadata only")
     ap.add_argument("--repeats", type=int, default=3, help="pulls per size (median reported)")
     ap.add_argument("--workers", type=int, default=2, help="server worker processes")
-    ap.add_argument("--requests", type=int, default=600, help="metadata requests per level")
-    ap.add_argument("--clients", default="1,4,16", help="concurrent metadata clients")
+    ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--connections", default="1,16,64", help="wrk connection levels")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    ap.add_argument("--wrk-threads", type=int, default=1, help="wrk load threads")
+    ap.add_argument("--catalog", type=int, default=40, help="adapters for search to page over")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("error: wrk is not installed (Debian: apt-get install -y wrk)")
+    levels = [int(x) for x in args.connections.split(",")]
     work = Path(tempfile.mkdtemp(prefix="lorahive-bench-", dir=os.environ.get("TMPDIR")))
-    server = Server(work / "home", args.workers)
+    (work / "home").mkdir()
+    rows: list[dict] = []
     try:
-        sizes = [100] + ([1024] if args.large else [])
-        rows = [bench_pull(server, work, mb, args.repeats) for mb in sizes]
-        meta = [bench_metadata(server, int(n), args.requests, "admin/bench-100")
-                for n in args.clients.split(",")]
+        with database(args.db) as env, serve(work / "home", args.workers, env) as url:
+            server = Server(url, work / "home")
+            if not args.no_pull:
+                sizes = [100] + ([1024] if args.large else [])
+                rows = [bench_pull(server, work, mb, args.repeats) for mb in sizes]
+            ref = publish_catalog(server, work, args.catalog)
+            t0 = time.perf_counter()
+            meta = bench_metadata(server, ref, levels, args.duration, args.wrk_threads)
+            meta_s = time.perf_counter() - t0
     finally:
-        server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nserver: lorahive serve --workers {args.workers} (SQLite + local blobs), loopback\n")
-    print("| adapter | publish (s) | pull (s) | pull MB/s | copy+fsync (s) | copy MB/s | "
-          "pull / copy throughput |")
+    print(f"\nserver: lorahive serve --workers {args.workers} ({args.db} + local blobs), "
+          f"loopback; load: wrk -t{args.wrk_threads}, {args.duration:g} s per level "
+          f"({meta_s:.0f} s in all); cores: {os.cpu_count()}\n")
+    if rows:
+        print("| adapter | publish (s) | pull (s) | pull MB/s | copy+fsync (s) | copy MB/s | "
+              "pull / copy throughput |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['size_mb']:.0f} MB | {r['publish_s']:.2f} | {r['pull_s']:.2f} | "
+                  f"{r['pull_mbps']:.0f} | {r['copy_s']:.2f} | {r['copy_mbps']:.0f} | "
+                  f"{r['ratio']:.2f} |")
+        print()
+    print("| metadata | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['size_mb']:.0f} MB | {r['publish_s']:.2f} | {r['pull_s']:.2f} | "
-              f"{r['pull_mbps']:.0f} | {r['copy_s']:.2f} | {r['copy_mbps']:.0f} | "
-              f"{r['ratio']:.2f} |")
-    print("\n| metadata clients | requests | req/s | p50 (ms) | p99 (ms) |")
-    print("|---|---|---|---|---|")
     for m in meta:
-        print(f"| {m['clients']} | {m['requests']} | {m['rps']:.0f} | {m['p50_ms']:.1f} | "
-              f"{m['p99_ms']:.1f} |")
+        print(f"| {m['what']} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
+              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+    if args.json:
+        print(json.dumps({"pull": rows, "metadata": meta}, indent=1))
 
 
 if __name__ == "__main__":
