@@ -406,9 +406,16 @@ class RegistryService:
             q = q.where(col(AdapterRow.id).in_(select(AdapterTag.adapter_id)
                                                 .where(AdapterTag.tag == t)))
         with session_scope(self.engine) as s:
-            total = s.exec(select(func.count()).select_from(q.subquery())).one()
-            rows = s.exec(q.order_by(*SORTS[sort], col(AdapterRow.id).asc())
+            # the total rides on the page's rows (a window count); only a page past the end
+            # needs a count of its own
+            page = s.exec(q.add_columns(func.count().over().label("total"))
+                          .order_by(*SORTS[sort], col(AdapterRow.id).asc())
                           .offset(offset).limit(limit)).all()
+            if page:
+                total = page[0][2]
+            else:
+                total = s.exec(select(func.count()).select_from(q.subquery())).one() if offset else 0
+            rows = [(a, ns) for a, ns, _ in page]
             return SearchPage(total=total, offset=offset, limit=limit,
                               items=self._adapter_infos(s, rows))
 
