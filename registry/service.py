@@ -320,7 +320,7 @@ class RegistryService:
             q = (q.outerjoin(AliasRow, and_(col(AliasRow.adapter_id) == AdapterRow.id,
                                             AliasRow.name == (r.alias or DEFAULT_ALIAS)))
                  .outerjoin(VersionRow, col(VersionRow.id) == AliasRow.version_id))
-        with session_scope(self.engine) as s:
+        with session_scope(self.engine, autocommit=True) as s:
             row = s.exec(q).first()
             if row is None or (row[0].private and not p.can(row[1], "read")):
                 raise _adapter_not_found(r)
