@@ -4,6 +4,7 @@
     python -m benchmarks.registry --large          # adds the 1 GB adapter (about a minute more)
     python -m benchmarks.registry --no-pull --duration 5 --connections 1,16   # metadata only
     python -m benchmarks.registry --db postgres    # the same on a throwaway PostgreSQL cluster
+    python -m benchmarks.registry --profile        # where a resolve's time goes (py-spy)
 
 A synthetic PEFT adapter (random float32 LoRA factors, so nothing compresses) is published to
 a real ``lorahive serve --workers N`` on 127.0.0.1 in a temp data directory. A pull goes into
@@ -16,6 +17,10 @@ load generator leaves the server its cores), each level for ``--duration`` secon
 one-second warm-up: a resolve (``GET .../aliases/latest``), the same resolve revalidated
 (``If-None-Match`` with its ``ETag``: a 304), and one page of search (``GET /adapters?limit=20``)
 over ``--catalog`` published adapters. Anything but 2xx/3xx is counted as an error.
+
+``--profile`` samples one server worker with ``py-spy`` (dev extra) while ``wrk`` resolves at
+16 connections, and prints the share of busy samples per frame (inclusive, idle threads and
+the idle event loop left out): where a resolve's time goes, independent of machine speed.
 """
 
 from __future__ import annotations
@@ -167,6 +172,43 @@ def bench_metadata(server: Server, ref: str, levels: list[int], duration: float,
     return rows
 
 
+def _frame(raw: str) -> str:
+    """``name (path/to/file.py:12)`` -> ``name (file.py:12)``."""
+    name, _, where = raw.partition(" (")
+    return f"{name} ({where.rstrip(')').rsplit('/', 1)[-1]})" if where else name
+
+
+def profile(url: str, pid: int, seconds: float, top: int = 40) -> list[tuple[float, str]]:
+    """Busy-sample shares per frame of process ``pid`` under a 16-connection resolve load."""
+    import collections
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("error: py-spy is not installed (pip install py-spy)")
+    with tempfile.TemporaryDirectory() as d:
+        raw = Path(d) / "raw.txt"
+        load = subprocess.Popen(["wrk", "-t1", "-c16", "-d", f"{seconds + 3:g}s", url],
+                                stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        subprocess.run([spy, "record", "--pid", str(pid), "-d", f"{seconds:g}", "-r", "200",
+                        "-f", "raw", "--nonblocking", "-o", str(raw)], check=True,
+                       capture_output=True, timeout=seconds + 60)
+        load.wait(timeout=60)
+        incl: collections.Counter[str] = collections.Counter()
+        total = 0
+        for line in raw.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not n.isdigit():
+                continue
+            frames = stack.split(";")
+            if frames[-1].startswith(("Condition.wait", "select ", "_run_once ")):
+                continue  # idle worker threads and the waiting event loop
+            total += int(n)
+            for fr in dict.fromkeys(_frame(f) for f in frames):
+                incl[fr] += int(n)
+    return [(100 * n / max(1, total), fr) for fr, n in incl.most_common(top)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--large", action="store_true", help="also the 1 GB adapter")
@@ -179,9 +221,13 @@ def main() -> None:
     ap.add_argument("--wrk-threads", type=int, default=1, help="wrk load threads")
     ap.add_argument("--catalog", type=int, default=40, help="adapters for search to page over")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--profile", action="store_true",
+                    help="sample a one-worker server with py-spy under a resolve load instead")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("error: wrk is not installed (Debian: apt-get install -y wrk)")
+    if args.profile:
+        return run_profile(args)
     levels = [int(x) for x in args.connections.split(",")]
     work = Path(tempfile.mkdtemp(prefix="lorahive-bench-", dir=os.environ.get("TMPDIR")))
     (work / "home").mkdir()
@@ -217,6 +263,40 @@ def main() -> None:
               f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
     if args.json:
         print(json.dumps({"pull": rows, "metadata": meta}, indent=1))
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    """``lorahive serve --workers 1`` (the worker is the served process) under py-spy."""
+    from benchmarks.load import free_port
+
+    work = Path(tempfile.mkdtemp(prefix="lorahive-profile-"))
+    home = work / "home"
+    home.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAHIVE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "lorahive", "serve", "--port", str(port),
+                             "--workers", "1", "--log-level", "warning"], cwd=ROOT,
+                            env={**env, "LORAHIVE_HOME": str(home)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        ref = publish_catalog(Server(url, home), work, 1)
+        ns, name = ref.split("/")
+        rows = profile(f"{url}{API}/adapters/{ns}/{name}/aliases/latest", proc.pid,
+                       args.duration)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n| busy samples (inclusive) | frame |\n|---|---|")
+    for share, frame in rows:
+        print(f"| {share:.1f}% | `{frame}` |")
 
 
 if __name__ == "__main__":
