@@ -5,6 +5,7 @@
     python -m benchmarks.registry --no-pull --duration 5 --connections 1,16   # metadata only
     python -m benchmarks.registry --db postgres    # the same on a throwaway PostgreSQL cluster
     python -m benchmarks.registry --profile        # where a resolve's time goes (py-spy)
+    python -m benchmarks.registry --peers          # beside MLflow's server and nginx
 
 A synthetic PEFT adapter (random float32 LoRA factors, so nothing compresses) is published to
 a real ``lorahive serve --workers N`` on 127.0.0.1 in a temp data directory. A pull goes into
@@ -17,6 +18,12 @@ load generator leaves the server its cores), each level for ``--duration`` secon
 one-second warm-up: a resolve (``GET .../aliases/latest``), the same resolve revalidated
 (``If-None-Match`` with its ``ETag``: a 304), and one page of search (``GET /adapters?limit=20``)
 over ``--catalog`` published adapters. Anything but 2xx/3xx is counted as an error.
+
+``--peers`` runs the same adapter through MLflow's server and nginx in the same run (see
+``benchmarks/peers.py``): metadata (lorahive's resolve beside MLflow's model-version GET and
+alias GET, same ``wrk`` levels), pulls end to end with a sha256 of every result (lorahive pull,
+``hf_hub_download`` against lorahive, MLflow's artifact download, ``curl`` from nginx +
+``sha256sum``) and publish time (lorahive publish, MLflow log-artifacts + register).
 
 ``--profile`` samples one server worker with ``py-spy`` (dev extra) while ``wrk`` resolves at
 16 connections, and prints the share of busy samples per frame (inclusive, idle threads and
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -209,6 +217,94 @@ def profile(url: str, pid: int, seconds: float, top: int = 40) -> list[tuple[flo
     return [(100 * n / max(1, total), fr) for fr, n in incl.most_common(top)]
 
 
+def _timed(fn: Callable[[int], object], repeats: int) -> float:
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_peers(server: Server, work: Path, megabytes: int, levels: list[int],
+                args: argparse.Namespace) -> tuple[list[dict], list[dict], list[dict]]:
+    """Metadata, pull and publish rows for lorahive, MLflow and nginx on one adapter."""
+    from benchmarks import peers
+
+    src = make_adapter(work / f"peer-{megabytes}", megabytes)
+    weights = src / "adapter_model.safetensors"
+    sha, mb = peers.file_sha256(weights), weights.stat().st_size / 1e6
+    repo = f"admin/peer-{megabytes}"
+
+    def check(path: Path) -> None:
+        if peers.file_sha256(path) != sha:
+            raise SystemExit(f"error: {path} does not hash to the published sha256")
+
+    t0 = time.perf_counter()
+    with HttpRegistry(server.url, server.token, cache=PullCache(work / "pub-cache")) as reg:
+        reg.publish(src, repo)
+    publish = [{"tool": "lorahive publish", "mb": mb, "s": time.perf_counter() - t0}]
+    pulls, meta = [], []
+
+    def lorahive_pull(i: int) -> None:
+        with HttpRegistry(server.url, None, cache=PullCache(work / f"lh-{megabytes}-{i}")) as r:
+            r.pull(repo)  # verifies every file's sha256 itself
+
+    def hf(i: int) -> None:
+        check(peers.hf_pull(server.url, repo, work / f"hf-{megabytes}-{i}"))
+
+    pulls.append({"client": "lorahive pull", "s": _timed(lorahive_pull, args.repeats)})
+    pulls.append({"client": "hf_hub_download (lorahive) + sha256",
+                  "s": _timed(hf, args.repeats)})
+    (work / "mlflow").mkdir(exist_ok=True)
+    with peers.mlflow_server(work / "mlflow", args.workers) as ml:
+        run_id, ml_s = peers.mlflow_publish(ml, src)
+        publish.append({"tool": "MLflow log_artifacts + register", "mb": mb, "s": ml_s})
+
+        def mlflow_pull(i: int) -> None:
+            check(peers.mlflow_pull(ml, run_id, work / f"ml-{megabytes}-{i}"))
+
+        pulls.append({"client": "MLflow download_artifacts + sha256",
+                      "s": _timed(mlflow_pull, args.repeats)})
+        if megabytes == min(args.peer_sizes):
+            ns, name = repo.split("/")
+            targets = [
+                ("lorahive resolve (alias latest)",
+                 f"{server.url}{API}/adapters/{ns}/{name}/aliases/latest"),
+                ("MLflow model-versions/get",
+                 f"{ml}/api/2.0/mlflow/model-versions/get?name={peers.MODEL}&version=1"),
+                ("MLflow registered-models/alias",
+                 f"{ml}/api/2.0/mlflow/registered-models/alias?name={peers.MODEL}&alias={peers.ALIAS}"),
+            ]
+            for label, url in targets:
+                httpx.get(url).raise_for_status()
+                for c in levels:
+                    meta.append({"what": label, **wrk(url, c, args.duration, args.wrk_threads)})
+    with peers.nginx_server(work, weights) as ng:
+        def curl(i: int) -> None:
+            check(peers.curl_pull(f"{ng}/{weights.name}", work / f"curl-{megabytes}-{i}"))
+
+        pulls.append({"client": "curl from nginx (sendfile) + sha256sum",
+                      "s": _timed(curl, args.repeats)})
+    for p in pulls:
+        p.update(mb=mb, mbps=mb / p["s"])
+    return meta, pulls, publish
+
+
+def print_peers(meta: list[dict], pulls: list[dict], publish: list[dict]) -> None:
+    print("| metadata | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for m in meta:
+        print(f"| {m['what']} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
+              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+    print("\n| pull (end to end, sha256 checked) | MB | s | MB/s |\n|---|---|---|---|")
+    for p in pulls:
+        print(f"| {p['client']} | {p['mb']:.0f} | {p['s']:.2f} | {p['mbps']:.0f} |")
+    print("\n| publish | MB | s |\n|---|---|---|")
+    for p in publish:
+        print(f"| {p['tool']} | {p['mb']:.0f} | {p['s']:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--large", action="store_true", help="also the 1 GB adapter")
@@ -221,6 +317,10 @@ def main() -> None:
     ap.add_argument("--wrk-threads", type=int, default=1, help="wrk load threads")
     ap.add_argument("--catalog", type=int, default=40, help="adapters for search to page over")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--peers", action="store_true",
+                    help="MLflow's server and nginx beside lorahive, on the same adapter")
+    ap.add_argument("--peer-sizes", default="100",
+                    help="adapter sizes (MB) for --peers; --large adds 1024")
     ap.add_argument("--profile", action="store_true",
                     help="sample a one-worker server with py-spy under a resolve load instead")
     args = ap.parse_args()
@@ -229,6 +329,9 @@ def main() -> None:
     if args.profile:
         return run_profile(args)
     levels = [int(x) for x in args.connections.split(",")]
+    args.peer_sizes = [int(x) for x in args.peer_sizes.split(",")] + ([1024] if args.large else [])
+    if args.peers:
+        return run_peers(args, levels)
     work = Path(tempfile.mkdtemp(prefix="lorahive-bench-", dir=os.environ.get("TMPDIR")))
     (work / "home").mkdir()
     rows: list[dict] = []
@@ -263,6 +366,41 @@ def main() -> None:
               f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
     if args.json:
         print(json.dumps({"pull": rows, "metadata": meta}, indent=1))
+
+
+def run_peers(args: argparse.Namespace, levels: list[int]) -> None:
+    """lorahive (SQLite + local blobs), MLflow and nginx on the same adapters, in one run."""
+    work = Path(tempfile.mkdtemp(prefix="lorahive-peers-", dir=os.environ.get("TMPDIR")))
+    (work / "home").mkdir()
+    meta: list[dict] = []
+    pulls: list[dict] = []
+    publish: list[dict] = []
+    try:
+        with serve(work / "home", args.workers, {}) as url:
+            server = Server(url, work / "home")
+            for mb in args.peer_sizes:
+                m, p, pub = bench_peers(server, work, mb, levels, args)
+                meta += m
+                pulls += p
+                publish += pub
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    import mlflow
+
+    print(f"\nlorahive serve --workers {args.workers} (SQLite + local blobs) | mlflow server "
+          f"{mlflow.__version__} --workers {args.workers} (SQLite, --serve-artifacts) | "
+          f"{_nginx_version()} (sendfile, 2 workers); loopback; wrk -t{args.wrk_threads}, "
+          f"{args.duration:g} s per level; medians of {args.repeats} pulls; "
+          f"cores: {os.cpu_count()}\n")
+    print_peers(meta, pulls, publish)
+    if args.json:
+        print(json.dumps({"metadata": meta, "pull": pulls, "publish": publish}, indent=1))
+
+
+def _nginx_version() -> str:
+    out = subprocess.run([shutil.which("nginx") or "/usr/sbin/nginx", "-v"],
+                         capture_output=True, text=True)
+    return (out.stderr or out.stdout).strip().split(": ")[-1]
 
 
 def run_profile(args: argparse.Namespace) -> None:
