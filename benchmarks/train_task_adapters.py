@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,19 +39,23 @@ def output_token_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torc
     return torch.nn.functional.cross_entropy(logits.float(), target[sel])
 
 
-def fit(model, tok, examples: list, batch: int, lr: float,
-        on_step: Callable[[int, int, float], None] | None = None) -> tuple[list[float], float]:
-    """One pass over ``examples`` in batches: AdamW, a 3-step warm-up, linear decay to 10%,
-    gradient clipping at 1. Returns the losses per step and the seconds taken."""
+def fit(model, tok, examples: list, batch: int, lr: float, steps: int | None = None,
+        max_length: int = 96, on_step: Callable[[int, int, float], None] | None = None
+        ) -> tuple[list[float], float]:
+    """AdamW over ``examples`` in batches, a 3-step warm-up, linear decay to 10%, gradient
+    clipping at 1. ``steps`` defaults to one epoch; more steps cycle through the examples
+    again. Returns the losses per step and the seconds taken."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    steps = (len(examples) + batch - 1) // batch
+    per_epoch = (len(examples) + batch - 1) // batch
+    steps = steps or per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 3) * max(0.1, 1 - s / steps))
     losses: list[float] = []
     t0 = time.time()
     for s in range(steps):
-        enc = encode_causal(tok, examples[s * batch:(s + 1) * batch], max_length=96)
+        i = s % per_epoch
+        enc = encode_causal(tok, examples[i * batch:(i + 1) * batch], max_length=max_length)
         loss = output_token_loss(model, enc.input_ids, enc.attention_mask, enc.labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -63,8 +68,11 @@ def fit(model, tok, examples: list, batch: int, lr: float,
     return losses, time.time() - t0
 
 
-def train_one(task: str, base: Path, out: Path, n: int, batch: int, lr: float, rank: int,
-              seed: int) -> dict:
+def train_lora(base: Path, examples: list, out: Path, *, steps: int | None = None,
+               batch: int = 8, lr: float = 2e-3, rank: int = 8, seed: int = 0,
+               max_length: int = 96, extra: dict | None = None) -> dict:
+    """Train one LoRA (q_proj, v_proj; alpha = 2 r) on ``examples`` with :func:`fit` and save
+    it with PEFT at ``out`` (written beside, then renamed) with a ``train.json``."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,21 +83,28 @@ def train_one(task: str, base: Path, out: Path, n: int, batch: int, lr: float, r
                      target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(model, cfg)
     model.train()
-    examples = build(task, n, seed)
+    examples = list(examples)
     random.Random(seed).shuffle(examples)
-    losses, seconds = fit(model, tok, examples, batch, lr)
-    steps = len(losses)
+    losses, seconds = fit(model, tok, examples, batch, lr, steps=steps, max_length=max_length)
     model.peft_config["default"].base_model_name_or_path = MODEL_ID
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    info = {"task": task, "examples": len(examples), "steps": steps, "batch": batch, "lr": lr,
+    info = {"examples": len(examples), "steps": len(losses), "batch": batch, "lr": lr,
             "rank": rank, "seed": seed, "seconds": round(seconds, 1),
             "loss_first": losses[0], "loss_last5": sum(losses[-5:]) / len(losses[-5:]),
-            "losses": losses}
+            "losses": losses, **(extra or {})}
     (tmp / "train.json").write_text(json.dumps(info, indent=2))
     tmp.rename(out)
     return info
+
+
+def train_one(task: str, base: Path, out: Path, n: int, batch: int, lr: float, rank: int,
+              seed: int) -> dict:
+    return train_lora(base, build(task, n, seed), out, batch=batch, lr=lr, rank=rank,
+                      seed=seed, extra={"task": task})
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,16 @@ def resolve_sources(items: list[str], url: str | None = None, token: str | None 
         raise InvalidRequestError("no adapters given")
     out: list[Source] = []
     registry = None
+    dirs = [Path(i).expanduser() for i in items if Path(i).expanduser().is_dir()]
+    with ThreadPoolExecutor(min(4, max(1, len(dirs)))) as pool:  # hashing releases the GIL
+        hashes = dict(zip(dirs, pool.map(weights_sha256, dirs), strict=True))
     try:
         for item in items:
             path = Path(item).expanduser()
             if path.is_dir():
                 if not (path / CONFIG_NAME).is_file():
                     raise InvalidRequestError(f"{item} is a directory without adapter_config.json")
-                out.append(Source(path, str(path), None, weights_sha256(path)))
+                out.append(Source(path, str(path), None, hashes[path]))
                 continue
             if not looks_like_ref(item):
                 raise InvalidRequestError(

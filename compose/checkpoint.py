@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import struct
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,20 +27,19 @@ import torch
 from lorahive.hub import quant4
 from lorahive.hub.errors import InvalidAdapterError, InvalidRequestError
 from lorahive.hub.manifest import is_pickle_name
-from lorahive.hub.safetensors_io import DTYPE_SIZES, read_header, read_metadata
+from lorahive.hub.safetensors_io import (
+    DTYPE_SIZES,
+    ST_DTYPES,
+    StreamWriter,
+    read_header,
+    read_metadata,
+)
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-ST_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32,
-    "U64": torch.uint64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 
 @dataclass
@@ -190,56 +188,6 @@ class Reader:
 
 
 # writing ----------------------------------------------------------------------------------
-def header_bytes(entries: list[tuple[str, str, list[int]]], metadata: dict[str, str]) -> bytes:
-    """The safetensors header for tensors written back to back in ``entries`` order."""
-    header: dict[str, Any] = {"__metadata__": metadata}
-    offset = 0
-    for key, dtype, shape in entries:
-        n = math.prod(shape) * DTYPE_SIZES[dtype]
-        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    return raw + b" " * (-len(raw) % 8)
-
-
-class ShardWriter:
-    """Stream tensors into one safetensors file behind a header reserved up front.
-
-    ``planned`` lists every tensor in write order with its largest possible shape; the header
-    written at the end (real shapes and offsets, never longer than the planned one) is padded
-    with spaces to the reserved size, as the format allows.
-    """
-
-    def __init__(self, path: Path, planned: list[tuple[str, str, list[int]]],
-                 metadata: dict[str, str]):
-        self.metadata = metadata
-        self.reserved = len(header_bytes(planned, metadata))
-        self.entries: list[tuple[str, str, list[int]]] = []
-        self.fh = open(path, "wb")  # noqa: SIM115 (closed by close() or abort())
-        self.fh.seek(8 + self.reserved)
-
-    def write(self, key: str, t: torch.Tensor) -> None:
-        t = t.detach().to("cpu").contiguous()
-        self.entries.append((key, ST_NAMES[t.dtype], list(t.shape)))
-        self.fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
-
-    def close(self) -> int:
-        """Write the header; returns the data bytes written."""
-        raw = header_bytes(self.entries, self.metadata)
-        if len(raw) > self.reserved:
-            raise AssertionError("a tensor grew past its planned size")
-        raw += b" " * (self.reserved - len(raw))
-        size = self.fh.tell() - 8 - self.reserved
-        self.fh.seek(0)
-        self.fh.write(struct.pack("<Q", len(raw)))
-        self.fh.write(raw)
-        self.fh.close()
-        return size
-
-    def abort(self) -> None:
-        self.fh.close()
-
-
 def copy_side_files(src: Path, dest: Path, skip: tuple[str, ...] = ()) -> list[str]:
     """Config, generation config, tokenizer and chat template: every non-weight file."""
     copied = []
@@ -268,7 +216,7 @@ class Item:
 def write_shard(path: Path, items: list[Item], metadata: dict[str, str],
                 on_done: Callable[[Item], None]) -> tuple[int, list[str]]:
     """Stream ``items`` into one shard; returns the data bytes and the keys written."""
-    writer = ShardWriter(path, [p for it in items for p in it.planned], metadata)
+    writer = StreamWriter(path, [p for it in items for p in it.planned], metadata)
     try:
         for it in items:
             for key, t in it.produce():

@@ -24,8 +24,6 @@ import torch
 from lorahive.compose.checkpoint import (
     FLOAT_DTYPES,
     INDEX_NAME,
-    ST_DTYPES,
-    ST_NAMES,
     Checkpoint,
     Item,
     Reader,
@@ -46,6 +44,7 @@ from lorahive.hub.errors import (
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
+from lorahive.hub.safetensors_io import ST_DTYPES, ST_NAMES
 
 __all__ = ["Checkpoint", "DeltaSource", "MergeReport", "TensorInfo", "build_deltas",
            "check_against_base", "merge_into_base", "open_checkpoint"]

@@ -40,8 +40,6 @@ import torch
 
 from lorahive.compose.checkpoint import (
     FLOAT_DTYPES,
-    ST_DTYPES,
-    ST_NAMES,
     Checkpoint,
     Item,
     Reader,
@@ -50,6 +48,7 @@ from lorahive.compose.checkpoint import (
 )
 from lorahive.hub import quant4
 from lorahive.hub.errors import InvalidRequestError, ShapeMismatchError
+from lorahive.hub.safetensors_io import ST_DTYPES, ST_NAMES
 
 if TYPE_CHECKING:
     from lorahive.compose.merge import DeltaSource

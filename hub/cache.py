@@ -25,7 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lorahive.hub.atomic import atomic_directory, atomic_file, fsync_dir, require_free_dir
+from lorahive.hub.atomic import (
+    atomic_directory,
+    atomic_file,
+    dir_mode,
+    file_mode,
+    fsync_dir,
+    require_free_dir,
+)
 from lorahive.hub.credentials import lorahive_home
 from lorahive.hub.errors import IntegrityError, InvalidRequestError, LorahiveError, OfflineError
 from lorahive.hub.manifest import check_filename, file_sha256, read_chunks
@@ -203,23 +210,16 @@ class PullCache:
         replaced) in one rename once every file is written."""
         self.check_export(to, force)
         out = Path(to)
-        mask = _umask()
         with atomic_directory(out, overwrite=True) as tmp:
             for f in info.files:
                 dest = tmp / f.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(dest, "wb") as fh, open(self.blob_path(f.sha256), "rb") as src:
                     shutil.copyfileobj(src, fh, CHUNK)
-                    os.fchmod(fh.fileno(), 0o666 & ~mask)
+                    os.fchmod(fh.fileno(), file_mode())
             for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-                os.chmod(d, 0o777 & ~mask)  # as `cp` or `mkdir` would make it
+                os.chmod(d, dir_mode())  # as `cp` or `mkdir` would make it
         return out
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _write_all(fh: BinaryIO, data: bytes) -> None:

@@ -14,11 +14,13 @@ import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorahive.hub.atomic import TEMP_PREFIX
 from lorahive.hub.errors import InvalidAdapterError, InvalidRequestError, UnsafeFileError
-from lorahive.hub.protocol import FileEntry
+
+if TYPE_CHECKING:  # pydantic is imported only where a manifest is built (CLI start-up)
+    from lorahive.hub.protocol import FileEntry
 
 # PEFT's file names (torch-free here, so light clients need not import torch).
 CONFIG_NAME = "adapter_config.json"
@@ -124,6 +126,8 @@ def collect_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
 
 def build_manifest(directory: str | os.PathLike[str]) -> tuple[list[FileEntry], dict[str, Path]]:
     """Hash every file of an adapter directory; ``(entries, {name: local path})``."""
+    from lorahive.hub.protocol import FileEntry
+
     files = collect_files(directory)
     entries = [FileEntry(path=rel, sha256=file_sha256(p), size=p.stat().st_size)
                for rel, p in files]

@@ -9,10 +9,11 @@ refused unless the caller opts in, and then read with ``torch.load(weights_only=
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -22,7 +23,16 @@ from lorahive.hub.atomic import atomic_directory, atomic_file, require_free_dir
 from lorahive.hub.config import AdapterConfig
 from lorahive.hub.errors import InvalidAdapterError, ShapeMismatchError, UnsafeFileError
 from lorahive.hub.manifest import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
-from lorahive.hub.safetensors_io import load_tensors, read_metadata, save_tensors
+from lorahive.hub.safetensors_io import (
+    ST_DTYPES,
+    ST_NAMES,
+    StreamWriter,
+    load_tensors,
+    read_at,
+    read_header,
+    read_metadata,
+    save_tensors,
+)
 
 PREFIX = "base_model.model."
 
@@ -159,21 +169,28 @@ def load_peft(path: str | os.PathLike[str], allow_pickle: bool = False) -> Adapt
     return from_state_dict(config, state, meta)
 
 
+def module_state(name: str, m: LoraModule) -> dict[str, torch.Tensor]:
+    """One module's tensors under PEFT's keys."""
+    base = f"{PREFIX}{name}"
+    out: dict[str, torch.Tensor] = {}
+    if m.kind == "embedding":
+        out[f"{base}.lora_embedding_A"] = m.A
+        out[f"{base}.lora_embedding_B"] = m.B
+    else:
+        a = m.A.reshape(m.a_shape) if m.a_shape is not None else m.A
+        b = m.B.reshape(m.b_shape) if m.b_shape is not None else m.B
+        out[f"{base}.lora_A.weight"] = a
+        out[f"{base}.lora_B.weight"] = b
+    if m.magnitude is not None:
+        out[f"{base}.lora_magnitude_vector"] = m.magnitude
+    return out
+
+
 def to_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
     """PEFT keys for every tensor (AdaLoRA adapters are written as plain LoRA)."""
     out: dict[str, torch.Tensor] = {}
     for name, m in adapter.modules.items():
-        base = f"{PREFIX}{name}"
-        if m.kind == "embedding":
-            out[f"{base}.lora_embedding_A"] = m.A
-            out[f"{base}.lora_embedding_B"] = m.B
-        else:
-            a = m.A.reshape(m.a_shape) if m.a_shape is not None else m.A
-            b = m.B.reshape(m.b_shape) if m.b_shape is not None else m.B
-            out[f"{base}.lora_A.weight"] = a
-            out[f"{base}.lora_B.weight"] = b
-        if m.magnitude is not None:
-            out[f"{base}.lora_magnitude_vector"] = m.magnitude
+        out.update(module_state(name, m))
     out.update(adapter.extra_tensors)
     return out
 
@@ -198,6 +215,123 @@ def save_peft(
             with atomic_file(tmp / rel, "wb") as fh:
                 fh.write(data)
     return path
+
+
+class PeftFile:
+    """A PEFT adapter directory opened for reading one module at a time.
+
+    ``adapter`` has the config and every module with its shapes and dtypes, its tensors on
+    the meta device (checked as ``load_peft`` checks them; what a fusion plans with);
+    ``module(name)`` reads that module's tensors with positioned reads, so a process never
+    holds more of the file than the modules it is working on. A pickle-only directory is
+    loaded whole (``allow_pickle``). Close it, or use it as a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], allow_pickle: bool = False):
+        self.path = Path(path)
+        st = self.path / WEIGHTS_NAME
+        self._fd: int | None = None
+        self._keys: dict[str, list[str]] = {}
+        if not st.is_file():  # no such directory, or pickle weights: as load_peft does it
+            self.adapter = load_peft(self.path, allow_pickle)
+            return
+        config = AdapterConfig.load(self.path / CONFIG_NAME)
+        header, self._start = read_header(st)
+        self._header = header
+        meta = {k: torch.empty(v["shape"], dtype=ST_DTYPES[v["dtype"]], device="meta")
+                for k, v in header.items()}
+        self.adapter = from_state_dict(config, meta, read_metadata(st))
+        for key in header:
+            parsed = parse_key(key)
+            if parsed is not None:
+                self._keys.setdefault(parsed[0], []).append(key)
+        self._fd = os.open(st, os.O_RDONLY)
+
+    def module(self, name: str, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> LoraModule:
+        """Module ``name`` read from disk (on ``device``, in ``dtype`` when given)."""
+        if self._fd is None:
+            m = self.adapter.modules[name]
+        else:
+            st = {}
+            for key in self._keys[name]:
+                info = self._header[key]
+                st[key] = read_at(self._fd, self._start + info["data_offsets"][0],
+                                  info["dtype"], info["shape"], WEIGHTS_NAME)
+            m = from_state_dict(self.adapter.config, st).modules[name]
+        return m.to(device, dtype) if (dtype is not None or str(device) != "cpu") else m
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> PeftFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_peft(path: str | os.PathLike[str], allow_pickle: bool = False) -> PeftFile:
+    return PeftFile(path, allow_pickle)
+
+
+class PeftWriter:
+    """Writes a PEFT adapter module by module (see ``peft_writer``)."""
+
+    def __init__(self, tmp: Path, planned: dict[str, LoraModule], dtype: torch.dtype,
+                 metadata: dict[str, str]):
+        entries = []
+        for name, m in planned.items():
+            entries += [(k, ST_NAMES[dtype], list(t.shape))
+                        for k, t in module_state(name, m).items()]
+        self.weights = StreamWriter(tmp / WEIGHTS_NAME, entries, {"format": "pt", **metadata})
+        self.modules: dict[str, LoraModule] = {}
+        self.extra_files: dict[str, bytes] = {}  # written beside the weights at the end
+
+    def add(self, name: str, m: LoraModule) -> None:
+        """Write one module's tensors; keep its shapes (on the meta device) for the config."""
+        for key, t in module_state(name, m).items():
+            self.weights.write(key, t)
+        self.modules[name] = m.to("meta")
+
+
+@contextlib.contextmanager
+def peft_writer(
+    path: str | os.PathLike[str],
+    planned: dict[str, LoraModule],
+    dtype: torch.dtype,
+    config: Callable[[dict[str, LoraModule]], AdapterConfig],
+    extra_files: dict[str, bytes] | None = None,
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Iterator[PeftWriter]:
+    """Write a PEFT directory one module at a time, atomically (whole or not at all).
+
+    ``planned`` has every module that may be written, with its largest possible shapes (the
+    weights file's header is reserved for them, then filled in last); ``config`` makes the
+    adapter config from the modules written (their tensors on the meta device), since ranks
+    are known only at the end. Tensors are written in ``dtype``; files put in the writer's
+    ``extra_files`` before the block ends are written too.
+    """
+    path = Path(path)
+    if not overwrite:
+        require_free_dir(path)
+    with atomic_directory(path, overwrite=True) as tmp:
+        w = PeftWriter(tmp, planned, dtype, metadata or {})
+        w.extra_files.update(extra_files or {})
+        try:
+            yield w
+        except BaseException:
+            w.weights.abort()
+            raise
+        w.weights.close()
+        with atomic_file(tmp / CONFIG_NAME, "w") as fh:
+            fh.write(config(w.modules).to_json())
+        for rel, data in w.extra_files.items():
+            with atomic_file(tmp / rel, "wb") as fh:
+                fh.write(data)
 
 
 def convert_residual(trained: Adapter, initial: Adapter) -> Adapter:

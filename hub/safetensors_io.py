@@ -13,6 +13,7 @@ import math
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,6 +29,14 @@ DTYPE_SIZES = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }
+
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32,
+    "U64": torch.uint64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 
 def _raw_header(path: Path) -> tuple[dict, dict[str, str] | None, int, int]:
@@ -124,3 +133,87 @@ def save_tensors(
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata or {"format": "pt"})
+
+
+# one tensor at a time ----------------------------------------------------------------------
+def read_at(fd: int, offset: int, dtype: str, shape: list[int], name: str = "file") -> torch.Tensor:
+    """One tensor by positioned reads into a buffer of exactly its size.
+
+    ``os.preadv`` has no shared file position, so several threads may read one open file at
+    once; ``offset`` is absolute (the data section's start plus the header's data offset).
+    """
+    n = math.prod(shape) * DTYPE_SIZES[dtype]
+    buf = torch.empty(n, dtype=torch.uint8)
+    view = memoryview(buf.numpy())
+    done = 0
+    while done < n:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise InvalidAdapterError(f"{name} is truncated (a tensor at byte {offset} ends "
+                                      "past the end of the file)")
+        done += got
+    return buf.view(ST_DTYPES[dtype]).reshape(shape)
+
+
+def header_bytes(entries: list[tuple[str, str, list[int]]], metadata: dict[str, str]) -> bytes:
+    """The safetensors header for tensors written back to back in ``entries`` order."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for key, dtype, shape in entries:
+        n = math.prod(shape) * DTYPE_SIZES[dtype]
+        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return raw + b" " * (-len(raw) % 8)
+
+
+class StreamWriter:
+    """Stream tensors into one safetensors file behind a header reserved up front.
+
+    ``planned`` lists every tensor in write order with its largest possible shape (real
+    tensors may be fewer or smaller, never larger); the header written at the end, with the
+    real shapes and offsets, is then never longer than the planned one and is padded with
+    spaces to the reserved size, as the format allows. Peak memory is one tensor, not the
+    file. Every ``WRITEBACK`` bytes the kernel is asked to start writing what came before
+    (``posix_fadvise``), so the final fsync does not wait for the whole file at once.
+    """
+
+    WRITEBACK = 64 << 20
+
+    def __init__(self, path: str | os.PathLike[str], planned: list[tuple[str, str, list[int]]],
+                 metadata: dict[str, str]):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.reserved = len(header_bytes(planned, metadata))
+        self.entries: list[tuple[str, str, list[int]]] = []
+        self.fh = open(self.path, "wb")  # noqa: SIM115 (closed by close() or abort())
+        self.fh.seek(8 + self.reserved)
+        self._flushed = 8 + self.reserved
+
+    def write(self, key: str, t: torch.Tensor) -> None:
+        t = t.detach().to("cpu").contiguous()
+        self.entries.append((key, ST_NAMES[t.dtype], list(t.shape)))
+        self.fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
+        end = self.fh.tell()
+        if end - self._flushed >= self.WRITEBACK and hasattr(os, "posix_fadvise"):
+            self.fh.flush()
+            os.posix_fadvise(self.fh.fileno(), self._flushed, end - self._flushed,
+                             os.POSIX_FADV_DONTNEED)  # starts writeback of those pages
+            self._flushed = end
+
+    def close(self) -> int:
+        """Write the header and flush; returns the data bytes written."""
+        raw = header_bytes(self.entries, self.metadata)
+        if len(raw) > self.reserved:
+            self.abort()
+            raise AssertionError("a tensor grew past its planned size")
+        raw += b" " * (self.reserved - len(raw))
+        size = self.fh.tell() - 8 - self.reserved
+        self.fh.seek(0)
+        self.fh.write(struct.pack("<Q", len(raw)))
+        self.fh.write(raw)
+        self.fh.close()
+        return size
+
+    def abort(self) -> None:
+        self.fh.close()

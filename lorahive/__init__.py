@@ -8,6 +8,14 @@ this package, so an installed lorahive adds one top-level name to site-packages.
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+# In a source checkout the import system can find this folder before the installed mapping (the
+# repository root is on sys.path for `python -m lorahive` run there); the subpackages are then
+# its sibling folders, exactly what the mapping points at.
+_root = Path(__file__).resolve().parent.parent
+if (_root / "pyproject.toml").is_file() and (_root / "hub" / "__init__.py").is_file():
+    __path__.append(str(_root))
 
 try:
     __version__ = version("lorahive")

@@ -77,12 +77,16 @@ def layer_order(text: str) -> list[int]:
 def test_publish_message_is_one_line(world, tmp_path):
     _, _, adapters, home = world
     name = "acme/a-rather-long-adapter-name-for-the-message-test"
-    for runner in (run_piped, run_tty):
-        r = runner("publish", adapters[0], "--name", name, "--tag", "x", home=home)
+    # the same files again are a duplicate: one line saying so, then a new version when asked
+    for runner, extra in ((run_piped, ()), (run_tty, ("--allow-duplicate",))):
+        r = runner("publish", adapters[0], "--name", name, "--tag", "x", *extra, home=home)
         assert r.returncode == 0, r.stderr
         line_with(r, "published", name, f"base {BASE_ID}")
         assert "MB" not in r.stdout and "KB" not in r.stdout
         assert re.search(r"\d+\.\d (KiB|MiB)", r.stdout), r.stdout
+    r = run_tty("publish", adapters[0], "--name", name, "--tag", "x", home=home)
+    assert r.returncode == 0, r.stderr
+    line_with(r, "unchanged, already", "-test@2", "nothing was published")
 
 
 def test_fuse_and_merge_messages_are_one_line(world, tmp_path):

@@ -94,7 +94,7 @@ def test_secrets_stay_private_under_a_permissive_umask(tmp_path):
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE((home / "admin-token").stat().st_mode) == 0o600
     code = ("import os; os.umask(0o022);"
-            "from lorahive.cli.commands.registry_client import save_credentials as s;"
+            "from lorahive.hub.credentials import save_credentials as s;"
             "print(s('http://127.0.0.1:9', 'lh_x'))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "LORAHIVE_HOME": str(home)}, check=True)

@@ -21,7 +21,12 @@ import torch
 from lorahive.compose.composer import Example
 from lorahive.compose.composer.examples import write_examples
 from tests.compose_fixtures import add_tokenizer
-from tests.models import make_peft_adapter, make_pissa_adapters
+from tests.models import (
+    make_peft_adapter,
+    make_pissa_adapters,
+    make_qlora_adapter,
+    save_tiny_llama_4bit,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -74,6 +79,8 @@ def workdir(tiny_llama_dir, tmp_path_factory):
     torch.save(load_file(old / "adapter_model.safetensors"), old / "adapter_model.bin")
     (old / "adapter_model.safetensors").unlink()
     make_pissa_adapters(base, work / "pissa-init", work / "pissa")
+    nf4 = save_tiny_llama_4bit(tiny_llama_dir, work / "SmolLM2-nf4")  # a QLoRA base
+    make_qlora_adapter(nf4, work / "qlora", seed=3)
     write_examples(work / "shots.jsonl", [Example("the cat is red ?", "yes"),
                                           Example("the dog is blue ?", "no")])
     write_examples(work / "heldout.jsonl", [Example("the sun is big ?", "yes"),
@@ -118,7 +125,7 @@ def test_readme_examples_run_as_written(workdir):
     # what the examples produced
     assert "model.layers.1.self_attn.v_proj" in out("lorahive inspect ./my-adapter")
     assert json.loads(out("lorahive inspect ./my-adapter --json"))["summary"]["rank"] == 4
-    for d in ("safe", "plain", "here", "merged"):
+    for d in ("safe", "plain", "here", "merged", "merged-nf4"):
         assert (work / d).is_dir() and any((work / d).iterdir()), d
     assert (work / "here" / "adapter_model.safetensors").is_file()
     assert not (work / "safe" / "adapter_model.bin").exists()

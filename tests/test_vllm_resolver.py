@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import filecmp
+import importlib.util
 import json
 
 import pytest
@@ -174,12 +175,16 @@ def test_from_environment_uses_the_cli_registry_selection(world, monkeypatch, tm
 # -- with vLLM's own classes ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vllm_plugin():
-    pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
+    """Only tests marked ``vllm`` use it: `make test` deselects them, `make test-vllm` runs
+    them where vLLM is installed."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.fail("vLLM is not installed here (make install-vllm)", pytrace=False)
     from lorahive.hub import vllm_plugin
 
     return vllm_plugin
 
 
+@pytest.mark.vllm
 def test_plugin_registers_with_vllm_only_when_a_registry_is_configured(
         world, vllm_plugin, monkeypatch, tmp_path):
     from importlib.metadata import entry_points
@@ -208,6 +213,7 @@ def test_plugin_registers_with_vllm_only_when_a_registry_is_configured(
     LoRAResolverRegistry.resolvers.pop("lorahive", None)
 
 
+@pytest.mark.vllm
 def test_alias_refresh_unloads_a_moved_alias_and_replays_the_body(
         world, vllm_plugin, tmp_path, monkeypatch):
     """The middleware around a minimal ASGI app whose state holds vLLM's adapter table."""

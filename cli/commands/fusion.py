@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,16 +77,51 @@ PRIVATE = typer.Option(None, "--private/--public", show_default=False,
 
 
 @contextlib.contextmanager
-def module_progress(total: int, show: bool) -> Iterator[Callable[[str], None] | None]:
-    """A per-module progress bar on stderr when it is a terminal (nothing when piped)."""
+def module_progress(total: Callable[[], int], show: bool
+                    ) -> Iterator[Callable[[str], None] | None]:
+    """A per-module progress bar on stderr when it is a terminal (nothing when piped);
+    ``total`` is asked only when the bar is shown."""
     if not show or not err_console.is_terminal:
         yield None
         return
     with Progress(TextColumn("[bold]fusing"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[module]}"), console=err_console,
                   transient=True) as bar:
-        task = bar.add_task("fusing", total=total, module="")
+        task = bar.add_task("fusing", total=total(), module="")
         yield lambda name: bar.update(task, advance=1, module=name)
+
+
+def module_count(dirs: list[Path]) -> int:
+    """How many modules fusing ``dirs`` writes (their union; read from the headers)."""
+    from lorahive.hub.peft_format import open_peft
+
+    names: set[str] = set()
+    for d in dirs:
+        with open_peft(d) as f:
+            names |= set(f.adapter.modules)
+    return len(names)
+
+
+def import_in_background(module: str) -> None:
+    """Start importing ``module`` on a thread, so that a slow import (torch: a second or more)
+    runs while this thread does I/O; a later ``import`` waits for it, and an import error is
+    raised there, not on the thread."""
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name=f"import {module}", daemon=True).start()
+
+
+def default_method(method: str | None, params: dict[str, Any], n_inputs: int
+                   ) -> tuple[str, dict[str, Any], str | None]:
+    """The method asked for, or the one the measured standings support (with the reason)."""
+    if method is not None:
+        return method, params, None
+    from lorahive.compose.fusion import METHODS, standings
+
+    choice = standings.choose(n_inputs, known=set(METHODS))
+    return choice.method, {**params, **choice.params}, choice.reason
 
 
 def fuse_cmd(
@@ -97,8 +134,9 @@ def fuse_cmd(
     private: bool | None = PRIVATE,
     url: str | None = URL,
     token: str | None = TOKEN,
-    method: str = typer.Option("task_arithmetic", "--method", "-m",
-                               help="Fusion method (`lorahive methods` lists them)."),
+    method: str | None = typer.Option(
+        None, "--method", "-m", help="Fusion method (`lorahive methods` lists them; default: "
+        "the best measured for this many inputs, named with the reason)."),
     weights: str | None = WEIGHTS,
     density: float | None = DENSITY,
     majority_sign: str | None = SIGN,
@@ -113,35 +151,43 @@ def fuse_cmd(
     """Fuse several adapters into one adapter; its lineage is written to lorahive.json (and
     stored in the registry with --publish)."""
     check_outputs(out, publish)
-    from lorahive.compose.fusion import fuse, get_method
-    from lorahive.hub.peft_format import load_peft, save_peft
+    import_in_background("lorahive.compose.fusion")  # torch loads while the inputs are hashed
+    params = method_params(density, majority_sign, param)
+    if method is None and any(v is not None for v in params.values()):
+        raise InvalidRequestError("method parameters need --method")
+    sources = resolve_sources(adapters, url, token)
+    dirs = [s.path for s in sources]
+    w = parse_weights(weights, len(dirs)) or [1.0] * len(dirs)
+    method, params, why = default_method(method, params, len(dirs))
+    if why and not json_out:
+        console.print(f"method: {why}", soft_wrap=True)
+    from lorahive.compose.fusion import fuse_files, get_method
+    from lorahive.hub.peft_format import load_peft
 
     m = get_method(method)
-    bound = m.bind(method_params(density, majority_sign, param))
-    sources = resolve_sources(adapters, url, token)
-    loaded = [load_peft(s.path) for s in sources]
-    w = parse_weights(weights, len(sources)) or [1.0] * len(sources)
+    bound = m.bind(params)
     lineage = Lineage.of(f"fuse:{m.name}", sources,
                          {**bound, "rank": rank, "rank_budget": rank_budget, "seed": seed}, w)
     reused = reuse_output(out, lineage.recipe)
-    if reused:
-        adapter = load_peft(out)
-        metrics = read_sidecar(out).get("metrics") or {}
-        energy = metrics.get("energy_kept") or {}
-        if not json_out:
-            console.print(f"{out} already holds this fusion (same inputs and parameters); "
-                          "not fusing again")
-    else:
-        names = {n for ad in loaded for n in ad.modules}
-        with module_progress(len(names), not json_out) as on_module:
-            res = fuse(loaded, m, w, bound, rank=rank, rank_budget=rank_budget, seed=seed,
-                       device=device, progress=on_module)
-        adapter, energy = res.adapter, res.energy
     published = None
     with output_dir(out) as target:
-        if not reused:
-            save_peft(adapter, target, extra_files={SIDECAR: sidecar_bytes(
-                lineage, {"energy_kept": energy} if energy else None)})
+        if reused:
+            adapter = load_peft(out)
+            metrics = read_sidecar(out).get("metrics") or {}
+            energy = metrics.get("energy_kept") or {}
+            if not json_out:
+                console.print(f"{out} already holds this fusion (same inputs and parameters); "
+                              "not fusing again")
+        else:
+            def sidecar(res: Any) -> dict[str, bytes]:
+                return {SIDECAR: sidecar_bytes(
+                    lineage, {"energy_kept": res.energy} if res.energy else None)}
+
+            with module_progress(lambda: module_count(dirs), not json_out) as on_module:
+                res = fuse_files(dirs, target, m, w, bound, rank=rank, rank_budget=rank_budget,
+                                 seed=seed, device=device, progress=on_module,
+                                 extra_files=sidecar)
+            adapter, energy = res.adapter, res.energy
         if publish is not None:
             published = publish_output(target, publish, url, token, task=task, private=private)
     ranks = adapter.ranks
@@ -149,7 +195,7 @@ def fuse_cmd(
                "method": m.name, "params": bound,
                "weights": w, "modules": len(ranks),
                "max_rank": max(ranks.values(), default=0),
-               "total_rank": sum(ranks.values())}
+               "total_rank": sum(ranks.values()), "method_choice": why}
     if json_out:
         print_json({**summary, "ranks": ranks, "energy_kept": energy})
         return
@@ -238,10 +284,12 @@ def merge_cmd(
 def methods_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the methods as JSON."),
 ) -> None:
-    """List fusion methods: name, what it does, parameters with defaults, paper."""
-    from lorahive.compose.fusion import all_methods
+    """List fusion methods: name, what it does, parameters with defaults, paper, and the
+    measured standing that picks `fuse`'s default method."""
+    from lorahive.compose.fusion import all_methods, standings
 
     ms = all_methods()
+    table_of = standings.load()
     if json_out:
         print_json([{"name": m.name, "family": m.family, "description": m.description,
                      "paper": m.paper, "note": m.note,
@@ -249,14 +297,21 @@ def methods_cmd(
                                  "choices": list(p.choices) if p.choices else None,
                                  "required": p.required,
                                  "default": None if p.required else p.default}
-                                for p in m.params]} for m in ms])
+                                for p in m.params],
+                     "standings": [{**r.__dict__, "ci95": list(r.ci95) if r.ci95 else None}
+                                   for r in table_of.of(m.name)]} for m in ms])
         return
     print_records((f"{m.name} ({m.family})", [
         ("", m.description), ("parameters", "; ".join(p.describe() for p in m.params) or "-"),
+        ("measured", "; ".join(f"{r.setting}: {r.describe()}" for r in table_of.of(m.name))
+         or "-"),
         ("paper", m.paper), ("note", m.note)]) for m in ms)
     line()
     paragraph("Set a parameter with --density, --majority-sign or --param NAME=VALUE; every method "
-         "also takes --weights, --rank or --rank-budget, --seed, --device.")
+              "also takes --weights, --rank or --rank-budget, --seed, --device.")
+    paragraph(f"measured: {table_of.metric} [95% interval]; evidence: {table_of.evidence}. "
+              "`lorahive fuse` without --method takes the best default-setting method at the "
+              "measured input count nearest to its number of inputs.")
 
 
 def register(app: typer.Typer) -> None:

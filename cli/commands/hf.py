@@ -42,7 +42,6 @@ from lorahive.hub.manifest import (
     WEIGHTS_NAME,
     is_pickle_name,
 )
-from lorahive.hub.modelcard import parse_card, render_card
 from lorahive.hub.refs import check_name, parse_ref
 
 _DERIVED_TAG = re.compile(r"^(peft|lora|safetensors|transformers|base_model:.*|license:.*|region:.*)$")
@@ -115,6 +114,8 @@ def _card_metadata(readme: Path) -> dict[str, Any]:
     if not readme.is_file():
         return {}
     text = readme.read_text(encoding="utf-8", errors="replace")
+    from lorahive.hub.modelcard import parse_card
+
     front = parse_card(text)
     tags = _clean_tags(front.get("tags"))
     task = front.get("lorahive_task") or front.get("pipeline_tag")
@@ -239,6 +240,8 @@ def export_hf(
     with tempfile.TemporaryDirectory(prefix="lorahive-export-") as tmp:
         folder = path
         if not (path / "README.md").is_file():
+            from lorahive.hub.modelcard import render_card
+
             folder = Path(tmp) / "adapter"
             shutil.copytree(path, folder)
             (folder / "README.md").write_text(render_card(

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lorahive.cli.output import byte_progress, err_console
 from lorahive.hub.credentials import server_selection
-from lorahive.hub.protocol import ProgressFn, Registry
+
+if TYPE_CHECKING:  # annotations only: pydantic loads when a registry is opened
+    from lorahive.hub.protocol import ProgressFn, Registry
 
 URL_HELP = ("Registry server URL. Without it: LORAHIVE_URL, else the server saved by "
             "`lorahive login`, else the embedded registry in LORAHIVE_HOME.")

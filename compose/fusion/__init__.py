@@ -6,7 +6,7 @@ new method is one decorated function in one file.
 """
 
 from lorahive.compose.fusion import arithmetic, core_space, peft_methods, spectral  # noqa: F401
-from lorahive.compose.fusion.engine import FusionResult, check_compatible, fuse
+from lorahive.compose.fusion.engine import FusionResult, check_compatible, fuse, fuse_files
 from lorahive.compose.fusion.methods import (
     METHODS,
     Method,
@@ -18,5 +18,5 @@ from lorahive.compose.fusion.methods import (
 
 __all__ = [
     "METHODS", "FusionResult", "Method", "Param", "all_methods", "check_compatible", "fuse",
-    "fusion_method", "get_method",
+    "fuse_files", "fusion_method", "get_method",
 ]

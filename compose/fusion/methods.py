@@ -70,6 +70,7 @@ class Method:
     params: tuple[Param, ...]
     family: str
     note: str | None = None  # caveat shown by `lorahive methods` (PEFT's cross terms ...)
+    dense: bool = False  # works on dense out x in deltas: one module at a time, many threads
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -110,7 +111,8 @@ def _param_from(p: inspect.Parameter, hint: Any) -> Param:
 
 
 def fusion_method(
-    name: str, *, paper: str | None = None, family: str = "arithmetic", note: str | None = None
+    name: str, *, paper: str | None = None, family: str = "arithmetic", note: str | None = None,
+    dense: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` under ``name``; its docstring's first line is the description."""
 
@@ -125,7 +127,7 @@ def fusion_method(
         )
         doc = inspect.getdoc(fn) or ""
         METHODS[name] = Method(name, fn, doc.splitlines()[0] if doc else name, paper, params,
-                               family, note)
+                               family, note, dense)
         return fn
 
     return deco

@@ -134,7 +134,7 @@ def magnitude_prune(terms: list[Term], ctx: Context, *, density: float) -> Fused
 
 
 # dense element-wise, truncated by SVD --------------------------------------------------------
-@fusion_method("ties_svd", paper=TIES, family="peft")
+@fusion_method("ties_svd", paper=TIES, family="peft", dense=True)
 def ties_svd(
     terms: list[Term], ctx: Context, *, density: float,
     majority_sign_method: ew.SignMethod = "total",
@@ -145,7 +145,7 @@ def ties_svd(
     return finish(d, terms, ctx)
 
 
-@fusion_method("dare_linear_svd", paper=DARE, family="peft")
+@fusion_method("dare_linear_svd", paper=DARE, family="peft", dense=True)
 def dare_linear_svd(terms: list[Term], ctx: Context, *, density: float) -> Fused:
     """DARE (random drop, rescale, sum) on the dense deltas, truncated to --rank by SVD."""
     ew.check_density(density)
@@ -153,7 +153,7 @@ def dare_linear_svd(terms: list[Term], ctx: Context, *, density: float) -> Fused
     return finish(_dense(terms, ctx, lambda ts, w: ew.dare_linear(ts, w, density, g)), terms, ctx)
 
 
-@fusion_method("dare_ties_svd", paper=DARE, family="peft")
+@fusion_method("dare_ties_svd", paper=DARE, family="peft", dense=True)
 def dare_ties_svd(
     terms: list[Term], ctx: Context, *, density: float,
     majority_sign_method: ew.SignMethod = "total",
@@ -165,7 +165,7 @@ def dare_ties_svd(
     return finish(d, terms, ctx)
 
 
-@fusion_method("magnitude_prune_svd", paper=PEFT, family="peft")
+@fusion_method("magnitude_prune_svd", paper=PEFT, family="peft", dense=True)
 def magnitude_prune_svd(terms: list[Term], ctx: Context, *, density: float) -> Fused:
     """Magnitude pruning of the dense deltas, weighted sum, truncated to --rank by SVD."""
     ew.check_density(density)

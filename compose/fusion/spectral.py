@@ -14,9 +14,17 @@ from typing import Literal
 import torch
 
 from lorahive.compose.fusion import elementwise as ew
-from lorahive.compose.fusion.core_space import Space, merge_matrices, rank_cap, task_matrices
+from lorahive.compose.fusion.core_space import (
+    Basis,
+    Space,
+    TaskFactors,
+    merge_matrices,
+    rank_cap,
+    task_matrices,
+)
 from lorahive.compose.fusion.methods import fusion_method
 from lorahive.compose.fusion.terms import Context, Fused, Term
+from lorahive.hub.lowrank import factored_svd
 
 TSV = "https://arxiv.org/abs/2412.00081"
 KNOTS = "https://arxiv.org/abs/2410.19735"
@@ -35,6 +43,19 @@ def orthogonalize(X: torch.Tensor) -> torch.Tensor:
     return P @ Qh
 
 
+def task_svd(X: torch.Tensor, w: float, f: tuple[torch.Tensor, torch.Tensor] | None,
+             project: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """SVD of ``w X`` (less its component in ``project``'s span, when given). With ``X``'s
+    factors ``X = L P^T`` (core space) it is an r x r SVD: exact, the same triplets."""
+    if f is None:
+        Xw = X * w
+        return _svd(Xw if project is None else Xw - project @ (project.T @ Xw))
+    L = f[0] * w
+    if project is not None:
+        L = L - project @ (project.T @ L)
+    return factored_svd(L, f[1].T, L.dtype)
+
+
 def lowrank(x: torch.Tensor, k: int) -> torch.Tensor:
     U, S, Vh = _svd(x)
     return (U[:, :k] * S[:k]) @ Vh[:k]
@@ -42,16 +63,16 @@ def lowrank(x: torch.Tensor, k: int) -> torch.Tensor:
 
 # the math on matrices ---------------------------------------------------------------------
 def tsv_merge(mats: list[torch.Tensor], weights: list[float], ranks: list[int], cap: int,
-              share: float, alpha: float) -> torch.Tensor:
+              share: float, alpha: float, factors: TaskFactors = None) -> torch.Tensor:
     """TSV-M: each task's top ``share * cap`` singular triplets, U and V orthogonalised.
 
     A task never contributes more triplets than its rank: null directions are arbitrary and
     would tilt the orthogonalisation.
     """
     us, ss, vs = [], [], []
-    for X, w, r in zip(mats, weights, ranks, strict=True):
+    for i, (X, w, r) in enumerate(zip(mats, weights, ranks, strict=True)):
         k = min(r, max(1, int(cap * share)))
-        U, S, Vh = _svd(X * w)
+        U, S, Vh = task_svd(X, w, factors[i] if factors else None)
         us.append(U[:, :k])
         ss.append(S[:k])
         vs.append(Vh[:k].T)
@@ -79,17 +100,16 @@ def cts_split(cap: int, tasks: int, common_fraction: float) -> tuple[int, int]:
 
 
 def iso_cts(mats: list[torch.Tensor], weights: list[float], ranks: list[int], cap: int,
-            common_fraction: float, alpha: float) -> torch.Tensor:
+            common_fraction: float, alpha: float, factors: TaskFactors = None) -> torch.Tensor:
     """Iso-CTS: common subspace of the sum plus each task's own directions, isotropised."""
     k, per_task = cts_split(cap, len(mats), common_fraction)
     U, S, Vh = _svd(ew.task_arithmetic(mats, weights))
     Uk, Sk, Vk = U[:, :k], S[:k], Vh[:k]
     us, ss, vs = [Uk], [Sk], [Vk.T]
-    for X, w, r in zip(mats, weights, ranks, strict=True):
+    for i, (X, w, r) in enumerate(zip(mats, weights, ranks, strict=True)):
         n = min(per_task, r)
         if n > 0:
-            Xw = X * w
-            Ut, St, Vth = _svd(Xw - Uk @ (Uk.T @ Xw))
+            Ut, St, Vth = task_svd(X, w, factors[i] if factors else None, project=Uk)
             us.append(Ut[:, :n])
             ss.append(St[:n])
             vs.append(Vth[:n].T)
@@ -97,12 +117,13 @@ def iso_cts(mats: list[torch.Tensor], weights: list[float], ranks: list[int], ca
     return alpha * Sc.mean() * (orthogonalize(Uc) @ orthogonalize(Vc).T)
 
 
-def star(mats: list[torch.Tensor], weights: list[float], eta: float) -> torch.Tensor:
+def star(mats: list[torch.Tensor], weights: list[float], eta: float,
+         factors: TaskFactors = None) -> torch.Tensor:
     """STAR: per task keep the top singular values holding ``eta`` of the nuclear norm,
     rescale them to the full nuclear norm, then average."""
     out = torch.zeros_like(mats[0])
-    for X, w in zip(mats, weights, strict=True):
-        U, S, Vh = _svd(X * w)
+    for i, (X, w) in enumerate(zip(mats, weights, strict=True)):
+        U, S, Vh = task_svd(X, w, factors[i] if factors else None)
         total = S.sum()
         if total <= 0:
             continue
@@ -136,9 +157,9 @@ def knots(mats: list[torch.Tensor], weights: list[float], cap: int, merge: str,
 
 
 # registered methods -----------------------------------------------------------------------
-def _run(terms: list[Term], space: Space, fn) -> Fused:
-    mats, lift = task_matrices(terms, space)
-    return lift(fn(mats, [t.weight for t in terms]))
+def _run(terms: list[Term], ctx: Context, space: Space, fn, basis: Basis = "qr") -> Fused:
+    mats, lift, factors = task_matrices(terms, space, basis, ctx.bases)
+    return lift(fn(mats, [t.weight for t in terms], factors))
 
 
 @fusion_method("tsv", paper=TSV, family="spectral")
@@ -147,7 +168,8 @@ def tsv(terms: list[Term], ctx: Context, *, share: float = 0.0, alpha: float = 1
     """Task Singular Vectors merge (TSV-M; Gargiulo et al., CVPR 2025); share 0 = 1/T."""
     cap = rank_cap(terms)
     s = share or 1.0 / len(terms)
-    return _run(terms, space, lambda m, w: tsv_merge(m, w, [t.rank for t in terms], cap, s, alpha))
+    return _run(terms, ctx, space,
+                lambda m, w, f: tsv_merge(m, w, [t.rank for t in terms], cap, s, alpha, f))
 
 
 @fusion_method("iso_c", paper=ISO, family="spectral")
@@ -155,7 +177,7 @@ def iso_c_method(terms: list[Term], ctx: Context, *, alpha: float = 1.0,
                  space: Space = "core") -> Fused:
     """Isotropic merge Iso-C (Marczak et al., ICML 2025): sum with a flat spectrum."""
     cap = rank_cap(terms)
-    return _run(terms, space, lambda m, w: iso_c(m, w, cap, alpha))
+    return _run(terms, ctx, space, lambda m, w, f: iso_c(m, w, cap, alpha))
 
 
 @fusion_method("iso_cts", paper=ISO, family="spectral")
@@ -163,15 +185,15 @@ def iso_cts_method(terms: list[Term], ctx: Context, *, common_fraction: float = 
                    alpha: float = 1.0, space: Space = "core") -> Fused:
     """Iso-CTS (Marczak et al., ICML 2025): common + task-specific subspaces, isotropised."""
     cap = rank_cap(terms)
-    return _run(terms, space, lambda m, w: iso_cts(m, w, [t.rank for t in terms], cap,
-                                                    common_fraction, alpha))
+    return _run(terms, ctx, space, lambda m, w, f: iso_cts(m, w, [t.rank for t in terms], cap,
+                                                          common_fraction, alpha, f))
 
 
 @fusion_method("star", paper=STAR, family="spectral")
 def star_method(terms: list[Term], ctx: Context, *, eta: float = 0.4,
                 space: Space = "core") -> Fused:
     """STAR (Lee et al., NAACL 2025): spectral truncate and rescale each task, then average."""
-    return _run(terms, space, lambda m, w: star(m, w, eta))
+    return _run(terms, ctx, space, lambda m, w, f: star(m, w, eta, f))
 
 
 @fusion_method("cart", paper=CART, family="spectral")
@@ -179,7 +201,7 @@ def cart_method(terms: list[Term], ctx: Context, *, rank_fraction: float = 0.08,
                 lam: float = 1.0, space: Space = "core") -> Fused:
     """CART (Choi et al., 2024): average plus low-rank centred task vectors."""
     cap = rank_cap(terms)
-    return _run(terms, space, lambda m, w: cart(m, w, cap, rank_fraction, lam))
+    return _run(terms, ctx, space, lambda m, w, f: cart(m, w, cap, rank_fraction, lam))
 
 
 @fusion_method("knots", paper=KNOTS, family="spectral")
@@ -192,5 +214,7 @@ def knots_method(
     """KnOTS (Stoica et al., ICLR 2025): merge per-task coefficients in a joint SVD basis."""
     cap = rank_cap(terms)
     g = ctx.generator()
-    return _run(terms, space, lambda m, w: knots(m, w, cap, merge, density,
-                                                 majority_sign_method, g))
+    # element-wise merges of the coefficient blocks depend on the input-side basis
+    basis: Basis = "qr" if merge == "task_arithmetic" else "svd"
+    return _run(terms, ctx, space, lambda m, w, f: knots(m, w, cap, merge, density,
+                                                       majority_sign_method, g), basis)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -70,6 +71,7 @@ class Context:
     defer_truncation: bool = False  # a rank budget truncates all modules afterwards
     seed: int = 0
     n_adapters: int = 0  # adapters in the whole fusion (PEFT's single-adapter fallback)
+    bases: Any = None  # core-space bases prepared for a batch of same-shape modules
 
     def generator(self) -> torch.Generator:
         """A generator seeded from (seed, module name): reproducible and order-independent."""

@@ -1,0 +1,383 @@
+"""How each fusion method holds up as more tasks are fused: the merging papers' curve, on our adapters.
+
+For every size (4, 8, 14, 20 by default) several random subsets of the task library are fused
+with every method in ``lorahive methods``, once with default parameters and once with one
+setting tuned on the validation split (never the test split); every task of the subset is then
+scored on its test examples with the fused adapter, and the accuracy is divided by that task's
+own adapter's test accuracy. Per size and method: the mean normalised accuracy with a 95%
+interval, the number of scores and the fuse time. The default-parameter standings are written
+as ``compose/fusion/standings.json`` (what ``lorahive fuse`` picks its default method from).
+
+The library is given as a list of ``CurveTask``: a name, the task's own adapter directory, its
+validation and test examples and a scorer, ``scorer(adapter or None, examples) -> accuracy``
+(the base model with that adapter's delta applied; ``None``: the base model alone). A provider
+function ``module:function`` returns that list:
+
+    python -m benchmarks.fusion_curve run --tasks benchmarks.library:curve_tasks \\
+        [--sizes 4,8,14,20] [--subsets 3] [--methods ...] [--write-standings]
+    python -m benchmarks.fusion_curve seed     # the seed standings from the 4-adapter table
+
+Statistics: the interval is a Student-t interval over the subset means (the subset, fused into
+one adapter, is the unit that repeats), or over the task scores when a size has one subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SIZES = (4, 8, 14, 20)
+WEIGHT = "weight"  # pseudo-parameter: the uniform weight given to every adapter
+
+# Default settings: the method's own defaults; a required density is set to 0.5, the value
+# PEFT's merging guide uses.
+REQUIRED = {"density": 0.5}
+# Candidates for the one tuned setting per method (chosen on validation only).
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "task_arithmetic": [{WEIGHT: x} for x in (0.3, 0.5, 0.7, 1.0)],
+    "cat": [{WEIGHT: x} for x in (0.3, 0.5, 0.7, 1.0)],
+    "svd": [{WEIGHT: x} for x in (0.3, 0.5, 0.7, 1.0)],
+    "linear": [{WEIGHT: x} for x in (0.3, 0.5, 1.0)],
+    "lorahub": [{WEIGHT: x} for x in (0.3, 0.5, 1.0)],
+    **{m: [{"density": d} for d in (0.2, 0.5, 0.8)]
+       for m in ("ties", "ties_svd", "dare_linear", "dare_linear_svd", "dare_ties",
+                 "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd", "core_space",
+                 "knots")},
+    "tsv": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0)],
+    "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0)],
+    "iso_cts": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0)],
+    "star": [{"eta": e} for e in (0.2, 0.4, 0.6, 0.8)],
+    "cart": [{"rank_fraction": f} for f in (0.04, 0.08, 0.16, 0.32)],
+}
+
+
+@dataclass(frozen=True)
+class CurveTask:
+    """One task of the library, as the curve needs it."""
+
+    name: str
+    adapter_dir: Path
+    validation: Sequence[Any]
+    test: Sequence[Any]
+    scorer: Callable[[Any, Sequence[Any]], float]  # (Adapter | None, examples) -> accuracy
+
+
+# statistics -------------------------------------------------------------------------------
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError("a t interval needs at least two values")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964  # Cornish-Fisher expansion beyond the table (error < 1e-3 at df = 31)
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
+    """Mean and a 95% Student-t interval (``None`` for a single value)."""
+    if not values:
+        raise ValueError("no values")
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, None
+    half = t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return m, (m - half, m + half)
+
+
+def normalise(accuracy: float, own: float) -> float | None:
+    """Accuracy relative to the task's own adapter; ``None`` when the own adapter scores 0."""
+    return accuracy / own if own > 0 else None
+
+
+def sample_subsets(names: Sequence[str], size: int, count: int, seed: int
+                   ) -> list[tuple[str, ...]]:
+    """``count`` distinct task subsets of ``size`` (every one when there are fewer), seeded."""
+    names = sorted(names)
+    if size > len(names):
+        raise ValueError(f"cannot pick {size} tasks from {len(names)}")
+    total = math.comb(len(names), size)
+    if total <= count:
+        return list(itertools.combinations(names, size))
+    rng = random.Random(f"{seed}:{size}")
+    seen: dict[tuple[str, ...], None] = {}
+    while len(seen) < count:
+        seen.setdefault(tuple(sorted(rng.sample(names, size))), None)
+    return list(seen)
+
+
+def interval(per_subset: Sequence[Sequence[float]]) -> tuple[float, tuple[float, float] | None]:
+    """Mean of every score, with the t interval over subset means (over the scores of the
+    one subset when there is one)."""
+    flat = [x for s in per_subset for x in s]
+    if not flat:
+        return float("nan"), None
+    mean = statistics.fmean(flat)
+    units = [statistics.fmean(s) for s in per_subset if s] if len(per_subset) > 1 else flat
+    if len(units) < 2:
+        return mean, None
+    half = t975(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units))
+    return mean, (mean - half, mean + half)
+
+
+# one subset --------------------------------------------------------------------------------
+@dataclass
+class Scored:
+    method: str
+    setting: str  # "default" or "tuned"
+    params: dict[str, Any]
+    normalised: dict[str, float]  # per task of the subset (tasks whose own adapter scores 0 left out)
+    fuse_seconds: float
+    validation: float | None = None  # tuned: the mean normalised validation score it won with
+
+
+def split_params(params: dict[str, Any]) -> tuple[list[float] | None, dict[str, Any]]:
+    return params.get(WEIGHT), {k: v for k, v in params.items() if k != WEIGHT}
+
+
+def default_params(method: Any) -> dict[str, Any]:
+    return {p.name: REQUIRED[p.name] for p in method.params if p.required and p.name in REQUIRED}
+
+
+def select_setting(grid: Sequence[dict[str, Any]],
+                   validate: Callable[[dict[str, Any]], float]) -> tuple[dict[str, Any], float]:
+    """The grid point with the best validation score (the first one on a tie)."""
+    best: tuple[dict[str, Any], float] | None = None
+    for params in grid:
+        score = validate(params)
+        if best is None or score > best[1]:
+            best = (params, score)
+    if best is None:
+        raise ValueError("empty grid")
+    return best
+
+
+@dataclass
+class Subset:
+    """Fuses and scores one task subset; own-adapter scores are shared across subsets."""
+
+    tasks: list[CurveTask]
+    own: dict[tuple[str, str], float]  # (task, split) -> own adapter accuracy
+    adapters: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> list[Any]:
+        from lorahive.hub.peft_format import load_peft
+
+        for t in self.tasks:
+            if t.name not in self.adapters:
+                self.adapters[t.name] = load_peft(t.adapter_dir)
+        return [self.adapters[t.name] for t in self.tasks]
+
+    def own_score(self, task: CurveTask, split: str) -> float:
+        key = (task.name, split)
+        if key not in self.own:
+            examples = task.validation if split == "validation" else task.test
+            self.own[key] = task.scorer(self.load()[self.tasks.index(task)], examples)
+        return self.own[key]
+
+    def fused(self, method: str, params: dict[str, Any]) -> tuple[Any, float]:
+        from lorahive.compose.fusion import fuse
+
+        weight, mparams = split_params(params)
+        ads = self.load()
+        w = None if weight is None else [float(weight)] * len(ads)
+        t = time.perf_counter()
+        res = fuse(ads, method, w, mparams, seed=0, device="cpu")
+        return res.adapter, time.perf_counter() - t
+
+    def score(self, adapter: Any, split: str) -> dict[str, float]:
+        out = {}
+        for task in self.tasks:
+            own = self.own_score(task, split)
+            examples = task.validation if split == "validation" else task.test
+            x = normalise(task.scorer(adapter, examples), own)
+            if x is not None:
+                out[task.name] = x
+        return out
+
+    def run(self, method: Any, grid: Sequence[dict[str, Any]] | None) -> list[Scored]:
+        """The default setting and (with a grid) the one tuned on validation, both on test."""
+        params = default_params(method)
+        ad, secs = self.fused(method.name, params)
+        rows = [Scored(method.name, "default", params, self.score(ad, "test"), secs)]
+        if grid:
+            def validate(p: dict[str, Any]) -> float:
+                scores = self.score(self.fused(method.name, {**params, **p})[0], "validation")
+                return statistics.fmean(scores.values()) if scores else float("-inf")
+
+            best, val = select_setting(grid, validate)
+            tuned = {**params, **best}
+            ad, secs = self.fused(method.name, tuned)
+            rows.append(Scored(method.name, "tuned", tuned, self.score(ad, "test"), secs, val))
+        return rows
+
+
+# the curve ---------------------------------------------------------------------------------
+def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
+              methods: Sequence[str] | None = None, seed: int = 0, tune: bool = True,
+              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every (size, subset, method, setting) with its per-task normalised test scores."""
+    from lorahive.compose.fusion import all_methods, get_method
+
+    ms = [get_method(m) for m in methods] if methods else all_methods()
+    by_name = {t.name: t for t in tasks}
+    own: dict[tuple[str, str], float] = {}
+    adapters: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        for i, names in enumerate(sample_subsets(list(by_name), size, subsets, seed)):
+            sub = Subset([by_name[n] for n in names], own, adapters)
+            for m in ms:
+                for r in sub.run(m, GRIDS.get(m.name) if tune else None):
+                    rows.append({"size": size, "subset": i, "tasks": list(names), **r.__dict__})
+                    mean = statistics.fmean(r.normalised.values()) if r.normalised else math.nan
+                    log(f"size {size} subset {i} {m.name} {r.setting} {r.params}: "
+                        f"{mean:.3f} ({r.fuse_seconds:.2f} s)")
+    return rows
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (size, method, setting): mean normalised score, 95% interval, n, fuse time."""
+    groups: dict[tuple[int, str, str], dict[int, list[float]]] = {}
+    times: dict[tuple[int, str, str], list[float]] = {}
+    params: dict[tuple[int, str, str], list[str]] = {}
+    for r in rows:
+        key = (r["size"], r["method"], r["setting"])
+        groups.setdefault(key, {}).setdefault(r["subset"], []).extend(r["normalised"].values())
+        times.setdefault(key, []).append(r["fuse_seconds"])
+        params.setdefault(key, []).append(json.dumps(r["params"], sort_keys=True))
+    out = []
+    for key, per in sorted(groups.items()):
+        mean, ci = interval(list(per.values()))
+        common = max(set(params[key]), key=params[key].count)  # the most chosen setting
+        out.append({"inputs": key[0], "method": key[1], "setting": key[2], "mean": mean,
+                    "ci95": ci, "n": sum(len(v) for v in per.values()), "subsets": len(per),
+                    "params": json.loads(common), "fuse_seconds": statistics.median(times[key])})
+    return out
+
+
+def standings_from(aggregates: Sequence[dict[str, Any]], evidence: str):
+    from lorahive.compose.fusion.standings import Standing, Standings
+
+    rows = tuple(Standing(method=a["method"], inputs=a["inputs"], mean=round(a["mean"], 4),
+                          params={k: v for k, v in a["params"].items() if k != WEIGHT}
+                          if a["setting"] == "default" else a["params"],
+                          label=a["method"],
+                          ci95=(round(a["ci95"][0], 4), round(a["ci95"][1], 4))
+                          if a["ci95"] else None,
+                          n=a["n"], setting=a["setting"],
+                          fuse_seconds=round(a["fuse_seconds"], 3))
+                 for a in aggregates)
+    return Standings(rows, evidence, seed_table=False)
+
+
+def print_table(aggregates: Sequence[dict[str, Any]]) -> None:
+    print("| inputs | method | setting | params | mean normalised | 95% interval | n | "
+          "fuse (s) |")
+    print("|---:|---|---|---|---:|---|---:|---:|")
+    for a in aggregates:
+        ci = f"[{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]" if a["ci95"] else "-"
+        print(f"| {a['inputs']} | {a['method']} | {a['setting']} | "
+              f"{json.dumps(a['params'], sort_keys=True)} | {a['mean']:.2f} | {ci} | {a['n']} | "
+              f"{a['fuse_seconds']:.2f} |")
+
+
+# the seed table ----------------------------------------------------------------------------
+# Per-task normalised scores of the one quality run recorded in docs/benchmarks.md (Fusion,
+# 2026-11-23: `python -m benchmarks.fusion quality --threads 1 --n-eval 30`): 4 SmolLM2-135M
+# task adapters fused at once (bbc_topic, food_sentiment, uppercase, count_words), 30 test
+# examples per task, default parameters (density 0.5), weight 1.
+SEED_RUN: list[tuple[str, dict[str, Any], list[float], float]] = [
+    ("task_arithmetic", {}, [0.76, 0.83, 0.00, 0.50], 0.03),
+    ("linear", {}, [0.21, 0.83, 0.00, 0.00], 0.01),
+    ("svd", {}, [0.76, 0.83, 0.00, 0.50], 0.06),
+    ("ties_svd", {"density": 0.5}, [0.86, 0.83, 0.18, 0.50], 6.30),
+    ("dare_ties_svd", {"density": 0.5}, [0.86, 0.83, 0.00, 0.60], 6.62),
+    ("core_space", {}, [0.79, 0.83, 0.27, 0.80], 0.09),
+    ("tsv", {}, [0.86, 0.94, 0.27, 0.80], 0.22),
+    ("knots", {}, [0.83, 0.72, 0.09, 0.50], 0.10),
+    ("iso_c", {}, [0.79, 0.89, 0.73, 0.30], 0.17),
+    ("iso_cts", {}, [0.79, 0.89, 0.73, 0.30], 0.20),
+    ("star", {}, [0.86, 1.00, 0.09, 0.50], 0.14),
+    ("cart", {}, [0.90, 0.94, 0.91, 0.60], 0.14),
+]
+SEED_EVIDENCE = ("seed table (the curve has not run yet): 4 SmolLM2-135M adapters fused once, "
+                 "4 task scores of 30 test examples each (docs/benchmarks.md, Fusion)")
+
+
+def seed_standings():
+    from lorahive.compose.fusion.standings import Standing, Standings
+
+    rows = []
+    for method, params, scores, secs in SEED_RUN:
+        mean, ci = mean_ci95(scores)
+        rows.append(Standing(method=method, inputs=4, mean=round(mean, 4), params=params,
+                             label=method, ci95=(round(ci[0], 4), round(ci[1], 4)) if ci else None,
+                             n=len(scores), setting="default", fuse_seconds=secs))
+    return Standings(tuple(rows), SEED_EVIDENCE, seed_table=True)
+
+
+def standings_path() -> Path:
+    return Path(__file__).resolve().parents[1] / "compose" / "fusion" / "standings.json"
+
+
+def main() -> None:
+    from lorahive.compose.fusion import standings as st
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=["run", "seed"])
+    p.add_argument("--tasks", help="module:function returning a list of CurveTask")
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--subsets", type=int, default=3)
+    p.add_argument("--methods", default="", help="comma-separated (default: every method)")
+    p.add_argument("--no-tune", action="store_true", help="default settings only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=Path, default=Path("fusion_curve_rows.json"),
+                   help="where every scored row is written")
+    p.add_argument("--write-standings", action="store_true",
+                   help="replace compose/fusion/standings.json with this run's standings")
+    a = p.parse_args()
+    if a.part == "seed":
+        st.write(seed_standings(), standings_path())
+        print(f"wrote {standings_path()}")
+        return
+    if not a.tasks:
+        raise SystemExit("--tasks module:function is required (it returns the CurveTask list)")
+    mod, _, fn = a.tasks.partition(":")
+    tasks = getattr(importlib.import_module(mod), fn)()
+    sizes = [int(x) for x in a.sizes.split(",")]
+    t0 = time.perf_counter()
+    rows = run_curve(tasks, sizes, a.subsets, [m for m in a.methods.split(",") if m],
+                     a.seed, not a.no_tune)
+    a.rows.write_text(json.dumps(rows, indent=1))
+    agg = aggregate(rows)
+    print_table(agg)
+    examples = {len(t.test) for t in tasks}
+    evidence = (f"benchmarks/fusion_curve.py: {len(tasks)} task adapters, sizes "
+                f"{a.sizes}, {a.subsets} random subsets per size, "
+                f"{min(examples)}-{max(examples)} test examples per task; n counts "
+                "normalised task scores")
+    if a.write_standings:
+        st.write(standings_from([x for x in agg if x["setting"] == "default"]
+                                + [x for x in agg if x["setting"] == "tuned"], evidence),
+                 standings_path())
+        print(f"wrote {standings_path()}")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Measured standings of the fusion methods, and the default method they support.
+
+``standings.json`` (shipped beside this module) holds, per number of fused inputs, each method's
+mean accuracy normalised by every task's own adapter, with its 95% interval, the number of
+scores behind it and the evidence it came from. ``benchmarks/fusion_curve.py`` writes it; until
+that curve has run, it holds the one table measured before (see its ``evidence``). ``lorahive
+fuse`` without a method takes the best-standing method at the measured input count nearest to
+the number of inputs, and says so; ``lorahive methods`` shows every method's standing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lorahive.hub.errors import InvalidRequestError
+
+FILE = "standings.json"
+FALLBACK = "task_arithmetic"  # the exact sum: what fusing one adapter, or no evidence, keeps
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One method (with one parameter setting) at one number of fused inputs."""
+
+    method: str
+    inputs: int
+    mean: float
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    ci95: tuple[float, float] | None = None
+    n: int = 0  # normalised task scores behind the mean
+    setting: str = "default"  # "default" parameters or "tuned" on a validation split
+    fuse_seconds: float | None = None
+
+    @property
+    def name(self) -> str:
+        """How the row is named to users: its label, else its method."""
+        return self.label or self.method
+
+    def describe(self) -> str:
+        ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
+        return f"{self.mean:.2f}{ci} at {self.inputs} inputs (n={self.n})"
+
+
+@dataclass(frozen=True)
+class Standings:
+    rows: tuple[Standing, ...]
+    evidence: str  # what was measured, on what, how often: shown with every choice
+    metric: str = "mean accuracy normalised by each task's own adapter"
+    seed_table: bool = False  # True until the curve benchmark has replaced the seed
+
+    @property
+    def input_counts(self) -> list[int]:
+        return sorted({r.inputs for r in self.rows})
+
+    def of(self, method: str) -> list[Standing]:
+        """A method's rows, by input count, best setting first within a count."""
+        return sorted((r for r in self.rows if r.method == method),
+                      key=lambda r: (r.inputs, -r.mean))
+
+    def nearest_count(self, n_inputs: int) -> int:
+        """The measured input count nearest to ``n_inputs`` (the larger one on a tie)."""
+        counts = self.input_counts
+        if not counts:
+            raise InvalidRequestError("the standings table is empty")
+        return min(counts, key=lambda c: (abs(c - n_inputs), -c))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "evidence": self.evidence, "seed_table": self.seed_table,
+                "rows": [{**r.__dict__, "ci95": list(r.ci95) if r.ci95 else None}
+                         for r in self.rows]}
+
+
+@dataclass(frozen=True)
+class Choice:
+    method: str
+    params: dict[str, Any]
+    reason: str
+
+
+def parse(data: dict[str, Any]) -> Standings:
+    try:
+        rows = tuple(
+            Standing(method=r["method"], inputs=int(r["inputs"]), mean=float(r["mean"]),
+                     params=dict(r.get("params") or {}), label=r.get("label") or r["method"],
+                     ci95=tuple(r["ci95"]) if r.get("ci95") else None, n=int(r.get("n", 0)),
+                     setting=r.get("setting", "default"), fuse_seconds=r.get("fuse_seconds"))
+            for r in data["rows"])
+        return Standings(rows, str(data["evidence"]),
+                         data.get("metric", Standings.metric), bool(data.get("seed_table")))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidRequestError(f"the standings table is malformed ({e!r})") from None
+
+
+@cache
+def load(path: str | None = None) -> Standings:
+    """The shipped table (or one at ``path``)."""
+    if path is not None:
+        text = Path(path).read_text()
+    else:
+        text = resources.files("lorahive.compose.fusion").joinpath(FILE).read_text()
+    return parse(json.loads(text))
+
+
+def write(standings: Standings, path: str | Path) -> None:
+    """Write a table in the shipped format (atomically)."""
+    from lorahive.hub.atomic import atomic_file
+
+    with atomic_file(path, "w") as fh:
+        fh.write(json.dumps(standings.as_dict(), indent=2) + "\n")
+
+
+def choose(n_inputs: int, standings: Standings | None = None,
+           known: set[str] | None = None) -> Choice:
+    """The method the standings support for ``n_inputs`` adapters, with a one-line reason.
+
+    The best mean with default parameters at the measured input count nearest to
+    ``n_inputs`` wins (a faster fuse breaks a tie; tuned settings are shown, not chosen: they
+    were tuned per task subset); methods not in ``known`` (when given) are skipped. One input
+    is kept exactly by the exact sum, whatever the table says.
+    """
+    if n_inputs < 1:
+        raise InvalidRequestError("give at least one adapter to fuse")
+    if n_inputs == 1:
+        return Choice(FALLBACK, {}, f"{FALLBACK} (one input: the exact sum keeps it as it is)")
+    st = standings or load()
+    count = st.nearest_count(n_inputs)
+    rows = [r for r in st.rows if r.inputs == count and r.setting == "default"
+            and (known is None or r.method in known)]
+    if not rows:
+        return Choice(FALLBACK, {}, f"{FALLBACK} (no measured method applies; exact sum)")
+    rows.sort(key=lambda r: (-r.mean, r.fuse_seconds if r.fuse_seconds is not None else 1e9))
+    best = rows[0]
+    where = "" if count == n_inputs else f", the measured count nearest to {n_inputs}"
+    if n_inputs < st.input_counts[0] or n_inputs > st.input_counts[-1]:
+        where += " (outside the measured range)"
+    runner = next((r for r in rows[1:] if r.method != best.method), None)
+    vs = ""
+    if runner is not None:
+        vs = f"; next {runner.name} {runner.mean:.2f}"
+        if best.ci95 and runner.ci95 and best.ci95[0] <= runner.ci95[1]:
+            vs += ", intervals overlap"
+    setting = "" if not best.params else " with " + ", ".join(
+        f"{k}={v}" for k, v in sorted(best.params.items()))
+    reason = (f"{best.method}{setting}, best mean normalised accuracy: {best.describe()}"
+              f"{where}{vs}; evidence: {st.evidence}")
+    return Choice(best.method, dict(best.params), reason)

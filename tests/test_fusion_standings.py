@@ -1,0 +1,124 @@
+"""The default fusion method comes from measured standings, and tuned settings from validation.
+
+``compose.fusion.standings`` picks ``lorahive fuse``'s method when none is given;
+``benchmarks.fusion_curve`` chooses each method's tuned setting on the validation split and
+aggregates scores into the standings it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.fusion_curve import aggregate, select_setting, standings_from
+from lorahive.compose.fusion import METHODS, standings
+from lorahive.compose.fusion.standings import FALLBACK, Standing, Standings, parse
+from lorahive.hub.errors import InvalidRequestError
+from lorahive.hub.lineage import read_sidecar
+from tests.models import make_peft_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def table(*rows: Standing) -> Standings:
+    return Standings(rows, "test table")
+
+
+def test_best_default_mean_at_the_nearest_measured_count_wins():
+    st = table(
+        Standing("ties", 4, 0.80, {"density": 0.5}, ci95=(0.7, 0.9)),
+        Standing("tsv", 4, 0.85, ci95=(0.8, 0.9)),
+        Standing("iso_c", 4, 0.99, setting="tuned"),  # tuned rows are shown, never chosen
+        Standing("iso_c", 8, 0.90), Standing("tsv", 8, 0.70),
+        Standing("knots", 20, 0.95),
+    )
+    c = standings.choose(5, st)
+    assert c.method == "tsv" and c.params == {}
+    assert "at 4 inputs" in c.reason and "nearest to 5" in c.reason
+    assert "next ties 0.80" in c.reason and "intervals overlap" in c.reason
+    assert "evidence: test table" in c.reason
+    assert standings.choose(7, st).method == "iso_c"  # 8 is nearer than 4
+    assert standings.choose(6, st).method == "iso_c"  # a tie goes to the larger count
+    far = standings.choose(40, st)
+    assert far.method == "knots" and "outside the measured range" in far.reason
+    # parameters of the winning row come with it; methods not known are skipped
+    assert standings.choose(4, st, known={"ties", "iso_c"}) == standings.Choice(
+        "ties", {"density": 0.5}, standings.choose(4, st, known={"ties", "iso_c"}).reason)
+
+
+def test_ties_go_to_the_faster_fuse_and_one_input_is_kept_exactly():
+    st = table(Standing("tsv", 4, 0.8, fuse_seconds=2.0), Standing("iso_c", 4, 0.8,
+                                                                    fuse_seconds=1.0))
+    assert standings.choose(4, st).method == "iso_c"
+    assert standings.choose(1, st).method == FALLBACK
+    assert standings.choose(4, st, known={"cat"}).method == FALLBACK  # nothing applies
+    with pytest.raises(InvalidRequestError):
+        standings.choose(0, st)
+    with pytest.raises(InvalidRequestError, match="empty"):
+        standings.choose(3, table())
+
+
+def test_shipped_table_parses_and_names_known_methods():
+    st = standings.load()
+    assert st.rows and st.evidence
+    assert {r.method for r in st.rows} <= set(METHODS)
+    assert standings.choose(4, st).method in METHODS
+    with pytest.raises(InvalidRequestError, match="malformed"):
+        parse({"rows": [{"method": "tsv"}], "evidence": "x"})
+
+
+def test_tuned_setting_is_chosen_on_validation_only():
+    seen = []
+
+    def validate(p):
+        seen.append(p)
+        return {0.2: 0.5, 0.5: 0.9, 0.8: 0.9}[p["density"]]
+
+    grid = [{"density": d} for d in (0.2, 0.5, 0.8)]
+    assert select_setting(grid, validate) == ({"density": 0.5}, 0.9)  # first on a tie
+    assert seen == grid
+    with pytest.raises(ValueError):
+        select_setting([], validate)
+
+
+def test_aggregate_and_standings_from_curve_rows(tmp_path):
+    rows = [{"size": 4, "subset": s, "method": "tsv", "setting": "default", "params": {},
+             "normalised": {"a": 0.8 + 0.1 * s, "b": 0.9}, "fuse_seconds": 1.0 + s}
+            for s in range(2)]
+    rows += [{"size": 4, "subset": 0, "method": "ties", "setting": "default",
+              "params": {"density": 0.5}, "normalised": {"a": 0.6, "b": 0.7},
+              "fuse_seconds": 0.5}]
+    agg = aggregate(rows)
+    tsv = next(a for a in agg if a["method"] == "tsv")
+    assert tsv["n"] == 4 and tsv["subsets"] == 2
+    assert tsv["mean"] == pytest.approx((0.85 + 0.9) / 2)  # the subset means' mean
+    assert tsv["ci95"][0] < tsv["mean"] < tsv["ci95"][1]
+    st = standings_from(agg, "unit rows")
+    standings.write(st, tmp_path / "s.json")
+    again = parse(json.loads((tmp_path / "s.json").read_text()))
+    assert standings.choose(4, again).method == "tsv"
+
+
+def lorahive(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_fuse_without_method_takes_the_standing_choice_and_says_why(tiny_llama_dir, tmp_path):
+    a = make_peft_adapter(tiny_llama_dir, tmp_path / "a", seed=1)
+    b = make_peft_adapter(tiny_llama_dir, tmp_path / "b", seed=2)
+    want = standings.choose(2, known=set(METHODS))
+    r = lorahive("fuse", a, b, "--out", tmp_path / "f", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("method: "))
+    assert line.startswith(f"method: {want.method}") and "evidence:" in line
+    assert read_sidecar(tmp_path / "f")["lineage"]["method"] == f"fuse:{want.method}"
+    r = lorahive("fuse", a, b, "--density", "0.5", "--out", tmp_path / "g", cwd=tmp_path)
+    assert r.returncode == 1 and "--method" in r.stderr and not (tmp_path / "g").exists()
+    r = lorahive("methods", "--json", cwd=tmp_path)
+    listed = {m["name"]: m["standings"] for m in json.loads(r.stdout)}
+    assert listed[want.method] and set(listed) == set(METHODS)
