@@ -210,7 +210,7 @@ def database(kind: str) -> Iterator[dict[str, str]]:
         yield {}
         return
     sys.path.insert(0, str(ROOT))
-    from tests.registry_helpers import pg_cluster
+    from benchmarks.postgres import pg_cluster
 
     with pg_cluster() as cluster:
         yield {"LORAHIVE_DATABASE_URL": cluster.url(cluster.create_db())}

@@ -1,15 +1,33 @@
-"""Registry throughput: pull over loopback vs a plain file copy, and metadata latency.
+"""Registry throughput: pull over loopback vs a plain file copy, and metadata under ``wrk``.
 
-    python benchmarks/registry.py            # 100 MB adapter, metadata with 1/4/16 clients
-    python benchmarks/registry.py --large    # adds the 1 GB adapter (about a minute more)
+    python -m benchmarks.registry                  # 100 MB pull; metadata at 1/16/64 connections
+    python -m benchmarks.registry --large          # adds the 1 GB adapter (about a minute more)
+    python -m benchmarks.registry --no-pull --duration 5 --connections 1,16   # metadata only
+    python -m benchmarks.registry --db postgres    # the same on a throwaway PostgreSQL cluster
+    python -m benchmarks.registry --profile        # where a resolve's time goes (py-spy)
+    python -m benchmarks.registry --peers          # beside MLflow's server and nginx
 
 A synthetic PEFT adapter (random float32 LoRA factors, so nothing compresses) is published to
-a real ``lorahive serve`` on 127.0.0.1 in a temp data directory. A pull goes into a fresh,
-empty cache every time and includes what a pull does: streaming download, sha256 check,
-fsync, rename, snapshot links. The reference is a plain ``shutil.copyfile`` + ``fsync`` of the
-same bytes on the same disk (page cache warm for both). Metadata reads are
-``GET .../aliases/latest`` (a resolve) from N concurrent client threads, each with its own
-connection; p50/p99 are per request.
+a real ``lorahive serve --workers N`` on 127.0.0.1 in a temp data directory. A pull goes into
+a fresh, empty cache every time and includes what a pull does: streaming download, sha256
+check, fsync, rename, snapshot links. The reference is a plain ``shutil.copyfile`` + ``fsync``
+of the same bytes on the same disk (page cache warm for both).
+
+Metadata is measured with ``wrk`` (Debian package ``wrk``; one load thread by default, so the
+load generator leaves the server its cores), each level for ``--duration`` seconds after a
+one-second warm-up: a resolve (``GET .../aliases/latest``), the same resolve revalidated
+(``If-None-Match`` with its ``ETag``: a 304), and one page of search (``GET /adapters?limit=20``)
+over ``--catalog`` published adapters. Anything but 2xx/3xx is counted as an error.
+
+``--peers`` runs the same adapter through MLflow's server and nginx in the same run (see
+``benchmarks/peers.py``): metadata (lorahive's resolve beside MLflow's model-version GET and
+alias GET, same ``wrk`` levels), pulls end to end with a sha256 of every result (lorahive pull,
+``hf_hub_download`` against lorahive, MLflow's artifact download, ``curl`` from nginx +
+``sha256sum``) and publish time (lorahive publish, MLflow log-artifacts + register).
+
+``--profile`` samples one server worker with ``py-spy`` (dev extra) while ``wrk`` resolves at
+16 connections, and prints the share of busy samples per frame (inclusive, idle threads and
+the idle event loop left out): where a resolve's time goes, independent of machine speed.
 """
 
 from __future__ import annotations
@@ -17,15 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,8 +52,11 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.load import database, serve  # noqa: E402
 from lorahive.hub.cache import PullCache  # noqa: E402
 from lorahive.hub.client import HttpRegistry  # noqa: E402
+
+API = "/api/v1"
 
 
 def make_adapter(out: Path, megabytes: int, r: int = 64, d: int = 4096) -> Path:
@@ -60,35 +80,12 @@ def make_adapter(out: Path, megabytes: int, r: int = 64, d: int = 4096) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    def __init__(self, home: Path, workers: int):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "LORAHIVE_HOME": str(home)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lorahive", "serve", "--port", str(self.port), "--workers",
-             str(workers), "--log-level", "warning"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            self.stop()
-            raise SystemExit("server did not start")
-        self.token = (home / "admin-token").read_text().strip()
+    """A running ``lorahive serve``: its URL and the admin token of its data directory."""
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
+    def __init__(self, url: str, home: Path):
+        self.url = url
+        self.token = (home / "admin-token").read_text().strip()
 
 
 def copy_with_fsync(src: Path, dest: Path) -> None:
@@ -125,69 +122,319 @@ def bench_pull(server: Server, work: Path, megabytes: int, repeats: int) -> dict
             "pull_mbps": mb / pull_s, "copy_mbps": mb / copy_s, "ratio": copy_s / pull_s}
 
 
-def bench_metadata(server: Server, clients: int, total: int, ref: str) -> dict:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    per_client = max(1, total // clients)
+def publish_catalog(server: Server, work: Path, n: int) -> str:
+    """``n`` small adapters (1 MB, same blobs) for search to page over; returns one of them."""
+    src = make_adapter(work / "meta-adapter", 1)
+    with HttpRegistry(server.url, server.token, cache=PullCache(work / "meta-cache")) as reg:
+        for i in range(max(1, n)):
+            reg.publish(src, f"admin/meta-{i:04d}", description=f"catalog adapter {i}",
+                        allow_duplicate=True)
+    return "admin/meta-0000"
+
+
+_WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_WRK_PCT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_WRK_TOTAL = re.compile(r"(\d+) requests in")
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, connections: int, duration: float, threads: int = 1,
+        headers: dict[str, str] | None = None) -> dict:
+    """One ``wrk`` run (after a one-second warm-up) parsed into req/s, p50/p99 and errors."""
+    hdr = [x for k, v in (headers or {}).items() for x in ("-H", f"{k}: {v}")]
+    base = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), *hdr, url]
+    subprocess.run([*base[:-1], "-d", "1s", url], capture_output=True, timeout=60, check=True)
+    out = subprocess.run([*base[:-1], "-d", f"{duration:g}s", "--latency", url],
+                         capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    pct = {int(m[0]): float(m[1]) * _UNIT_MS[m[2]] for m in _WRK_PCT.findall(out)}
+    sock = _WRK_SOCKET.search(out)
+    non2xx = _WRK_NON2XX.search(out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (
+        sum(int(x) for x in sock.groups()) if sock else 0)
+    total = _WRK_TOTAL.search(out)
+    rps = _WRK_RPS.search(out)
+    if rps is None or total is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    return {"connections": connections, "requests": int(total.group(1)),
+            "rps": float(rps.group(1)), "p50_ms": pct.get(50, float("nan")),
+            "p99_ms": pct.get(99, float("nan")), "errors": errors}
+
+
+def bench_metadata(server: Server, ref: str, levels: list[int], duration: float,
+                   threads: int) -> list[dict]:
     ns, name = ref.split("/")
-    barrier = threading.Barrier(clients)
+    resolve = f"{server.url}{API}/adapters/{ns}/{name}/aliases/latest"
+    first = httpx.get(resolve)
+    first.raise_for_status()
+    targets = [
+        ("resolve", resolve, {}),
+        ("resolve, revalidated (304)", resolve, {"If-None-Match": first.headers["etag"]}),
+        ("search page (20)", f"{server.url}{API}/adapters?limit=20", {}),
+    ]
+    rows = []
+    for label, url, headers in targets:
+        for c in levels:
+            rows.append({"what": label, **wrk(url, c, duration, threads, headers)})
+    return rows
 
-    def run() -> None:
-        mine = []
-        with httpx.Client(base_url=server.url) as c:
-            c.get(f"/api/v1/adapters/{ns}/{name}/aliases/latest").raise_for_status()  # warm
-            barrier.wait()
-            for _ in range(per_client):
-                t0 = time.perf_counter()
-                c.get(f"/api/v1/adapters/{ns}/{name}/aliases/latest").raise_for_status()
-                mine.append(time.perf_counter() - t0)
-        with lock:
-            latencies.extend(mine)
 
-    threads = [threading.Thread(target=run) for _ in range(clients)]
+def _frame(raw: str) -> str:
+    """``name (path/to/file.py:12)`` -> ``name (file.py:12)``."""
+    name, _, where = raw.partition(" (")
+    return f"{name} ({where.rstrip(')').rsplit('/', 1)[-1]})" if where else name
+
+
+def profile(url: str, pid: int, seconds: float, top: int = 40) -> list[tuple[float, str]]:
+    """Busy-sample shares per frame of process ``pid`` under a 16-connection resolve load."""
+    import collections
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("error: py-spy is not installed (pip install py-spy)")
+    with tempfile.TemporaryDirectory() as d:
+        raw = Path(d) / "raw.txt"
+        load = subprocess.Popen(["wrk", "-t1", "-c16", "-d", f"{seconds + 3:g}s", url],
+                                stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        subprocess.run([spy, "record", "--pid", str(pid), "-d", f"{seconds:g}", "-r", "200",
+                        "-f", "raw", "--nonblocking", "-o", str(raw)], check=True,
+                       capture_output=True, timeout=seconds + 60)
+        load.wait(timeout=60)
+        incl: collections.Counter[str] = collections.Counter()
+        total = 0
+        for line in raw.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not n.isdigit():
+                continue
+            frames = stack.split(";")
+            if frames[-1].startswith(("Condition.wait", "select ", "_run_once ")):
+                continue  # idle worker threads and the waiting event loop
+            total += int(n)
+            for fr in dict.fromkeys(_frame(f) for f in frames):
+                incl[fr] += int(n)
+    return [(100 * n / max(1, total), fr) for fr, n in incl.most_common(top)]
+
+
+def _timed(fn: Callable[[int], object], repeats: int) -> float:
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_peers(server: Server, work: Path, megabytes: int, levels: list[int],
+                args: argparse.Namespace) -> tuple[list[dict], list[dict], list[dict]]:
+    """Metadata, pull and publish rows for lorahive, MLflow and nginx on one adapter."""
+    from benchmarks import peers
+
+    src = make_adapter(work / f"peer-{megabytes}", megabytes)
+    weights = src / "adapter_model.safetensors"
+    sha, mb = peers.file_sha256(weights), weights.stat().st_size / 1e6
+    repo = f"admin/peer-{megabytes}"
+
+    def check(path: Path) -> None:
+        if peers.file_sha256(path) != sha:
+            raise SystemExit(f"error: {path} does not hash to the published sha256")
+
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100)
-    return {"clients": clients, "requests": len(latencies), "rps": len(latencies) / wall,
-            "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
+    with HttpRegistry(server.url, server.token, cache=PullCache(work / "pub-cache")) as reg:
+        reg.publish(src, repo)
+    publish = [{"tool": "lorahive publish", "mb": mb, "s": time.perf_counter() - t0}]
+    pulls, meta = [], []
+
+    def lorahive_pull(i: int) -> None:
+        with HttpRegistry(server.url, None, cache=PullCache(work / f"lh-{megabytes}-{i}")) as r:
+            r.pull(repo)  # verifies every file's sha256 itself
+
+    def hf(i: int) -> None:
+        check(peers.hf_pull(server.url, repo, work / f"hf-{megabytes}-{i}"))
+
+    pulls.append({"client": "lorahive pull", "s": _timed(lorahive_pull, args.repeats)})
+    pulls.append({"client": "hf_hub_download (lorahive) + sha256",
+                  "s": _timed(hf, args.repeats)})
+    (work / "mlflow").mkdir(exist_ok=True)
+    with peers.mlflow_server(work / "mlflow", args.workers) as ml:
+        run_id, ml_s = peers.mlflow_publish(ml, src)
+        publish.append({"tool": "MLflow log_artifacts + register", "mb": mb, "s": ml_s})
+
+        def mlflow_pull(i: int) -> None:
+            check(peers.mlflow_pull(ml, run_id, work / f"ml-{megabytes}-{i}"))
+
+        pulls.append({"client": "MLflow download_artifacts + sha256",
+                      "s": _timed(mlflow_pull, args.repeats)})
+        if megabytes == min(args.peer_sizes):
+            ns, name = repo.split("/")
+            targets = [
+                ("lorahive resolve (alias latest)",
+                 f"{server.url}{API}/adapters/{ns}/{name}/aliases/latest"),
+                ("MLflow model-versions/get",
+                 f"{ml}/api/2.0/mlflow/model-versions/get?name={peers.MODEL}&version=1"),
+                ("MLflow registered-models/alias",
+                 f"{ml}/api/2.0/mlflow/registered-models/alias?name={peers.MODEL}&alias={peers.ALIAS}"),
+            ]
+            for label, url in targets:
+                httpx.get(url).raise_for_status()
+                for c in levels:
+                    meta.append({"what": label, **wrk(url, c, args.duration, args.wrk_threads)})
+    with peers.nginx_server(work, weights) as ng:
+        def curl(i: int) -> None:
+            check(peers.curl_pull(f"{ng}/{weights.name}", work / f"curl-{megabytes}-{i}"))
+
+        pulls.append({"client": "curl from nginx (sendfile) + sha256sum",
+                      "s": _timed(curl, args.repeats)})
+    for p in pulls:
+        p.update(mb=mb, mbps=mb / p["s"])
+    return meta, pulls, publish
+
+
+def print_peers(meta: list[dict], pulls: list[dict], publish: list[dict]) -> None:
+    print("| metadata | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for m in meta:
+        print(f"| {m['what']} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
+              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+    print("\n| pull (end to end, sha256 checked) | MB | s | MB/s |\n|---|---|---|---|")
+    for p in pulls:
+        print(f"| {p['client']} | {p['mb']:.0f} | {p['s']:.2f} | {p['mbps']:.0f} |")
+    print("\n| publish | MB | s |\n|---|---|---|")
+    for p in publish:
+        print(f"| {p['tool']} | {p['mb']:.0f} | {p['s']:.2f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--large", action="store_true", help="also the 1 GB adapter")
+    ap.add_argument("--no-pull", action="store_true", help="metadata only")
     ap.add_argument("--repeats", type=int, default=3, help="pulls per size (median reported)")
     ap.add_argument("--workers", type=int, default=2, help="server worker processes")
-    ap.add_argument("--requests", type=int, default=600, help="metadata requests per level")
-    ap.add_argument("--clients", default="1,4,16", help="concurrent metadata clients")
+    ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--connections", default="1,16,64", help="wrk connection levels")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    ap.add_argument("--wrk-threads", type=int, default=1, help="wrk load threads")
+    ap.add_argument("--catalog", type=int, default=40, help="adapters for search to page over")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--peers", action="store_true",
+                    help="MLflow's server and nginx beside lorahive, on the same adapter")
+    ap.add_argument("--peer-sizes", default="100",
+                    help="adapter sizes (MB) for --peers; --large adds 1024")
+    ap.add_argument("--profile", action="store_true",
+                    help="sample a one-worker server with py-spy under a resolve load instead")
     args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("error: wrk is not installed (Debian: apt-get install -y wrk)")
+    if args.profile:
+        return run_profile(args)
+    levels = [int(x) for x in args.connections.split(",")]
+    args.peer_sizes = [int(x) for x in args.peer_sizes.split(",")] + ([1024] if args.large else [])
+    if args.peers:
+        return run_peers(args, levels)
     work = Path(tempfile.mkdtemp(prefix="lorahive-bench-", dir=os.environ.get("TMPDIR")))
-    server = Server(work / "home", args.workers)
+    (work / "home").mkdir()
+    rows: list[dict] = []
     try:
-        sizes = [100] + ([1024] if args.large else [])
-        rows = [bench_pull(server, work, mb, args.repeats) for mb in sizes]
-        meta = [bench_metadata(server, int(n), args.requests, "admin/bench-100")
-                for n in args.clients.split(",")]
+        with database(args.db) as env, serve(work / "home", args.workers, env) as url:
+            server = Server(url, work / "home")
+            if not args.no_pull:
+                sizes = [100] + ([1024] if args.large else [])
+                rows = [bench_pull(server, work, mb, args.repeats) for mb in sizes]
+            ref = publish_catalog(server, work, args.catalog)
+            t0 = time.perf_counter()
+            meta = bench_metadata(server, ref, levels, args.duration, args.wrk_threads)
+            meta_s = time.perf_counter() - t0
     finally:
-        server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nserver: lorahive serve --workers {args.workers} (SQLite + local blobs), loopback\n")
-    print("| adapter | publish (s) | pull (s) | pull MB/s | copy+fsync (s) | copy MB/s | "
-          "pull / copy throughput |")
+    print(f"\nserver: lorahive serve --workers {args.workers} ({args.db} + local blobs), "
+          f"loopback; load: wrk -t{args.wrk_threads}, {args.duration:g} s per level "
+          f"({meta_s:.0f} s in all); cores: {os.cpu_count()}\n")
+    if rows:
+        print("| adapter | publish (s) | pull (s) | pull MB/s | copy+fsync (s) | copy MB/s | "
+              "pull / copy throughput |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['size_mb']:.0f} MB | {r['publish_s']:.2f} | {r['pull_s']:.2f} | "
+                  f"{r['pull_mbps']:.0f} | {r['copy_s']:.2f} | {r['copy_mbps']:.0f} | "
+                  f"{r['ratio']:.2f} |")
+        print()
+    print("| metadata | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['size_mb']:.0f} MB | {r['publish_s']:.2f} | {r['pull_s']:.2f} | "
-              f"{r['pull_mbps']:.0f} | {r['copy_s']:.2f} | {r['copy_mbps']:.0f} | "
-              f"{r['ratio']:.2f} |")
-    print("\n| metadata clients | requests | req/s | p50 (ms) | p99 (ms) |")
-    print("|---|---|---|---|---|")
     for m in meta:
-        print(f"| {m['clients']} | {m['requests']} | {m['rps']:.0f} | {m['p50_ms']:.1f} | "
-              f"{m['p99_ms']:.1f} |")
+        print(f"| {m['what']} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
+              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+    if args.json:
+        print(json.dumps({"pull": rows, "metadata": meta}, indent=1))
+
+
+def run_peers(args: argparse.Namespace, levels: list[int]) -> None:
+    """lorahive (SQLite + local blobs), MLflow and nginx on the same adapters, in one run."""
+    work = Path(tempfile.mkdtemp(prefix="lorahive-peers-", dir=os.environ.get("TMPDIR")))
+    (work / "home").mkdir()
+    meta: list[dict] = []
+    pulls: list[dict] = []
+    publish: list[dict] = []
+    try:
+        with serve(work / "home", args.workers, {}) as url:
+            server = Server(url, work / "home")
+            for mb in args.peer_sizes:
+                m, p, pub = bench_peers(server, work, mb, levels, args)
+                meta += m
+                pulls += p
+                publish += pub
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    import mlflow
+
+    print(f"\nlorahive serve --workers {args.workers} (SQLite + local blobs) | mlflow server "
+          f"{mlflow.__version__} --workers {args.workers} (SQLite, --serve-artifacts) | "
+          f"{_nginx_version()} (sendfile, 2 workers); loopback; wrk -t{args.wrk_threads}, "
+          f"{args.duration:g} s per level; medians of {args.repeats} pulls; "
+          f"cores: {os.cpu_count()}\n")
+    print_peers(meta, pulls, publish)
+    if args.json:
+        print(json.dumps({"metadata": meta, "pull": pulls, "publish": publish}, indent=1))
+
+
+def _nginx_version() -> str:
+    out = subprocess.run([shutil.which("nginx") or "/usr/sbin/nginx", "-v"],
+                         capture_output=True, text=True)
+    return (out.stderr or out.stdout).strip().split(": ")[-1]
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    """``lorahive serve --workers 1`` (the worker is the served process) under py-spy."""
+    from benchmarks.load import free_port
+
+    work = Path(tempfile.mkdtemp(prefix="lorahive-profile-"))
+    home = work / "home"
+    home.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAHIVE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "lorahive", "serve", "--port", str(port),
+                             "--workers", "1", "--log-level", "warning"], cwd=ROOT,
+                            env={**env, "LORAHIVE_HOME": str(home)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        ref = publish_catalog(Server(url, home), work, 1)
+        ns, name = ref.split("/")
+        rows = profile(f"{url}{API}/adapters/{ns}/{name}/aliases/latest", proc.pid,
+                       args.duration)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n| busy samples (inclusive) | frame |\n|---|---|")
+    for share, frame in rows:
+        print(f"| {share:.1f}% | `{frame}` |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
@@ -183,7 +183,9 @@ class HttpRegistry(DirectoryPublisher):
         return self.cache.export(info, to, force)
 
     def _fetch(self, info: VersionInfo, f: FileEntry, offset: int) -> Iterator[bytes]:
-        """Stream one file from ``offset`` on.
+        """Stream one file from ``offset`` on, following the server's redirect to object
+        storage (a presigned URL: fetched without our token, its ``ETag`` ignored because the
+        302's ``X-Linked-Etag`` names the content; the cache checks the sha256 either way).
 
         Bodies go through ``http.client`` reading into a reused 1 MiB buffer: on loopback it
         moves bytes 2-4x faster than httpx's streaming, which matters for GB-sized adapters.
@@ -192,26 +194,27 @@ class HttpRegistry(DirectoryPublisher):
         if self.http is not self._own_http:
             yield from self._fetch_httpx(info, f, offset)
             return
-        base = urlsplit(self.url)
-        path = (f"{base.path.rstrip('/')}{API}/adapters/{info.namespace}/{info.name}/versions/"
-                f"{info.version}/files/{quote(f.path, safe='/')}")
+        url = f"{self.url}{API}{_file_path(info, f)}"
         headers = {"Accept-Encoding": "identity", "User-Agent": "lorahive-client/1"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        conn_cls = (http.client.HTTPSConnection if base.scheme == "https"
-                    else http.client.HTTPConnection)
-        conn = conn_cls(base.netloc, timeout=self.timeout)
+        conn, resp = self._open(url, headers, f)
         try:
-            try:
-                conn.request("GET", path, headers=headers)
-                resp = conn.getresponse()
-            except OSError as e:
-                raise OfflineError(f"download of {f.path} from {self.url} failed: {e}") from None
-            if resp.status >= 400:
-                raise _error_from(resp.status, resp.read())
-            _check_download(f, offset, resp.status, resp.getheader("ETag"))
+            if resp.status in _REDIRECTS:
+                target = _redirect_target(f, url, resp.getheader("Location"),
+                                          resp.getheader("X-Linked-Etag"))
+                conn.close()
+                if _origin(target) != _origin(url):
+                    headers.pop("Authorization", None)  # a signed URL needs no token
+                conn, resp = self._open(target, headers, f)
+                if resp.status >= 400:
+                    raise OfflineError(f"download of {f.path} from object storage failed: "
+                                       f"HTTP {resp.status}")
+                _check_download(f, offset, resp.status, None)
+            else:
+                _check_download(f, offset, resp.status, resp.getheader("ETag"))
             buf = bytearray(CHUNK)
             view = memoryview(buf)
             while True:
@@ -226,9 +229,27 @@ class HttpRegistry(DirectoryPublisher):
         finally:
             conn.close()
 
+    def _open(self, url: str, headers: dict[str, str], f: FileEntry
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """GET ``url`` on a fresh connection; a 4xx/5xx from the registry becomes its error."""
+        u = urlsplit(url)
+        conn_cls = (http.client.HTTPSConnection if u.scheme == "https"
+                    else http.client.HTTPConnection)
+        conn = conn_cls(u.netloc, timeout=self.timeout)
+        try:
+            conn.request("GET", u.path + (f"?{u.query}" if u.query else ""), headers=headers)
+            resp = conn.getresponse()
+        except OSError as e:
+            conn.close()
+            raise OfflineError(f"download of {f.path} from {u.netloc} failed: {e}") from None
+        if resp.status >= 400 and _origin(url) == _origin(self.url):
+            body = resp.read()
+            conn.close()
+            raise _error_from(resp.status, body)
+        return conn, resp
+
     def _fetch_httpx(self, info: VersionInfo, f: FileEntry, offset: int) -> Iterator[bytes]:
-        url = (f"{API}/adapters/{info.namespace}/{info.name}/versions/{info.version}/files/"
-               f"{quote(f.path, safe='/')}")
+        url = f"{API}{_file_path(info, f)}"
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -237,6 +258,12 @@ class HttpRegistry(DirectoryPublisher):
                 if resp.status_code >= 400:
                     resp.read()
                     raise _error_of(resp)
+                if resp.status_code in _REDIRECTS:
+                    target = _redirect_target(f, str(resp.request.url),
+                                              resp.headers.get("location"),
+                                              resp.headers.get("x-linked-etag"))
+                    yield from _fetch_signed(target, headers, f, offset, self.timeout)
+                    return
                 _check_download(f, offset, resp.status_code, resp.headers.get("etag"))
                 yield from resp.iter_raw()
         except httpx.TransportError as e:
@@ -277,6 +304,41 @@ class HttpRegistry(DirectoryPublisher):
 
     def revoke_token(self, token_id: int) -> None:
         self._request("DELETE", f"/tokens/{int(token_id)}")
+
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _file_path(info: VersionInfo, f: FileEntry) -> str:
+    return (f"/adapters/{info.namespace}/{info.name}/versions/{info.version}/files/"
+            f"{quote(f.path, safe='/')}")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    u = urlsplit(url)
+    return u.scheme, (u.hostname or "").lower(), u.port or {"http": 80, "https": 443}.get(u.scheme)
+
+
+def _redirect_target(f: FileEntry, url: str, location: str | None, linked: str | None) -> str:
+    """Where a redirected download goes; the redirect must name the content asked for."""
+    if not location:
+        raise IntegrityError(f"{f.path}: the server redirected without a Location")
+    tag = (linked or "").removeprefix("W/").strip('"')
+    if tag and tag != f.sha256:
+        raise IntegrityError(f"{f.path}: redirected to content {tag}, not {f.sha256}")
+    return urljoin(url, location)
+
+
+def _fetch_signed(url: str, headers: dict[str, str], f: FileEntry, offset: int,
+                  timeout: float) -> Iterator[bytes]:
+    """Stream a presigned object URL (no registry token goes to the object store)."""
+    with httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0)) as c, \
+            c.stream("GET", url, headers=headers) as resp:
+        if resp.status_code >= 400:
+            raise OfflineError(f"download of {f.path} from object storage failed: "
+                               f"HTTP {resp.status_code}")
+        _check_download(f, offset, resp.status_code, None)
+        yield from resp.iter_raw()
 
 
 def _check_download(f: FileEntry, offset: int, status: int, etag: str | None) -> None:

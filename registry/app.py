@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lorahive.hub.errors import LorahiveError
 from lorahive.registry import ratelimit, resilience, web
@@ -78,17 +79,7 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
         log.error("database error: %s", e)
         return _error(503, "service_unavailable", "the database is unavailable; retry later")
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        if request.url.path.startswith(API_PREFIX) and not path.startswith(API_PREFIX):
-            path = API_PREFIX + path  # routes of included routers carry their local path
-        app.state.service.metrics.observe(request.method, path, response.status_code,
-                                          time.perf_counter() - t0)
-        return response
+    app.add_middleware(ObserveMiddleware)  # outermost: times what the limiter refuses too
 
     for r in (adapters.router, files.router, accounts.router):
         app.include_router(r, prefix=API_PREFIX)
@@ -112,6 +103,32 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
                                  media_type="text/plain; version=0.0.4")
 
     return app
+
+
+class ObserveMiddleware:
+    """Request counts and latency (to the response's start) per route, as plain ASGI
+    middleware: ``@app.middleware("http")`` costs a task and a body stream per request."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                if scope["path"].startswith(API_PREFIX) and not path.startswith(API_PREFIX):
+                    path = API_PREFIX + path  # routes of included routers carry their local path
+                scope["app"].state.service.metrics.observe(
+                    scope["method"], path, message["status"], time.perf_counter() - t0)
+            await send(message)
+
+        await self.app(scope, receive, observed)
 
 
 def app_factory() -> FastAPI:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from lorahive.hub.atomic import TEMP_PREFIX, fsync_dir, remove_stale_temps
 from lorahive.hub.errors import (
@@ -88,6 +88,7 @@ class BlobStore(Protocol):
     def commit(self, staged: Staged, sha: str) -> None: ...
     def open_range(self, sha: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
     def local_path(self, sha: str) -> Path | None: ...
+    def download_url(self, sha: str, ttl: int, filename: str | None = None) -> str | None: ...
     def delete(self, sha: str) -> None: ...
     def iter_blobs(self) -> Iterator[BlobStat]: ...
 
@@ -169,6 +170,9 @@ class LocalBlobStore:
         p = self._path(sha)
         return p if p.is_file() else None
 
+    def download_url(self, sha: str, ttl: int, filename: str | None = None) -> str | None:
+        return None  # a directory has no URL of its own: the server streams the file
+
     def delete(self, sha: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(sha).unlink()
@@ -206,7 +210,7 @@ class S3BlobStore:
     """
 
     def __init__(self, url: str, staging_dir: Path, endpoint_url: str | None = None,
-                 region: str = "us-east-1"):
+                 region: str = "us-east-1", public_endpoint_url: str | None = None):
         import boto3
         from botocore.config import Config
 
@@ -218,6 +222,12 @@ class S3BlobStore:
             "s3", endpoint_url=endpoint_url, region_name=region,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}),
         )
+        # presigned URLs name the endpoint clients reach, which may differ from the workers'
+        # (a private network name inside, a public host or CDN outside); signing is local
+        # (SigV4: what every region and S3-compatible store accepts)
+        self._signer = boto3.client(
+            "s3", endpoint_url=public_endpoint_url or endpoint_url, region_name=region,
+            config=Config(signature_version="s3v4"))
         self._ensure_bucket()
 
     def _ensure_bucket(self) -> None:
@@ -270,6 +280,16 @@ class S3BlobStore:
     def local_path(self, sha: str) -> Path | None:
         return None
 
+    def download_url(self, sha: str, ttl: int, filename: str | None = None) -> str | None:
+        """A presigned GET of the blob, valid ``ttl`` seconds; the object store serves Range
+        and the bytes, so the API worker never streams them. ``filename`` becomes the
+        response's ``Content-Disposition`` (a browser saves the file under its own name)."""
+        params = {"Bucket": self.bucket, "Key": self._key(sha)}
+        if filename:
+            params["ResponseContentDisposition"] = (
+                f"attachment; filename*=UTF-8''{quote(filename)}")
+        return self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
+
     def delete(self, sha: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(sha))
 
@@ -287,10 +307,11 @@ class S3BlobStore:
 
 
 def open_store(storage_url: str, home: Path, endpoint_url: str | None = None,
-               region: str = "us-east-1") -> BlobStore:
+               region: str = "us-east-1", public_endpoint_url: str | None = None) -> BlobStore:
     """The store named by ``storage_url``: ``file:///dir`` (or a bare path) or ``s3://bucket/prefix``."""
     if storage_url.startswith("s3://"):
-        return S3BlobStore(storage_url, home / "staging", endpoint_url, region)
+        return S3BlobStore(storage_url, home / "staging", endpoint_url, region,
+                           public_endpoint_url)
     if storage_url.startswith("file://"):
         return LocalBlobStore(urlparse(storage_url).path)
     if "://" in storage_url:

@@ -23,6 +23,7 @@ from lorahive.hub.errors import ServiceUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 0x6C6F7261  # advisory lock id: one migrator at a time
+SQLITE_POOL = 40
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
@@ -31,7 +32,10 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        # as many pooled connections as request threads (anyio's default limit, 40): a
+        # connection past the pool size is opened (pragmas included) and closed per request
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60},
+                               pool_size=max(pool_size, SQLITE_POOL), max_overflow=SQLITE_POOL)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -45,8 +49,10 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn) -> None:  # type: ignore[no-untyped-def]
-            immediate = conn.get_execution_options().get("sqlite_immediate", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            opts = conn.get_execution_options()
+            if opts.get("lorahive_autocommit"):
+                return  # a lone read: SQLite runs each statement in its own read transaction
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if opts.get("sqlite_immediate") else "BEGIN")
 
         return engine
     if url.startswith("postgresql://"):
@@ -94,11 +100,19 @@ def ensure_schema(engine: Engine) -> None:
 
 
 @contextlib.contextmanager
-def session_scope(engine: Engine, write: bool = False) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on any error."""
+def session_scope(engine: Engine, write: bool = False, autocommit: bool = False
+                  ) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any error.
+
+    ``autocommit``: for reads whose one statement needs no transaction around it (a resolve):
+    no ``BEGIN``/``COMMIT`` round trips, each statement sees its own consistent snapshot."""
     with Session(engine, expire_on_commit=False) as session:
         if write and engine.dialect.name == "sqlite":
             session.connection(execution_options={"sqlite_immediate": True})
+        elif autocommit:
+            session.connection(execution_options=(
+                {"lorahive_autocommit": True} if engine.dialect.name == "sqlite"
+                else {"isolation_level": "AUTOCOMMIT"}))
         try:
             yield session
             session.commit()

@@ -17,6 +17,7 @@ class Metrics:
         self.duration_sum: dict[str, float] = defaultdict(float)
         self.duration_count: dict[str, int] = defaultdict(int)
         self.bytes: dict[str, int] = defaultdict(int)
+        self.redirects = 0  # file requests answered with a link to the object store
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -27,6 +28,10 @@ class Metrics:
     def add_bytes(self, direction: str, n: int) -> None:
         with self._lock:
             self.bytes[direction] += n
+
+    def add_redirect(self) -> None:
+        with self._lock:
+            self.redirects += 1
 
     def render(self, gauges: dict[str, float]) -> str:
         lines = [
@@ -50,6 +55,10 @@ class Metrics:
                       "# TYPE lorahive_transfer_bytes_total counter"]
             for d in ("upload", "download"):
                 lines.append(f'lorahive_transfer_bytes_total{{direction="{d}"}} {self.bytes[d]}')
+            lines += ["# HELP lorahive_download_redirects_total File requests answered with a "
+                      "redirect to object storage.",
+                      "# TYPE lorahive_download_redirects_total counter",
+                      f"lorahive_download_redirects_total {self.redirects}"]
         for name, value in sorted(gauges.items()):
             lines += [f"# TYPE lorahive_{name} gauge", f"lorahive_{name} {value:g}"]
         return "\n".join(lines) + "\n"

@@ -16,8 +16,9 @@ import threading
 import time
 from collections import deque
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class FailedAuthLimiter:
@@ -59,8 +60,40 @@ class FailedAuthLimiter:
             self._fails.setdefault(key, deque(maxlen=self.limit * 2)).append(now)
 
 
-def _client_key(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+class FailedAuthMiddleware:
+    """The limiter as plain ASGI middleware (no per-request task or body stream, unlike
+    ``@app.middleware("http")``): refuses a client over the limit, counts the 401s it gets
+    to requests that carried credentials."""
+
+    def __init__(self, app: ASGIApp, limiter: FailedAuthLimiter):
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        key = client[0] if client else "unknown"
+        wait = self.limiter.retry_after(key)
+        if wait is not None:
+            response = JSONResponse(
+                {"error": {"code": "rate_limited",
+                           "message": f"too many failed authentication attempts; retry in "
+                                      f"{wait} s with a valid token"}},
+                status_code=429, headers={"Retry-After": str(wait)})
+            await response(scope, receive, send)
+            return
+        if not any(k == b"authorization" and v for k, v in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.limiter.failed(key)
+            await send(message)
+
+        await self.app(scope, receive, counting)
 
 
 def install(app: FastAPI) -> FailedAuthLimiter:
@@ -68,20 +101,5 @@ def install(app: FastAPI) -> FailedAuthLimiter:
     limiter = FailedAuthLimiter(int(os.environ.get("LORAHIVE_AUTH_FAIL_LIMIT", "20")),
                                 float(os.environ.get("LORAHIVE_AUTH_FAIL_WINDOW", "60")))
     app.state.auth_limiter = limiter
-
-    @app.middleware("http")
-    async def _limit_failed_auth(request: Request, call_next):  # type: ignore[no-untyped-def]
-        key = _client_key(request)
-        wait = limiter.retry_after(key)
-        if wait is not None:
-            return JSONResponse(
-                {"error": {"code": "rate_limited",
-                           "message": f"too many failed authentication attempts; retry in "
-                                      f"{wait} s with a valid token"}},
-                status_code=429, headers={"Retry-After": str(wait)})
-        response = await call_next(request)
-        if response.status_code == 401 and request.headers.get("authorization"):
-            limiter.failed(key)
-        return response
-
+    app.add_middleware(FailedAuthMiddleware, limiter=limiter)
     return limiter

@@ -18,15 +18,19 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import Text, cast, func, or_, update
+from sqlalchemy import Text, and_, cast, func, or_, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.functions import aggregate_strings
 from sqlmodel import Session, col, select
 
 from lorahive.hub.errors import (
@@ -95,6 +99,7 @@ from lorahive.registry.transfer import (
     StoredBlob,
     batched,
     blocking,
+    not_modified,
     parse_range,
 )
 from lorahive.registry.validation import check_manifest, single_threaded_torch
@@ -110,6 +115,7 @@ MAX_OFFSET = 10**9
 MAX_ID = 2**63 - 1
 MAX_EXPIRY_DAYS = 36_500
 MAX_GRACE_SECONDS = 10 * 365 * 86_400
+FROZEN_CACHE = 4096  # versions whose immutable part a process keeps in memory
 
 
 @dataclass
@@ -154,8 +160,11 @@ class RegistryService:
         if migrate:
             ensure_schema(self.engine)
         self.store = blobmod.open_store(self.settings.storage_url, self.settings.home,
-                                        self.settings.s3_endpoint_url, self.settings.s3_region)
+                                        self.settings.s3_endpoint_url, self.settings.s3_region,
+                                        self.settings.s3_public_endpoint_url)
         self.metrics = Metrics()  # this process's transfer counters (served on /metrics)
+        self._frozen_cache: OrderedDict[tuple[int, dt.datetime], VersionInfo] = OrderedDict()
+        self._frozen_lock = threading.Lock()
         self._signing_key: bytes | None = None
 
     def close(self) -> None:
@@ -207,9 +216,7 @@ class RegistryService:
             q = q.with_for_update(of=AdapterRow)  # type: ignore[arg-type]
         row = s.exec(q).first()
         if row is None or (row[0].private and not p.can(row[1], "read")):
-            raise AdapterNotFoundError(
-                f"adapter {ref.repo} not found (or private); check the name with `lorahive search`"
-            )
+            raise _adapter_not_found(ref)
         return row
 
     def _version(self, s: Session, a: AdapterRow, ref: Ref) -> VersionRow:
@@ -294,10 +301,68 @@ class RegistryService:
 
     # -- reads ---------------------------------------------------------------------------
     def resolve(self, p: Principal, ref: str | Ref) -> VersionInfo:
+        """A version by number or alias, in one query: the adapter, its namespace, the
+        version's mutable columns and its aliases come in one row; the immutable rest of the
+        version (files, summary, stats, ...) is read once per process (``_frozen``)."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
-        with session_scope(self.engine) as s:
-            a, ns = self._adapter(s, p, r)
-            return self._version_info(s, p, ns, a, self._version(s, a, r))
+        named = aliased(AliasRow)  # the version's aliases, apart from the one joined below
+        aliases = (select(aggregate_strings(named.name, ","))
+                   .where(named.version_id == VersionRow.id)
+                   .correlate(VersionRow).scalar_subquery())
+        q = (select(AdapterRow, Namespace, VersionRow.id, VersionRow.created_at,
+                    VersionRow.downloads, aliases)
+             .join(Namespace)
+             .where(Namespace.name == r.namespace, AdapterRow.name == r.name))
+        if r.version:
+            q = q.outerjoin(VersionRow, and_(col(VersionRow.adapter_id) == AdapterRow.id,
+                                             VersionRow.version == r.version))
+        else:
+            q = (q.outerjoin(AliasRow, and_(col(AliasRow.adapter_id) == AdapterRow.id,
+                                            AliasRow.name == (r.alias or DEFAULT_ALIAS)))
+                 .outerjoin(VersionRow, col(VersionRow.id) == AliasRow.version_id))
+        with session_scope(self.engine, autocommit=True) as s:
+            row = s.exec(q).first()
+            if row is None or (row[0].private and not p.can(row[1], "read")):
+                raise _adapter_not_found(r)
+            a, ns, vid, created, downloads, alias_names = row
+            if vid is None:
+                raise _version_not_found(r)
+            frozen = self._frozen(s, vid, created)
+            lineage = self._lineage_for(s, p, frozen.lineage)
+        return frozen.model_copy(update={  # fresh top-level containers: callers may edit them
+            "files": list(frozen.files), "target_modules": list(frozen.target_modules),
+            "summary": dict(frozen.summary), "stats": list(frozen.stats),
+            "metrics": dict(frozen.metrics), "metadata": dict(frozen.metadata),
+            "namespace": ns.name, "name": a.name, "downloads": downloads,
+            "aliases": sorted((alias_names or "").split(",")) if alias_names else [],
+            "private": a.private, "lineage": lineage})
+
+    def _frozen(self, s: Session, vid: int, created: dt.datetime) -> VersionInfo:
+        """What never changes in a version (every field but the adapter's names, downloads,
+        aliases, visibility and how lineage shows to a caller), cached per process by row
+        id and creation time (an id reused after a delete is another key)."""
+        key = (vid, created)
+        with self._frozen_lock:
+            hit = self._frozen_cache.get(key)
+            if hit is not None:
+                self._frozen_cache.move_to_end(key)
+                return hit
+        v = s.get(VersionRow, vid)
+        assert v is not None
+        files = s.exec(select(FileRow).where(FileRow.version_id == vid)
+                       .order_by(FileRow.path)).all()
+        info = VersionInfo(
+            namespace="", name="", version=v.version, created_at=v.created_at,
+            files=[FileEntry(path=f.path, sha256=f.sha256, size=f.size) for f in files],
+            size=v.size, sha256=v.sha256, peft_type=v.peft_type, base_model=v.base_model,
+            rank=v.rank, lora_alpha=v.lora_alpha, target_modules=list(v.target_modules),
+            num_parameters=v.num_parameters, summary=dict(v.summary), stats=list(v.stats),
+            metrics=dict(v.metrics), metadata=dict(v.meta), lineage=v.lineage)
+        with self._frozen_lock:
+            self._frozen_cache[key] = info
+            while len(self._frozen_cache) > FROZEN_CACHE:
+                self._frozen_cache.popitem(last=False)
+        return info
 
     def adapter(self, p: Principal, ref: str | Ref) -> AdapterInfo:
         r = parse_ref(ref) if isinstance(ref, str) else ref
@@ -341,9 +406,16 @@ class RegistryService:
             q = q.where(col(AdapterRow.id).in_(select(AdapterTag.adapter_id)
                                                 .where(AdapterTag.tag == t)))
         with session_scope(self.engine) as s:
-            total = s.exec(select(func.count()).select_from(q.subquery())).one()
-            rows = s.exec(q.order_by(*SORTS[sort], col(AdapterRow.id).asc())
+            # the total rides on the page's rows (a window count); only a page past the end
+            # needs a count of its own
+            page = s.exec(q.add_columns(func.count().over().label("total"))
+                          .order_by(*SORTS[sort], col(AdapterRow.id).asc())
                           .offset(offset).limit(limit)).all()
+            if page:
+                total = page[0][2]
+            else:
+                total = s.exec(select(func.count()).select_from(q.subquery())).one() if offset else 0
+            rows = [(a, ns) for a, ns, _ in page]
             return SearchPage(total=total, offset=offset, limit=limit,
                               items=self._adapter_infos(s, rows))
 
@@ -357,25 +429,49 @@ class RegistryService:
         raise EntryNotFoundError(f"{info.ref} has no file {path!r}")
 
     def download(self, p: Principal, ref: str | Ref, path: str, *, range: str | None = None,
-                 if_none_match: str | None = None, head: bool = False) -> Download:
+                 if_none_match: str | None = None, head: bool = False,
+                 redirect: bool = False) -> Download:
         """The one download step of every door (REST, HF ``resolve``, the embedded registry's
         pull): visibility, the file, ``If-None-Match``, the Range policy of
-        ``transfer.parse_range`` and the download count. A GET of the weights that starts at
-        byte 0 counts one download; HEAD, a resumed download and other files do not."""
+        ``transfer.parse_range``, the redirect to object storage and the download count.
+
+        ``redirect`` (HTTP doors): with a store that presigns URLs and ``redirect_downloads``
+        on, the answer is a 302 to the object, decided only after the visibility check; the
+        store then serves the bytes and the Range. Counting: the request that hands out the
+        weights from byte 0, or the link to them, counts one download. A GET streamed from
+        byte 0 counts; redirected, the GET or HEAD that receives the link counts (the
+        Hugging Face client asks with HEAD and then fetches the object without coming back,
+        as it does from the Hub), the object store's own GETs are never seen. A streamed
+        HEAD, a resumed download (Range from byte > 0) and other files do not count."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
         entry = self.file_entry(p, r, path)
-        if if_none_match is not None and _etags(if_none_match) & {entry.sha256, "*"}:
+        if not_modified(if_none_match, entry.sha256):
             return Download(entry, 304)
         span = parse_range(range, entry.size)
         start, end = span if span is not None else (0, entry.size - 1)
+        counted = start == 0 and path == WEIGHTS_NAME
+        url = self._download_url(entry) if redirect else None
+        if url is not None:
+            if counted:
+                self._count_download(p, r)
+            self.metrics.add_redirect()
+            return Download(entry, 302, start, end, location=url)
         dl = Download(entry, 206 if span is not None else 200, start, end)
         if head:
             return dl
-        if start == 0 and path == WEIGHTS_NAME:
+        if counted:
             self._count_download(p, r)
         dl.body = self.store.open_range(entry.sha256, start, end) if dl.length else iter(())
         self.metrics.add_bytes("download", dl.length)
         return dl
+
+    def _download_url(self, entry: FileEntry) -> str | None:
+        """A presigned URL of the file's blob, or ``None`` to stream it (redirects off, a
+        store without URLs, or an empty file, which has nothing to fetch)."""
+        if not self.settings.redirect_downloads or entry.size == 0:
+            return None
+        return self.store.download_url(entry.sha256, self.settings.redirect_ttl_seconds,
+                                       entry.path.rsplit("/", 1)[-1])
 
     def read_file(self, p: Principal, ref: str | Ref, path: str, max_bytes: int) -> bytes | None:
         """A small file of a visible version, in memory (``None`` when it is over
@@ -1127,6 +1223,11 @@ def _visible_to(p: Principal) -> Any:
     return or_(*visible)
 
 
+def _adapter_not_found(ref: Ref) -> AdapterNotFoundError:
+    return AdapterNotFoundError(
+        f"adapter {ref.repo} not found (or private); check the name with `lorahive search`")
+
+
 def _version_not_found(ref: Ref) -> VersionNotFoundError:
     what = f"version {ref.version}" if ref.version else f"alias {ref.alias or DEFAULT_ALIAS!r}"
     return VersionNotFoundError(
@@ -1176,11 +1277,6 @@ def _registry_parent(parent: Any) -> Ref | None:
         return None
     has_version = r.version is not None or (isinstance(parent, dict) and parent.get("version"))
     return r if has_version else None
-
-
-def _etags(header: str) -> set[str]:
-    """The entity tags of an ``If-None-Match`` header (weak or strong, unquoted)."""
-    return {t.strip().removeprefix("W/").strip('"') for t in header.split(",")}
 
 
 def _token_info(t: Token, user: str) -> TokenInfo:

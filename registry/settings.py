@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     storage_url: str = ""  # default: file://<home>/blobs ; or s3://bucket/prefix
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    # the S3 endpoint that presigned download URLs name, where clients reach the store under
+    # another address than the workers do (default: s3_endpoint_url)
+    s3_public_endpoint_url: str | None = None
+    # with object storage, file requests answer 302 to a presigned URL of the object (as the
+    # Hugging Face Hub redirects to its CDN), so API workers never stream weights; false
+    # streams them through the workers as with a local blob directory
+    redirect_downloads: bool = True
+    redirect_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
     max_upload_bytes: int = 8 * 1024**3
     max_files: int = 64
     max_filename_length: int = 255

@@ -64,16 +64,27 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return (start, min(int(last), size - 1) if last else size - 1)
 
 
+def not_modified(if_none_match: str | None, tag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``tag`` (unquoted) or ``*``: the weak
+    comparison of RFC 9110, section 13.1.2, which revalidation uses."""
+    if if_none_match is None:
+        return False
+    tags = {t.strip().removeprefix("W/").strip('"') for t in if_none_match.split(",")}
+    return bool(tags & {tag, "*"})
+
+
 @dataclass
 class Download:
-    """One planned response for a file: status 200, 206 or 304, the byte span, and the body
-    (``None`` for HEAD and 304)."""
+    """One planned response for a file: status 200, 206, 302 or 304, the byte span, and the
+    body (``None`` for HEAD, 302 and 304). A 302 carries ``location``, a presigned URL of the
+    object in the store, which serves the bytes (and any Range) itself."""
 
     entry: FileEntry
     status: int
     start: int = 0
     end: int = -1  # inclusive; -1 for an empty body
     body: Iterator[bytes] | None = field(default=None, repr=False)
+    location: str | None = None
 
     @property
     def length(self) -> int:

@@ -292,7 +292,8 @@ class HfBackend:
         """A file of a resolved revision, through the service's one download step."""
         if r.version is None:
             raise EntryNotFoundError(f"{path} does not exist in {r.repo} (no version yet)")
-        return self.service.download(self.p, r.version.ref, path, range=range, head=head)
+        return self.service.download(self.p, r.version.ref, path, range=range, head=head,
+                                     redirect=True)
 
     def blob_size(self, sha: str) -> int | None:
         return self.service.blob_size(self.p, sha) if _is_sha256(sha) else None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from lorahive.hub.protocol import AdapterInfo, PublishPlan, SearchPage, SortKey, VersionInfo
 from lorahive.hub.refs import Ref, check_name, check_version
 from lorahive.registry.deps import Caller, Service, limit_json_body
+from lorahive.registry.http import revalidated_json
 from lorahive.registry.schemas import AliasRequest, CommitRequest, PreflightRequest
 from lorahive.registry.service import PublishOptions
 
@@ -27,23 +28,24 @@ def _ref(ns: str, name: str, version: str | None = None, alias: str | None = Non
 
 @router.get("", response_model=SearchPage)
 def search(
-    svc: Service, caller: Caller,
+    request: Request, svc: Service, caller: Caller,
     q: str | None = None, task: str | None = None, base_model: str | None = None,
     tag: Annotated[list[str], Query()] = [],  # noqa: B006  (FastAPI reads the default)
     peft_type: str | None = None, namespace: str | None = None,
     sort: SortKey = "updated",
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # a bigger one overflowed SQL
     limit: int = 20,
-) -> SearchPage:
-    """Search adapters visible to the caller by text, task, base model, tags and PEFT type."""
-    return svc.search(caller, q, task=task, base_model=base_model, tags=tag,
-                      peft_type=peft_type, namespace=namespace, sort=sort, offset=offset,
-                      limit=limit)
+) -> Response:
+    """Search adapters visible to the caller by text, task, base model, tags and PEFT type
+    (``ETag``; 304 to a matching ``If-None-Match``)."""
+    return revalidated_json(request, svc.search(
+        caller, q, task=task, base_model=base_model, tags=tag, peft_type=peft_type,
+        namespace=namespace, sort=sort, offset=offset, limit=limit))
 
 
 @router.get("/{ns}/{name}", response_model=AdapterInfo)
-def get_adapter(ns: str, name: str, svc: Service, caller: Caller) -> AdapterInfo:
-    return svc.adapter(caller, _ref(ns, name))
+def get_adapter(ns: str, name: str, request: Request, svc: Service, caller: Caller) -> Response:
+    return revalidated_json(request, svc.adapter(caller, _ref(ns, name)))
 
 
 @router.delete("/{ns}/{name}", status_code=status.HTTP_204_NO_CONTENT)
@@ -53,8 +55,9 @@ def delete_adapter(ns: str, name: str, svc: Service, caller: Caller) -> None:
 
 
 @router.get("/{ns}/{name}/versions", response_model=list[VersionInfo])
-def list_versions(ns: str, name: str, svc: Service, caller: Caller) -> list[VersionInfo]:
-    return svc.versions(caller, _ref(ns, name))
+def list_versions(ns: str, name: str, request: Request, svc: Service, caller: Caller
+                  ) -> Response:
+    return revalidated_json(request, svc.versions(caller, _ref(ns, name)))
 
 
 @router.post("/{ns}/{name}/preflight", response_model=PublishPlan,
@@ -82,8 +85,9 @@ def commit(ns: str, name: str, body: CommitRequest, svc: Service, caller: Caller
 
 
 @router.get("/{ns}/{name}/versions/{version}", response_model=VersionInfo)
-def get_version(ns: str, name: str, version: str, svc: Service, caller: Caller) -> VersionInfo:
-    return svc.resolve(caller, _ref(ns, name, version=version))
+def get_version(ns: str, name: str, version: str, request: Request, svc: Service,
+                caller: Caller) -> Response:
+    return revalidated_json(request, svc.resolve(caller, _ref(ns, name, version=version)))
 
 
 @router.delete("/{ns}/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
@@ -92,8 +96,11 @@ def delete_version(ns: str, name: str, version: str, svc: Service, caller: Calle
 
 
 @router.get("/{ns}/{name}/aliases/{alias}", response_model=VersionInfo)
-def get_alias(ns: str, name: str, alias: str, svc: Service, caller: Caller) -> VersionInfo:
-    return svc.resolve(caller, _ref(ns, name, alias=alias))
+def get_alias(ns: str, name: str, alias: str, request: Request, svc: Service,
+              caller: Caller) -> Response:
+    """Resolve an alias (``ETag``; 304 to a matching ``If-None-Match``, the cheap poll of a
+    server that follows ``prod``)."""
+    return revalidated_json(request, svc.resolve(caller, _ref(ns, name, alias=alias)))
 
 
 @router.put("/{ns}/{name}/aliases/{alias}", response_model=VersionInfo)

@@ -49,8 +49,9 @@ _FILE = "/adapters/{ns}/{name}/versions/{version}/files/{path:path}"
 def download(ns: str, name: str, version: str, path: str, request: Request, svc: Service,
              caller: Caller, range: str | None = Header(default=None),
              if_none_match: str | None = Header(default=None)) -> Response:
-    """Stream one file of a version; ``ETag`` is its sha256, ``Range`` resumes."""
+    """Stream one file of a version, or with object storage answer 302 to a presigned URL of
+    it (after the visibility check); ``ETag`` is its sha256, ``Range`` resumes."""
     dl = svc.download(caller, _ref(ns, name, version=version), check_filename(path), range=range,
-                      if_none_match=if_none_match, head=request.method == "HEAD")
+                      if_none_match=if_none_match, head=request.method == "HEAD", redirect=True)
     return file_response(dl, {"X-Lorahive-Sha256": dl.entry.sha256,
                               "Cache-Control": "private, max-age=31536000, immutable"})
