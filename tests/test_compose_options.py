@@ -1,0 +1,138 @@
+"""Composer options that aim at generalising from few shots: the out-of-fold check, the label
+objective (rank classification's cross-entropy), candidate retrieval, and what the composed
+adapter's model card records."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorahive.compose.composer import Composer, Example, SearchConfig, resolve_candidates
+from lorahive.compose.composer.folds import split_folds
+from lorahive.compose.composer.model import load_base
+from lorahive.compose.composer.objective import LossInputs, label_loss
+from lorahive.hub.errors import InvalidRequestError
+from tests.compose_fixtures import (
+    add_tokenizer,
+    animal_task,
+    answer_format_base,
+    train_task_adapter,
+)
+from tests.models import make_peft_adapter, save_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def animals(tmp_path_factory):
+    """A base that answers yes/no but does not know the animal rule, an adapter trained on
+    the rule, and three random adapters."""
+    root = tmp_path_factory.mktemp("compose-options")
+    raw = add_tokenizer(save_tiny_llama(root / "raw-model"), root / "raw")
+    base = answer_format_base(raw, root / "base", root / "format")
+    good = train_task_adapter(base, root / "good", animal_task(40, 1), steps=40)
+    noise = [make_peft_adapter(base, root / f"noise{i}", seed=70 + i) for i in range(3)]
+    return root, base, good, noise
+
+
+@pytest.fixture(scope="module")
+def animal_base(animals):
+    return load_base(animals[1], "cpu")
+
+
+def test_split_folds_cover_the_shots_once():
+    folds = split_folds(7, 3, seed=1)
+    assert sorted(i for f in folds for i in f) == list(range(7))
+    assert sorted(map(len, folds)) == [2, 2, 3]
+    loo = split_folds(5, 9, seed=0)  # more folds than shots: leave-one-out
+    assert sorted(loo) == [[i] for i in range(5)]
+    with pytest.raises(InvalidRequestError):
+        split_folds(5, 1, seed=0)
+    with pytest.raises(InvalidRequestError):
+        split_folds(1, 2, seed=0)
+
+
+@pytest.mark.parametrize("seed", [99, 7])
+def test_guard_refuses_noise_and_accepts_the_tasks_adapter(animals, animal_base, seed):
+    _root, _base, good, noise = animals
+    shots = animal_task(5, seed)
+    cfg = SearchConfig(budget=12)
+    with Composer(animal_base, resolve_candidates([str(c) for c in noise]), shots) as comp:
+        refused = comp.run(cfg, folds=5)
+    cv = refused.cross_validation
+    assert refused.helps is False and len(cv.folds) == 5 and cv.evaluations == 5 * 12
+    assert cv.objective_out_of_fold >= cv.base_objective_out_of_fold
+    assert refused.metrics["beats_base_out_of_fold"] is False
+    with Composer(animal_base, resolve_candidates([str(c) for c in [*noise[:2], good]]),
+                  shots) as comp:
+        accepted = comp.run(cfg, folds=5)
+    cv = accepted.cross_validation
+    assert accepted.helps is True
+    assert cv.objective_out_of_fold < cv.base_objective_out_of_fold - 0.05
+    assert max(accepted.weights, key=lambda r: abs(accepted.weights[r])) == str(good)
+    params = accepted.lineage.params
+    assert params["folds"] == 5
+    assert params["cross_validation"]["out_of_fold"] == cv.out_of_fold
+    assert accepted.metrics["objective_in_fold"] == cv.objective_in_fold
+
+
+def test_out_of_fold_scores_each_fold_with_weights_searched_without_it(animals, animal_base):
+    """The held-out loss of each fold equals the objective (no penalty) of that fold's
+    weights on its own shots, scored afresh."""
+    _root, _base, good, noise = animals
+    shots = animal_task(4, 11)
+    with Composer(animal_base, resolve_candidates([str(noise[0]), str(good)]), shots) as comp:
+        cv = comp.cross_validate(SearchConfig(budget=6), folds=2)
+        for held, w, got, base in zip(cv.folds, cv.weights, cv.out_of_fold,
+                                      cv.base_out_of_fold, strict=True):
+            x = comp.scorer.inputs(torch.tensor([w, [0.0, 0.0]]))
+            x.l1 = 0.0
+            want = comp.scorer.value(x.select(held))
+            assert got == pytest.approx(float(want[0]), rel=1e-6)
+            assert base == pytest.approx(float(want[1]), rel=1e-6)
+
+
+def _loglik(model, tok, prompt: str, answer: str) -> float:
+    """Sum of log p(answer tokens and EOS | prompt), by hand."""
+    p = tok(prompt)["input_ids"]
+    a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].double(), -1)
+    return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(a)))
+
+
+def test_label_objective_is_cross_entropy_over_label_logliks(animals, animal_base):
+    from peft import PeftModel
+
+    from tests.models import load_base as hf_base
+
+    _root, base, good, noise = animals
+    shots = [Example("the cat is red ?", "yes"), Example("the sun is big ?", "no"),
+             Example("the dog is slow ?", "yes")]
+    labels = ["no", "yes", "bad"]
+    tok = animal_base.tokenizer
+    cands = resolve_candidates([str(noise[0]), str(good)])
+    with Composer(animal_base, cands, shots, labels=labels, l1=0.05) as comp:
+        got = comp.score(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+    for row, model in enumerate([hf_base(base), PeftModel.from_pretrained(hf_base(base), good)]):
+        ce = []
+        for e in shots:
+            ll = torch.tensor([_loglik(model, tok, e.input, lab) for lab in labels])
+            ce.append(float(torch.logsumexp(ll, 0) - ll[labels.index(e.output)]))
+        want = sum(ce) / len(ce) + 0.05 * (0.0 if row == 0 else 0.5)
+        assert got[row] == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+def test_label_loss_select_keeps_each_examples_labels():
+    nll = torch.tensor([[1.0, 2.0, 3.0, 0.5, 0.1, 4.0]])  # 2 examples x 3 labels
+    x = LossInputs(nll, torch.ones(6, dtype=torch.long), torch.zeros(1, 2), 0.0, None,
+                   torch.tensor([0, 2]))
+    want0 = float(torch.logsumexp(-nll[0, :3].double(), 0) + 1.0)
+    want1 = float(torch.logsumexp(-nll[0, 3:].double(), 0) + 4.0)
+    assert float(label_loss(x)[0]) == pytest.approx((want0 + want1) / 2)
+    assert float(label_loss(x.select([1]))[0]) == pytest.approx(want1)
+
+
+def test_label_set_must_hold_every_output(animals, animal_base):
+    _root, _base, good, _noise = animals
+    with pytest.raises(InvalidRequestError, match="not among the labels"):
+        Composer(animal_base, resolve_candidates([str(good)]),
+                 [Example("the cat is red ?", "maybe")], labels=["yes", "no"])
