@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from lorahive.hub.errors import LorahiveError
+from lorahive.hub.manifest import CARD_NAME
 from lorahive.hub.modelcard import render_card
 from lorahive.hub.refs import check_name
 
-CARD = "README.md"
+CARD = CARD_NAME
 CARD_MAX = 1024 * 1024  # front matter is read from cards up to this size
 IMPLIED_TAGS = {"peft", "lora", "safetensors"}  # derived by lorahive, never stored as tags
 

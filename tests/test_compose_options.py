@@ -136,3 +136,83 @@ def test_label_set_must_hold_every_output(animals, animal_base):
     with pytest.raises(InvalidRequestError, match="not among the labels"):
         Composer(animal_base, resolve_candidates([str(good)]),
                  [Example("the cat is red ?", "maybe")], labels=["yes", "no"])
+
+
+# -- retrieval ----------------------------------------------------------------------------
+
+ARITHMETIC = ["add one and two", "add three and four", "sum of two and five", "add five and one"]
+NEWS = ["the sport news is good", "tech news is great", "the food news is bad",
+        "news of the big sport"]
+ANIMAL_PROMPTS = ["the dog is green ?", "the bird is small ?", "the moon is fast ?",
+                  "the star is red ?"]
+
+
+def _store_prompts(adapter_dir, prompts, in_card: bool = False) -> None:
+    """Example prompts as a library adapter stores them: the JSONL file, or only the card."""
+    import json
+
+    from lorahive.hub.manifest import CARD_NAME, EXAMPLES_NAME
+    from lorahive.hub.modelcard import render_card
+
+    if in_card:
+        (adapter_dir / CARD_NAME).write_text(render_card(
+            adapter_dir.name, "lorahive-tests/tiny-llama", examples=[p + " three" for p in prompts]))
+    else:
+        (adapter_dir / EXAMPLES_NAME).write_text("".join(
+            json.dumps({"input": p, "output": "x"}) + "\n" for p in prompts))
+
+
+@pytest.fixture(scope="module")
+def library(animals):
+    """The animals adapters with stored example prompts: the task's adapter (JSONL), two
+    others (one in its card only), one with none."""
+    _root, _base, good, noise = animals
+    _store_prompts(good, ANIMAL_PROMPTS)
+    _store_prompts(noise[0], ARITHMETIC, in_card=True)
+    _store_prompts(noise[1], NEWS)
+    return good, noise
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from lorahive.compose.composer.retrieval import MiniLM
+
+    return MiniLM()
+
+
+def test_card_examples_round_trip(library):
+    from lorahive.hub.modelcard import card_examples, example_prompts
+
+    good, noise = library
+    assert example_prompts(good) == ANIMAL_PROMPTS
+    assert example_prompts(noise[0]) == [p + " three" for p in ARITHMETIC]  # from the card
+    assert example_prompts(noise[2]) == []
+    assert card_examples("# x\n\n## Example prompts\n\n```text\na\nb\n```\n\n## Usage\n"
+                         "```text\nnot this\n```\n") == ["a\nb"]
+
+
+def test_minilm_embeds_unit_rows_that_know_topics(minilm):
+    e = minilm(["the cat sat on the mat", "a dog lay on the rug", "stock markets fell today"])
+    assert e.shape == (3, 384)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(3))
+    sim = e @ e.T
+    assert sim[0, 1] > sim[0, 2] + 0.1
+
+
+def test_retrieval_ranks_the_tasks_adapter_first(library, minilm):
+    from lorahive.compose.composer.retrieval import rank_candidates, retrieve
+    from lorahive.hub.modelcard import example_prompts
+
+    good, noise = library
+    pool = {str(p): example_prompts(p) for p in [noise[0], noise[2], noise[1], good]}
+    shots = [e.input for e in animal_task(5, 99)]
+    keep, ranking = retrieve(shots, pool, 2, minilm)
+    assert keep[0] == str(good) and len(keep) == 2
+    assert ranking[-1].ref == str(noise[2]) and ranking[-1].score is None
+    # the score is the mean cosine similarity over all (shot, prompt) pairs
+    q, p = minilm(shots), minilm(ANIMAL_PROMPTS)
+    assert ranking[0].score == pytest.approx(float((q @ p.T).mean()), abs=1e-5)
+    # arithmetic shots find the arithmetic adapter
+    assert rank_candidates(["add two and three"], pool, minilm)[0].ref == str(noise[0])
+    with pytest.raises(InvalidRequestError, match="no candidate stores example prompts"):
+        retrieve(shots, {str(noise[2]): []}, 1, minilm)

@@ -48,7 +48,12 @@ def compose(
     select: str | None = typer.Option(
         None, "--select", help="Candidates from the registry: the latest version of each "
         "adapter matching KEY=VALUE pairs separated by commas (keys base_model, task, tag, "
-        "text, namespace, peft_type; at most 20), e.g. task=classification,tag=en."),
+        "text, namespace, peft_type; at most 20, or all with --retrieve), e.g. "
+        "task=classification,tag=en."),
+    retrieve: int | None = typer.Option(
+        None, "--retrieve", help="Keep the K candidates whose stored example prompts are most "
+        "similar to the examples' inputs (MiniLM, mean cosine similarity), from --candidates "
+        "and --select, or from the whole registry when neither is given."),
     examples: Path = typer.Option(..., "--examples", help="Few-shot examples, JSONL "
                                   '{"input": ..., "output": ...}.'),
     out: Path | None = typer.Option(None, "--out", help="Directory for the composed PEFT adapter."),
@@ -117,12 +122,21 @@ def compose(
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
     check_outputs(out, publish)
-    items = list(candidates) + (select_refs(select, url, token) if select else [])
+    if retrieve is not None and retrieve < 1:
+        raise InvalidRequestError("retrieve must be at least 1", params="retrieve")
+    shots = load_examples(examples)
+    pool_all = retrieve is not None
+    items = list(candidates) + (select_refs(select, url, token, None if pool_all else 20)
+                                if select else [])
+    if not items and pool_all:
+        items = select_refs(None, url, token, None)
     if not items:
         raise InvalidRequestError("give candidates with --candidates and/or --select")
     sources = resolve_sources(items, url, token)
+    ranking = None
+    if retrieve is not None:
+        sources, ranking = _retrieve(sources, shots, retrieve)
     cands = load_candidates([(s.ref, s.path, s.sha256, s.version) for s in sources])
-    shots = load_examples(examples)
     held_out = load_examples(eval_file) if eval_file is not None else None
     obj = load_objective(objective)
     label_list = _label_set(objective, labels, shots)
@@ -131,6 +145,8 @@ def compose(
     check_candidates(cands, mode)  # before the model loads: fail fast on mismatched candidates
     record = {"base": str(base), "dtype": dtype, "device": device, "objective_fn": objective,
               "select": select}
+    if ranking is not None:
+        record.update(retrieve=retrieve, retrieval=[[r.ref, r.score] for r in ranking])
     params = compose_params(mode, cfg, l1=l1, batch_size=batch_size, rank=rank,
                             prescreen=prescreen, examples=shots, held_out=held_out,
                             record=record, folds=folds or None, labels=label_list)
@@ -160,6 +176,40 @@ def compose(
         published = publish_output(target, publish, url, token, task=task,
                                    private=private) if publish else None
     _print_result(result, cfg, out, published, json_out)
+
+
+def _retrieve(sources: list, shots: list, k: int) -> tuple[list, list]:
+    """The ``k`` sources whose example prompts are nearest the shots' inputs, and the
+    ranking of all of them (printed and recorded)."""
+    import json
+
+    from lorahive.compose.composer.retrieval import MiniLM, retrieve
+    from lorahive.hub.manifest import CONFIG_NAME
+    from lorahive.hub.modelcard import example_prompts
+
+    bases = {}
+    for s in sources:
+        try:
+            cfg = json.loads((s.path / CONFIG_NAME).read_text())
+        except (OSError, json.JSONDecodeError):
+            cfg = {}
+        bases.setdefault(cfg.get("base_model_name_or_path"), []).append(s.ref)
+    if len(bases) > 1:
+        raise InvalidRequestError(
+            "the candidates to retrieve from name several base models ("
+            + ", ".join(sorted(str(b) for b in bases)) + "); narrow them with "
+            "--select base_model=...")
+    by_ref = {s.ref: s for s in sources}
+    _quiet_transformers()
+    with err_console.status("embedding example prompts"):
+        keep, ranking = retrieve([e.input for e in shots],
+                                 {s.ref: example_prompts(s.path) for s in sources}, k, MiniLM())
+    missing = [r.ref for r in ranking if r.score is None]
+    if missing:
+        err_console.print(f"[yellow]warning:[/yellow] {len(missing)} candidate(s) store no "
+                          f"example prompts and were not ranked: {', '.join(missing[:5])}"
+                          + (" ..." if len(missing) > 5 else ""))
+    return [by_ref[r] for r in keep], ranking
 
 
 def _label_set(objective: str | None, labels: list[str], shots: list) -> list[str] | None:
@@ -213,8 +263,10 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
     from lorahive.compose.composer.search import KEPT_BEST, KEPT_ZERO
 
     metrics = result.metrics
+    retrieval = result.lineage.params.get("retrieval")
     if json_out:
         print_json({"out": str(out) if out else None, "published": published,
+                    "retrieval": retrieval,
                     "written": True, "weights": result.weights,
                     "trace": result.search.trace, **metrics})
         return
@@ -222,6 +274,11 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
         (ref, f"{w:+.4f}")
         for ref, w in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))),
         title="mixing weights")
+    if retrieval:
+        kept = set(result.weights)
+        console.print(f"retrieved {len(kept)} of {len(retrieval)} candidates by example-prompt "
+                      "similarity: " + ", ".join(f"{ref} {score:.3f}" for ref, score in retrieval
+                                                 if ref in kept))
     best = result.search.best_trace
     marks = sorted({0, len(best) // 4, len(best) // 2, 3 * len(best) // 4, len(best) - 1})
     console.print("objective trace (best so far): " + "  ".join(

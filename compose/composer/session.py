@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from lorahive.hub.adapter import Adapter
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.lineage import SIDECAR, Lineage, parents, recipe_digest, sidecar_bytes
 from lorahive.hub.lowrank import singular_values
+from lorahive.hub.manifest import CARD_NAME
+from lorahive.hub.modelcard import render_card
 from lorahive.hub.peft_format import save_peft
 
 MAX_CANDIDATES = 20  # LoRAHub's advice: beyond ~20 modules the search budget is spread thin
@@ -103,9 +105,50 @@ class ComposeResult:
         return None if self.cross_validation is None else self.cross_validation.beats_base
 
     def write(self, out: str | os.PathLike[str]) -> Path:
-        """Save the composed adapter (PEFT format) with its lineage sidecar, atomically."""
-        return save_peft(self.adapter, out,
-                         extra_files={SIDECAR: sidecar_bytes(self.lineage, self.metrics)})
+        """Save the composed adapter (PEFT format) with its lineage sidecar and a model card
+        that says how it was made, atomically."""
+        card = self.card(Path(out).name or "composed")
+        return save_peft(self.adapter, out, extra_files={
+            SIDECAR: sidecar_bytes(self.lineage, self.metrics), CARD_NAME: card.encode()})
+
+    def card(self, name: str) -> str:
+        """The model card: method, candidates and weights, objective in and out of fold,
+        held-out accuracy."""
+        p, m = self.lineage.params, self.metrics
+        mode = p["mode"]
+        rows: list[tuple[str, Any]] = [
+            ("method", f"{self.lineage.method}: gradient-free search of one weight per "
+                       f"candidate ({p['optimizer']}, {self.search.evaluations} evaluations, "
+                       f"seed {p['seed']}), written by the fusion engine's "
+                       f"`{FUSION_METHOD[mode]}`"),
+            ("objective", _objective_name(p) + f", l1 {p['l1']}"),
+            ("examples", f"{p['num_examples']} (sha256 {p['examples_sha256'][:12]})"),
+        ]
+        given = p.get("retrieval")
+        if given:
+            rows.append(("candidates", f"{len(self.candidates)} searched; retrieved "
+                         f"{p['retrieve']} of {len(given)} by example-prompt similarity"))
+        elif self.prescreen is not None:
+            rows.append(("candidates", f"{len(self.candidates)} searched; pre-screened from "
+                         f"{len(self.prescreen)}"))
+        else:
+            rows.append(("candidates", f"{len(self.candidates)} searched"))
+        rows += [("zero-shot objective", m["zero_shot_objective"]),
+                 ("objective (all shots)", m["objective"]), ("kept point", m["kept"])]
+        cv = self.cross_validation
+        if cv is not None:
+            rows += [("folds", len(cv.folds)), ("objective in fold", cv.objective_in_fold),
+                     ("loss out of fold", cv.objective_out_of_fold),
+                     ("base model's loss out of fold", cv.base_objective_out_of_fold),
+                     ("beats the base model out of fold", "yes" if cv.beats_base else "no")]
+        if self.accuracy is not None:
+            rows.append((f"held-out accuracy ({self.accuracy.metric})",
+                         f"{self.accuracy.accuracy:.1%} of {self.accuracy.n}"))
+        lineage = {"method": self.lineage.method,
+                   "parents": [asdict(x) for x in self.lineage.parents]}
+        return render_card(name, self.adapter.base_model, "LORA",
+                           description="Composed from the adapters below for a task given by "
+                           "a few examples.", details=rows, lineage=lineage)
 
 
 @dataclass
@@ -278,6 +321,15 @@ class Composer:
         if self.mixer is not None:
             self.mixer.remove()
             self.mixer = None
+
+
+def _objective_name(params: dict[str, Any]) -> str:
+    if params.get("labels") is not None:
+        return "label (cross-entropy over the labels " + ", ".join(
+            repr(x) for x in params["labels"]) + ")"
+    custom = params.get("objective_fn")
+    return f"custom `{custom}`" if custom and custom != "answer" else \
+        "answer (LoRAHub's loss on the answer tokens)"
 
 
 def label_rows(examples: Sequence[Example], labels: Sequence[str]
