@@ -216,3 +216,113 @@ def test_retrieval_ranks_the_tasks_adapter_first(library, minilm):
     assert rank_candidates(["add two and three"], pool, minilm)[0].ref == str(noise[0])
     with pytest.raises(InvalidRequestError, match="no candidate stores example prompts"):
         retrieve(shots, {str(noise[2]): []}, 1, minilm)
+
+
+# -- the CLI, end to end on real files ----------------------------------------------------
+
+def _cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
+                          capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def shot_files(animals):
+    from lorahive.compose.composer.examples import write_examples
+
+    root = animals[0]
+    return (write_examples(root / "shots.jsonl", animal_task(5, 99)),
+            write_examples(root / "eval.jsonl", animal_task(12, 123)))
+
+
+def test_cli_folds_refuses_noise_and_writes_only_when_asked(animals, shot_files, tmp_path):
+    import json
+
+    _root, base, _good, noise = animals
+    shots, _ = shot_files
+    args = ["compose", "--base", base, "--examples", shots, "--budget", "8", "--folds", "5"]
+    for c in noise:
+        args += ["-c", c]
+    r = _cli(*args, "--out", tmp_path / "no")
+    assert r.returncode == 3, r.stderr
+    said = r.stdout.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("no mix beats the base model out of fold")
+    assert "nothing written" in said[0] and not (tmp_path / "no").exists()
+    out = tmp_path / "anyway"
+    r = _cli(*args, "--out", out, "--write-anyway", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["written"] is True and res["beats_base_out_of_fold"] is False
+    side = json.loads((out / "lorahive.json").read_text())
+    cv = side["lineage"]["params"]["cross_validation"]
+    assert len(cv["folds"]) == 5 and side["lineage"]["params"]["folds"] == 5
+    assert cv["objective_out_of_fold"] == res["objective_out_of_fold"]
+    card = (out / "README.md").read_text()
+    assert "| beats the base model out of fold | no |" in card
+    assert "| folds | 5 |" in card and "compose:ab" in card
+
+
+def test_cli_label_objective_with_folds_writes_the_tasks_mix(animals, shot_files, tmp_path):
+    import json
+
+    from lorahive.hub.modelcard import parse_card
+
+    _root, base, good, noise = animals
+    shots, ev = shot_files
+    out = tmp_path / "label"
+    r = _cli("compose", "--base", base, "--examples", shots, "--eval", ev, "-c", noise[0],
+             "-c", good, "--budget", "8", "--folds", "5", "--objective", "label",
+             "--out", out)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "out of fold (5 folds): composed" in text and "held-out accuracy (rank)" in text
+    side = json.loads((out / "lorahive.json").read_text())
+    params, metrics = side["lineage"]["params"], side["metrics"]
+    assert params["labels"] == ["no", "yes"] and params["objective_fn"] == "label"
+    assert metrics["beats_base_out_of_fold"] is True
+    assert metrics["objective_out_of_fold"] < metrics["zero_shot_out_of_fold"]
+    card = (out / "README.md").read_text()
+    assert "label (cross-entropy over the labels 'no', 'yes')" in card
+    assert "held-out accuracy (rank)" in card
+    weights = {p["ref"]: p["weight"] for p in parse_card(card)["lorahive_lineage"]["parents"]}
+    assert weights == {p["ref"]: p["weight"] for p in side["lineage"]["parents"]}
+    r = _cli("compose", "--base", base, "--examples", shots, "-c", good, "--objective",
+             "label", "--labels", "yes", "--labels", "maybe", "--out", tmp_path / "bad")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: example output 'no' is not among the --labels (yes, maybe)")
+    r = _cli("compose", "--base", base, "--examples", shots, "-c", good, "--labels", "yes",
+             "--out", tmp_path / "bad")
+    assert r.returncode == 1 and "--labels go with --objective label" in r.stderr
+
+
+def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_path):
+    import json
+
+    _root, base, good, noise = animals
+    shots, _ = shot_files
+    env = {"LORAHIVE_HOME": str(tmp_path / "home")}
+    assert _cli("namespace", "create", "lib", env=env).returncode == 0
+    for name, path in [("animals", good), ("arith", noise[0]), ("news", noise[1]),
+                       ("bare", noise[2])]:
+        r = _cli("publish", path, "--name", f"lib/{name}", env=env)
+        assert r.returncode == 0, r.stderr
+    r = _cli("compose", "--base", base, "--examples", shots, "--retrieve", "2", "--budget", "4",
+             "--publish", "lib/composed", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [ref for ref, _ in res["retrieval"]][:1] == ["lib/animals@1"]
+    assert res["retrieval"][-1] == ["lib/bare@1", None]
+    assert "1 candidate(s) store no example prompts" in r.stderr
+    assert set(res["weights"]) == {"lib/animals@1", res["retrieval"][1][0]}
+    r = _cli("show", "lib/composed", "--json", env=env)
+    params = json.loads(r.stdout)["version"]["lineage"]["params"]
+    assert params["retrieve"] == 2 and len(params["retrieval"]) == 4
+    r = _cli("compose", "--base", base, "--examples", shots, "--retrieve", "0",
+             "--out", tmp_path / "x", env=env)
+    assert r.returncode == 1 and r.stderr.startswith("error: --retrieve must be at least 1")
