@@ -322,7 +322,10 @@ def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_
     assert set(res["weights"]) == {"lib/animals@1", res["retrieval"][1][0]}
     r = _cli("show", "lib/composed", "--json", env=env)
     params = json.loads(r.stdout)["version"]["lineage"]["params"]
-    assert params["retrieve"] == 2 and len(params["retrieval"]) == 4
+    assert params["retrieve"] == 2 and params["retrieval_pool"] == 4
+    assert params["retrieval_scores"] == [score for _, score in res["retrieval"][:2]]
+    for ref, _ in res["retrieval"][2:]:  # the pool beyond the kept is never named
+        assert ref not in json.dumps(params)
     r = _cli("compose", "--base", base, "--examples", shots, "--retrieve", "0",
              "--out", tmp_path / "x", env=env)
     assert r.returncode == 1 and r.stderr.startswith("error: --retrieve must be at least 1")

@@ -146,7 +146,11 @@ def compose(
     record = {"base": str(base), "dtype": dtype, "device": device, "objective_fn": objective,
               "select": select}
     if ranking is not None:
-        record.update(retrieve=retrieve, retrieval=[[r.ref, r.score] for r in ranking])
+        # scores only: the lineage never names adapters of the pool that were not kept (the
+        # registry hides parents a reader may not see, and these are not parents)
+        scores = {r.ref: r.score for r in ranking}
+        record.update(retrieve=retrieve, retrieval_pool=len(ranking),
+                      retrieval_scores=[scores[s.ref] for s in sources])
     params = compose_params(mode, cfg, l1=l1, batch_size=batch_size, rank=rank,
                             prescreen=prescreen, examples=shots, held_out=held_out,
                             record=record, folds=folds or None, labels=label_list)
@@ -175,7 +179,7 @@ def compose(
         result.write(target)
         published = publish_output(target, publish, url, token, task=task,
                                    private=private) if publish else None
-    _print_result(result, cfg, out, published, json_out)
+    _print_result(result, cfg, out, published, json_out, ranking)
 
 
 def _retrieve(sources: list, shots: list, k: int) -> tuple[list, list]:
@@ -259,14 +263,14 @@ def _finish_earlier_run(out: Path, publish: str | None, url: str | None, token: 
 
 
 def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
-                  published: str | None, json_out: bool) -> None:
+                  published: str | None, json_out: bool, ranking: list | None = None) -> None:
     from lorahive.compose.composer.search import KEPT_BEST, KEPT_ZERO
 
     metrics = result.metrics
-    retrieval = result.lineage.params.get("retrieval")
     if json_out:
         print_json({"out": str(out) if out else None, "published": published,
-                    "retrieval": retrieval,
+                    "retrieval": None if ranking is None else
+                    [[r.ref, r.score] for r in ranking],
                     "written": True, "weights": result.weights,
                     "trace": result.search.trace, **metrics})
         return
@@ -274,11 +278,10 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
         (ref, f"{w:+.4f}")
         for ref, w in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))),
         title="mixing weights")
-    if retrieval:
-        kept = set(result.weights)
-        console.print(f"retrieved {len(kept)} of {len(retrieval)} candidates by example-prompt "
-                      "similarity: " + ", ".join(f"{ref} {score:.3f}" for ref, score in retrieval
-                                                 if ref in kept))
+    if ranking:
+        kept = [r for r in ranking if r.ref in set(result.weights)]
+        console.print(f"retrieved {len(kept)} of {len(ranking)} candidates by example-prompt "
+                      "similarity: " + ", ".join(f"{r.ref} {r.score:.3f}" for r in kept))
     best = result.search.best_trace
     marks = sorted({0, len(best) // 4, len(best) // 2, 3 * len(best) // 4, len(best) - 1})
     console.print("objective trace (best so far): " + "  ".join(

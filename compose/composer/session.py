@@ -124,10 +124,10 @@ class ComposeResult:
             ("objective", _objective_name(p) + f", l1 {p['l1']}"),
             ("examples", f"{p['num_examples']} (sha256 {p['examples_sha256'][:12]})"),
         ]
-        given = p.get("retrieval")
-        if given:
+        if p.get("retrieve"):
             rows.append(("candidates", f"{len(self.candidates)} searched; retrieved "
-                         f"{p['retrieve']} of {len(given)} by example-prompt similarity"))
+                         f"{len(p['retrieval_scores'])} of {p['retrieval_pool']} by "
+                         "example-prompt similarity (MiniLM)"))
         elif self.prescreen is not None:
             rows.append(("candidates", f"{len(self.candidates)} searched; pre-screened from "
                          f"{len(self.prescreen)}"))
