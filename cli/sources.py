@@ -81,13 +81,14 @@ def resolve_sources(items: list[str], url: str | None = None, token: str | None 
     return out
 
 
-def select_refs(filter_text: str, url: str | None = None, token: str | None = None,
-                limit: int = 20) -> list[str]:
+def select_refs(filter_text: str | None, url: str | None = None, token: str | None = None,
+                limit: int | None = 20) -> list[str]:
     """Registry references matching ``key=value[,key=value]`` (base_model, task, tag, text,
-    namespace, peft_type) — the latest version of each, newest first, at most ``limit``."""
+    namespace, peft_type) — the latest version of each, newest first, at most ``limit``
+    (``None``: all of them; no filter: the whole registry)."""
     keys = {"base_model", "task", "tag", "text", "namespace", "peft_type"}
     query: dict[str, Any] = {"tags": []}
-    for part in filter(None, (p.strip() for p in filter_text.split(","))):
+    for part in filter(None, (p.strip() for p in (filter_text or "").split(","))):
         key, sep, value = part.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in keys or not value.strip():
@@ -102,12 +103,21 @@ def select_refs(filter_text: str, url: str | None = None, token: str | None = No
 
     from lorahive.cli.commands.registry_client import registry_session
 
+    refs: list[str] = []
+    seen = 0
     with registry_session(url, token) as registry:
         text = query.pop("text", None)
-        page = registry.search(text, limit=limit, **query)
-    refs = [f"{a.namespace}/{a.name}@{a.latest_version}" for a in page.items if a.latest_version]
+        while True:
+            size = 100 if limit is None else min(100, limit - len(refs))
+            page = registry.search(text, offset=seen, limit=size, **query)
+            seen += len(page.items)
+            refs += [f"{a.namespace}/{a.name}@{a.latest_version}" for a in page.items
+                     if a.latest_version]
+            if len(page.items) < size or (limit is not None and len(refs) >= limit):
+                break
     if not refs:
-        raise InvalidRequestError(f"no adapter in the registry matches --select {filter_text!r}")
+        where = f"matches --select {filter_text!r}" if filter_text else "is in the registry"
+        raise InvalidRequestError(f"no adapter {where}")
     return refs
 
 

@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # pydantic is imported only where a manifest is built (CLI st
 # PEFT's file names (torch-free here, so light clients need not import torch).
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# Example prompts of the adapter's task, one {"input", "output"} JSON object per line: what
+# candidate retrieval embeds (the model card shows them too).
+EXAMPLES_NAME = "lorahive_examples.jsonl"
+CARD_NAME = "README.md"  # the model card
 # Pickle-format files: never unpickled unless the user asks for a weights-only load.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "adapter_model.pkl")

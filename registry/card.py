@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from lorahive.hub.errors import LorahiveError
+from lorahive.hub.manifest import CARD_NAME
 from lorahive.hub.modelcard import render_card
 from lorahive.hub.refs import check_name
 
-CARD = "README.md"
+CARD = CARD_NAME
 CARD_MAX = 1024 * 1024  # front matter is read from cards up to this size
 IMPLIED_TAGS = {"peft", "lora", "safetensors"}  # derived by lorahive, never stored as tags
 
@@ -45,3 +46,17 @@ def is_name(s: str) -> bool:
         return True
     except LorahiveError:
         return False
+
+
+def redact_parents(text: str, hidden: Sequence[dict[str, Any]]) -> str:
+    """``text`` (a card) with the given parents not named: each one's reference (with and
+    without its version) reads "a private adapter" and its sha256 is dropped."""
+    for p in hidden:
+        if not isinstance(p, dict) or not p.get("ref"):
+            continue
+        ref = str(p["ref"])
+        for s in (ref, ref.split("@", 1)[0]):
+            text = text.replace(s, "a private adapter")
+        if p.get("sha256"):
+            text = text.replace(str(p["sha256"]), "")
+    return text

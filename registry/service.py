@@ -76,7 +76,13 @@ from lorahive.registry.auth import (
     scope_rank,
     token_principal,
 )
-from lorahive.registry.card import CARD, CARD_MAX, card_text, options_from_card
+from lorahive.registry.card import (
+    CARD,
+    CARD_MAX,
+    card_text,
+    options_from_card,
+    redact_parents,
+)
 from lorahive.registry.db import ensure_schema, make_engine, session_scope
 from lorahive.registry.metrics import Metrics
 from lorahive.registry.presign import SIGNED_URL_TTL, check_upload_sig, sign_upload, signing_key
@@ -674,6 +680,7 @@ class RegistryService:
             if opts.private is None:
                 opts = replace(opts, private=True)  # its weights carry that parent
             files = self._with_public_sidecar(files, public)
+            files = self._with_public_card(files, checked.lineage, public)
         if not any(f.path == CARD for f in files):
             card = card_text(r.repo, summary=checked.summary, task=opts.task,
                              description=opts.description, tags=tags, lineage=public,
@@ -703,6 +710,25 @@ class RegistryService:
         stored = self._ingest([body], None, len(body))
         return [FileEntry(path=SIDECAR, sha256=stored.sha256, size=stored.size)
                 if f.path == SIDECAR else f for f in files]
+
+    def _with_public_card(self, files: Sequence[FileEntry], lineage: dict[str, Any] | None,
+                          public: dict[str, Any] | None) -> list[FileEntry]:
+        """``files`` with a supplied README.md that names parents the public may not see
+        rewritten not to name them (as ``_with_public_sidecar`` does for the lineage): a
+        composed adapter's card lists its candidates."""
+        card = next((f for f in files if f.path == CARD), None)
+        if card is None or card.size > CARD_MAX or self.store.size(card.sha256) != card.size:
+            return list(files)
+        hidden = [p for p, q in zip((lineage or {}).get("parents") or [],
+                                    (public or {}).get("parents") or [], strict=False)
+                  if isinstance(q, dict) and q.get("ref") == "private" and p != q]
+        text = b"".join(self.store.open_range(card.sha256)).decode("utf-8", "replace")
+        body = redact_parents(text, hidden).encode()
+        if body == text.encode():
+            return list(files)
+        stored = self._ingest([body], None, len(body))
+        return [FileEntry(path=CARD, sha256=stored.sha256, size=stored.size)
+                if f.path == CARD else f for f in files]
 
     def _card_front(self, files: Sequence[FileEntry]) -> dict[str, Any]:
         """The front matter of the README.md among ``files`` (uploaded, not yet committed)."""

@@ -67,3 +67,67 @@ def near_half(x):
     """An objective for ``compose --objective``: the distance of the weights from 0.5 each, so
     the kept mix is known to be non-zero whatever the tiny model's losses are."""
     return ((x.weights.double() - 0.5) ** 2).sum(1)
+
+
+def train_task_adapter(base_dir: Path, out: Path, examples, steps: int = 60, seed: int = 0,
+                       lr: float = 1e-2, r: int = 4) -> Path:
+    """A LoRA adapter trained with PEFT on ``examples`` (answer tokens only, Adam): a
+    candidate that really knows the task, for checks that must tell it from noise."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from lorahive.compose.composer.examples import encode_causal
+    from tests.models import BASE_ID, load_base, save_adapter
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    torch.manual_seed(seed)
+    model = get_peft_model(load_base(base_dir), LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"]))
+    enc = encode_causal(tok, list(examples))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                     labels=enc.labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return save_adapter(model, out, BASE_ID)
+
+
+ANIMALS, SKY = ["cat", "dog", "bird"], ["sun", "moon", "star"]
+TRAITS = ["red", "blue", "green", "big", "small", "fast", "slow"]
+
+
+def animal_task(n: int, seed: int, rule: bool = True) -> list:
+    """``the <thing> is <trait> ?`` -> ``yes`` for an animal, ``no`` for a sky object
+    (``rule=False``: the same prompts with coin-flip answers)."""
+    import random
+
+    from lorahive.compose.composer import Example
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        animal = rng.random() < 0.5
+        answer = ("yes" if animal else "no") if rule else rng.choice(["yes", "no"])
+        thing = rng.choice(ANIMALS if animal else SKY)
+        out.append(Example(f"the {thing} is {rng.choice(TRAITS)} ?", answer))
+    return out
+
+
+def answer_format_base(raw: Path, out: Path, work: Path) -> Path:
+    """A base that answers ``yes``/``no`` and stops, but not by the animal rule: the tiny
+    model with an adapter trained on coin-flip answers merged in. Random adapters cannot
+    teach it the rule, so their mixes cannot help on shots they were not searched on."""
+    from peft import PeftModel
+
+    from tests.models import load_base
+
+    fmt = train_task_adapter(raw, work, animal_task(40, 5, rule=False), steps=40)
+    PeftModel.from_pretrained(load_base(raw), fmt).merge_and_unload().save_pretrained(out)
+    for f in raw.iterdir():
+        if f.name.startswith(("token", "special")):
+            shutil.copy(f, out / f.name)
+    return out

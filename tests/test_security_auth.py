@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
+from lorahive.hub.modelcard import render_card
 from tests.malicious.corpus import CONFIG, WEIGHTS, read_dir
 from tests.malicious.harness import API, Harness, open_harness
 from tests.registry_helpers import unique
@@ -282,7 +283,31 @@ def lineage(hx: Harness, world):
         r = hx.client.post(f"{API}/adapters/{own}/{name}/versions", headers=hx.headers(tok),
                            json=body)
         assert r.status_code == 201, r.text
+    # ``own/carded``: the same, public, with the card a composition writes (it names every
+    # parent with its sha256)
+    side = json.loads(files["lorahive.json"])
+    card = render_card(f"{own}/carded", "base", lineage=side["lineage"]).encode()
+    assert SECRET_SHA.encode() in card and f"{own}/priv@1".encode() in card
+    carded = {**files, "README.md": card}
+    for b in carded.values():
+        hx.put_blob(b, tok)
+    r = hx.client.post(f"{API}/adapters/{own}/carded/versions", headers=hx.headers(tok), json={
+        "private": False, "files": [{"path": k, "sha256": hashlib.sha256(b).hexdigest(),
+                                     "size": len(b)} for k, b in carded.items()]})
+    assert r.status_code == 201, r.text
     return {"own": own}
+
+
+def test_a_supplied_card_never_names_a_private_parent(hx: Harness, world, lineage):
+    own = lineage["own"]
+    for role in ROLES:
+        h = hx.headers(world["tokens"][role])
+        for url in (f"/{own}/carded/resolve/main/README.md",
+                    f"{API}/adapters/{own}/carded/versions/1/files/README.md"):
+            r = hx.client.get(url, headers=h)
+            assert r.status_code == 200, (role, url, r.status_code)
+            assert not _sees_secret(r.text, own), (role, url)
+            assert f"{own}/pub@1" in r.text and "a private adapter" in r.text
 
 
 def _sees_secret(text: str, own: str) -> bool:

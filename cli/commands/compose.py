@@ -48,7 +48,12 @@ def compose(
     select: str | None = typer.Option(
         None, "--select", help="Candidates from the registry: the latest version of each "
         "adapter matching KEY=VALUE pairs separated by commas (keys base_model, task, tag, "
-        "text, namespace, peft_type; at most 20), e.g. task=classification,tag=en."),
+        "text, namespace, peft_type; at most 20, or all with --retrieve), e.g. "
+        "task=classification,tag=en."),
+    retrieve: int | None = typer.Option(
+        None, "--retrieve", help="Keep the K candidates whose stored example prompts are most "
+        "similar to the examples' inputs (MiniLM, mean cosine similarity), from --candidates "
+        "and --select, or from the whole registry when neither is given."),
     examples: Path = typer.Option(..., "--examples", help="Few-shot examples, JSONL "
                                   '{"input": ..., "output": ...}.'),
     out: Path | None = typer.Option(None, "--out", help="Directory for the composed PEFT adapter."),
@@ -78,7 +83,19 @@ def compose(
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Examples per loss batch (LoRAHub's; default: all)."),
     objective: str | None = typer.Option(
-        None, help="Custom objective module:function (LossInputs -> [K] tensor)."),
+        None, help="answer: LoRAHub's loss on the answer tokens (the default); label: "
+        "cross-entropy over the label set's sequence log-likelihoods (rank classification); "
+        "or a custom module:function (LossInputs -> [K] tensor)."),
+    labels: list[str] = typer.Option(
+        [], "--labels", help="The label set of --objective label, each exactly as an output "
+        "is written (repeat the option; default: the examples' distinct outputs)."),
+    folds: int = typer.Option(
+        0, "--folds", help="Check out of fold first: search on all shots but one fold, score "
+        "on that fold, K times (K >= the number of shots: leave-one-out); nothing is written "
+        "when no mix beats the base model there (exit status 3). 0: no check."),
+    write_anyway: bool = typer.Option(
+        False, "--write-anyway", help="With --folds: write (and publish) the mix even when it "
+        "does not beat the base model out of fold."),
     prescreen: int | None = typer.Option(
         None, help="Keep the K best candidates scored alone (default: all, capped at "
         "LoRAHub's maximum of 20)."),
@@ -98,47 +115,133 @@ def compose(
         load_candidates,
         load_examples,
     )
+    from lorahive.compose.composer.folds import split_folds
     from lorahive.compose.composer.model import load_base
     from lorahive.compose.composer.objective import load_objective
 
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
     check_outputs(out, publish)
-    items = list(candidates) + (select_refs(select, url, token) if select else [])
+    if retrieve is not None and retrieve < 1:
+        raise InvalidRequestError("retrieve must be at least 1", params="retrieve")
+    shots = load_examples(examples)
+    pool_all = retrieve is not None
+    items = list(candidates) + (select_refs(select, url, token, None if pool_all else 20)
+                                if select else [])
+    if not items and pool_all:
+        items = select_refs(None, url, token, None)
     if not items:
         raise InvalidRequestError("give candidates with --candidates and/or --select")
     sources = resolve_sources(items, url, token)
+    ranking = None
+    if retrieve is not None:
+        sources, ranking = _retrieve(sources, shots, retrieve)
     cands = load_candidates([(s.ref, s.path, s.sha256, s.version) for s in sources])
-    shots = load_examples(examples)
     held_out = load_examples(eval_file) if eval_file is not None else None
     obj = load_objective(objective)
+    label_list = _label_set(objective, labels, shots)
+    if folds:
+        split_folds(len(shots), folds, seed)  # refuse bad --folds before the model loads
     check_candidates(cands, mode)  # before the model loads: fail fast on mismatched candidates
     record = {"base": str(base), "dtype": dtype, "device": device, "objective_fn": objective,
               "select": select}
+    if ranking is not None:
+        # scores only: the lineage never names adapters of the pool that were not kept (the
+        # registry hides parents a reader may not see, and these are not parents)
+        scores = {r.ref: r.score for r in ranking}
+        record.update(retrieve=retrieve, retrieval_pool=len(ranking),
+                      retrieval_scores=[scores[s.ref] for s in sources])
     params = compose_params(mode, cfg, l1=l1, batch_size=batch_size, rank=rank,
                             prescreen=prescreen, examples=shots, held_out=held_out,
-                            record=record)
+                            record=record, folds=folds or None, labels=label_list)
     if reuse_output(out, compose_recipe(mode, cands, params)):
         _finish_earlier_run(out, publish, url, token, task, private, json_out)
         return
     _quiet_transformers()
     bm = load_base(base, device, dtype)
-    with Composer(bm, cands, shots, mode=mode, l1=l1, batch_size=batch_size, objective=obj,
-                  max_rows=max_rows) as comp:
+    with Composer(bm, cands, shots, mode=mode, l1=l1, batch_size=batch_size,
+                  objective=None if label_list else obj, max_rows=max_rows,
+                  labels=label_list) as comp:
         for w in comp.warnings:
             err_console.print(f"[yellow]warning:[/yellow] {w}")
         with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
                       console=err_console, transient=json_out) as bar:
-            bar_id = bar.add_task("search", total=cfg.budget, best="-")
+            total = cfg.budget * (1 + (min(folds, len(shots)) if folds else 0))
+            bar_id = bar.add_task("search", total=total, best="-")
             result = comp.run(cfg, rank=rank, prescreen=prescreen, held_out=held_out,
-                              record=record, on_eval=lambda done, _v, best: bar.update(
+                              record=record, folds=folds or None,
+                              on_eval=lambda done, _v, best: bar.update(
                                   bar_id, completed=done, best=f"{best:.4f}"))
+    if result.helps is False and not write_anyway:
+        _refuse(result, json_out)
     with output_dir(out) as target:
         result.write(target)
         published = publish_output(target, publish, url, token, task=task,
                                    private=private) if publish else None
-    _print_result(result, cfg, out, published, json_out)
+    _print_result(result, cfg, out, published, json_out, ranking)
+
+
+def _retrieve(sources: list, shots: list, k: int) -> tuple[list, list]:
+    """The ``k`` sources whose example prompts are nearest the shots' inputs, and the
+    ranking of all of them (printed and recorded)."""
+    import json
+
+    from lorahive.compose.composer.retrieval import MiniLM, retrieve
+    from lorahive.hub.manifest import CONFIG_NAME
+    from lorahive.hub.modelcard import example_prompts
+
+    bases = {}
+    for s in sources:
+        try:
+            cfg = json.loads((s.path / CONFIG_NAME).read_text())
+        except (OSError, json.JSONDecodeError):
+            cfg = {}
+        bases.setdefault(cfg.get("base_model_name_or_path"), []).append(s.ref)
+    if len(bases) > 1:
+        raise InvalidRequestError(
+            "the candidates to retrieve from name several base models ("
+            + ", ".join(sorted(str(b) for b in bases)) + "); narrow them with "
+            "--select base_model=...")
+    by_ref = {s.ref: s for s in sources}
+    _quiet_transformers()
+    with err_console.status("embedding example prompts"):
+        keep, ranking = retrieve([e.input for e in shots],
+                                 {s.ref: example_prompts(s.path) for s in sources}, k, MiniLM())
+    missing = [r.ref for r in ranking if r.score is None]
+    if missing:
+        err_console.print(f"[yellow]warning:[/yellow] {len(missing)} candidate(s) store no "
+                          f"example prompts and were not ranked: {', '.join(missing[:5])}"
+                          + (" ..." if len(missing) > 5 else ""))
+    return [by_ref[r] for r in keep], ranking
+
+
+def _label_set(objective: str | None, labels: list[str], shots: list) -> list[str] | None:
+    """The label objective's labels: as given, else the examples' distinct outputs."""
+    if objective != "label":
+        if labels:
+            raise InvalidRequestError("labels go with objective label", params=("labels",
+                                                                             "objective"))
+        return None
+    return list(labels) or sorted({e.output for e in shots})
+
+
+NOT_HELPING = 3  # exit status: the out-of-fold check found no mix worth writing
+
+
+def _refuse(result: ComposeResult, json_out: bool) -> None:
+    """No mix beat the base model out of fold: say so in one line, write nothing."""
+    cv = result.cross_validation
+    assert cv is not None
+    if json_out:
+        print_json({"out": None, "published": None, "written": False,
+                    "weights": result.weights, **result.metrics})
+    else:
+        console.print(
+            f"no mix beats the base model out of fold (loss {cv.objective_out_of_fold:.4f} "
+            f"against the base model's {cv.base_objective_out_of_fold:.4f}, {len(cv.folds)} "
+            "folds): nothing written; --write-anyway writes the mix", soft_wrap=True)
+    raise typer.Exit(NOT_HELPING)
 
 
 def _finish_earlier_run(out: Path, publish: str | None, url: str | None, token: str | None,
@@ -160,18 +263,25 @@ def _finish_earlier_run(out: Path, publish: str | None, url: str | None, token: 
 
 
 def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
-                  published: str | None, json_out: bool) -> None:
+                  published: str | None, json_out: bool, ranking: list | None = None) -> None:
     from lorahive.compose.composer.search import KEPT_BEST, KEPT_ZERO
 
     metrics = result.metrics
     if json_out:
         print_json({"out": str(out) if out else None, "published": published,
-                    "weights": result.weights, "trace": result.search.trace, **metrics})
+                    "retrieval": None if ranking is None else
+                    [[r.ref, r.score] for r in ranking],
+                    "written": True, "weights": result.weights,
+                    "trace": result.search.trace, **metrics})
         return
     print_table((Col("candidate"), Col("weight", justify="right")), (
         (ref, f"{w:+.4f}")
         for ref, w in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))),
         title="mixing weights")
+    if ranking:
+        kept = [r for r in ranking if r.ref in set(result.weights)]
+        console.print(f"retrieved {len(kept)} of {len(ranking)} candidates by example-prompt "
+                      "similarity: " + ", ".join(f"{r.ref} {r.score:.3f}" for r in kept))
     best = result.search.best_trace
     marks = sorted({0, len(best) // 4, len(best) // 2, 3 * len(best) // 4, len(best) - 1})
     console.print("objective trace (best so far): " + "  ".join(
@@ -189,6 +299,13 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
                       "changes nothing; the candidates may not suit this task")
     else:
         console.print("kept the optimizer's recommendation")
+    cv = result.cross_validation
+    if cv is not None:
+        console.print(f"out of fold ({len(cv.folds)} folds): composed "
+                      f"{cv.objective_out_of_fold:.4f} against the base model's "
+                      f"{cv.base_objective_out_of_fold:.4f} (in fold "
+                      f"{cv.objective_in_fold:.4f})" + ("" if cv.beats_base else
+                                                        "; written as asked"))
     if result.energy:
         console.print(f"rank {metrics['rank']}: energy kept min "
                       f"{metrics['energy_kept_min']:.4f}, mean {metrics['energy_kept_mean']:.4f}")

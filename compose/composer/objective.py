@@ -1,15 +1,20 @@
 """The search objective: few-shot loss of each mixed candidate plus an L1 penalty on the weights.
 
-The default is LoRAHub's exact form. Its loss sums, over batches of ``batch_size`` examples
-(all of them when ``None``), the batch's mean token loss, then divides by the number of
-examples; the penalty is ``l1 * mean(|w|)`` (0.05 in LoRAHub). K weight vectors are scored in
-one forward pass over the examples repeated K times.
+The default (``answer``) is LoRAHub's exact form. Its loss sums, over batches of
+``batch_size`` examples (all of them when ``None``), the batch's mean token loss, then divides
+by the number of examples; the penalty is ``l1 * mean(|w|)`` (0.05 in LoRAHub). K weight
+vectors are scored in one forward pass over the examples repeated K times.
+
+``label`` is rank classification's loss for tasks whose answers come from a small label set:
+every example is scored with every label as its output, and the loss is the cross-entropy of
+the right label under the softmax of the labels' sequence log-likelihoods. It rewards
+separating the labels, not making the right answer's tokens likely in general.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +34,24 @@ class LossInputs:
     weights: torch.Tensor  # [K, n]
     l1: float
     batch_size: int | None
+    # label objective: ``nll`` columns are example-major, one per label (``[K, N * L]``),
+    # and ``targets [N]`` is the index of each example's right label
+    targets: torch.Tensor | None = None
+
+    @property
+    def per_example(self) -> int:
+        """Columns of ``nll`` per example: the number of labels, or 1."""
+        if self.targets is None:
+            return 1
+        return self.nll.shape[1] // max(len(self.targets), 1)
+
+    def select(self, examples: Sequence[int]) -> LossInputs:
+        """The same inputs restricted to some examples (a fold of them), in that order."""
+        idx = torch.as_tensor(list(examples), dtype=torch.long)
+        per = self.per_example
+        cols = (idx.unsqueeze(1) * per + torch.arange(per)).reshape(-1)
+        return LossInputs(self.nll[:, cols], self.counts[cols], self.weights, self.l1,
+                          self.batch_size, None if self.targets is None else self.targets[idx])
 
 
 ObjectiveFn = Callable[[LossInputs], torch.Tensor]
@@ -53,13 +76,37 @@ def default_objective(x: LossInputs) -> torch.Tensor:
     return reference_loss(x) + l1_penalty(x)
 
 
+def label_loss(x: LossInputs) -> torch.Tensor:
+    """Mean over examples of the cross-entropy of the right label among all labels, each
+    label's score being its sequence log-likelihood (minus its summed token loss)."""
+    if x.targets is None:
+        raise InvalidRequestError("the label objective needs a label set", params="labels")
+    n = len(x.targets)
+    logits = -x.nll.double().view(x.nll.shape[0], n, x.per_example)  # [K, N, L]
+    right = logits.gather(2, x.targets.view(1, n, 1).expand(logits.shape[0], n, 1)).squeeze(2)
+    return (torch.logsumexp(logits, dim=2) - right).mean(1)
+
+
+def label_objective(x: LossInputs) -> torch.Tensor:
+    """Rank classification's cross-entropy over the label set + ``l1 * mean(|w|)``."""
+    return label_loss(x) + l1_penalty(x)
+
+
+OBJECTIVES = {"answer": default_objective, "label": label_objective}
+
+
 def load_objective(spec: str | None) -> ObjectiveFn:
-    """``None`` for the default, or ``module:function`` taking ``LossInputs`` -> ``[K]``."""
+    """``None`` or ``answer`` for LoRAHub's objective, ``label`` for rank classification's,
+    or ``module:function`` taking ``LossInputs`` -> ``[K]``."""
     if not spec:
         return default_objective
+    if spec in OBJECTIVES:
+        return OBJECTIVES[spec]
     mod, _, fn = spec.partition(":")
     if not mod or not fn:
-        raise InvalidRequestError(f"objective {spec!r} must read module:function")
+        raise InvalidRequestError(
+            f"objective {spec!r} must be {', '.join(OBJECTIVES)} or read module:function",
+            params="objective")
     try:
         obj = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
@@ -134,10 +181,12 @@ class Scorer:
 
     def __init__(self, model: nn.Module, mixer: Mixer, examples: Encoded, l1: float = 0.05,
                  batch_size: int | None = None, objective: ObjectiveFn | None = None,
-                 max_rows: int = 64, pack_examples: bool = True):
+                 max_rows: int = 64, pack_examples: bool = True,
+                 targets: torch.Tensor | None = None):
         self.model = model
         self.mixer = mixer
         self.examples = examples
+        self.targets = targets  # label objective: rows are example-major, one per label
         self.l1 = l1
         self.batch_size = batch_size
         self.objective = objective or default_objective
@@ -175,11 +224,14 @@ class Scorer:
         if W.ndim == 1:
             W = W.unsqueeze(0)
         return LossInputs(self.nll(W), self.examples.token_counts.cpu(), W, self.l1,
-                          self.batch_size)
+                          self.batch_size, self.targets)
 
     def __call__(self, W: torch.Tensor) -> torch.Tensor:
         """Objective of each weight vector: ``[K]`` float64."""
-        x = self.inputs(W)
+        return self.value(self.inputs(W))
+
+    def value(self, x: LossInputs) -> torch.Tensor:
+        """The objective of already computed losses (all examples, or a fold of them)."""
         val = torch.as_tensor(self.objective(x), dtype=torch.float64).reshape(-1)
         if val.shape[0] != x.weights.shape[0]:
             raise InvalidRequestError(

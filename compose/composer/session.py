@@ -2,16 +2,17 @@
 
 Everything that does not depend on the weights (model, tokens, stacked factors) is built here
 once; ``search`` then only re-mixes factors and runs forward passes. ``Composer.run`` is the
-whole pipeline — pre-screen policy, zero-shot score, search, the composed adapter (written
-through ``compose.fusion``, so the scale rule is the fusion engine's), held-out accuracy,
-metrics and lineage — and returns a result that a caller only prints or writes.
+whole pipeline — pre-screen policy, zero-shot score, the out-of-fold check when asked,
+search, the composed adapter (written through ``compose.fusion``, so the scale rule is the
+fusion engine's), held-out accuracy, metrics, lineage and model card — and returns a result
+that a caller only prints or writes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,18 @@ import torch
 from lorahive.compose.composer.candidates import Candidate, ab_scales_differ, check_candidates
 from lorahive.compose.composer.evaluate import Accuracy, accuracy, label_set
 from lorahive.compose.composer.examples import Example, encode, examples_sha256
+from lorahive.compose.composer.folds import CrossValidation, cross_validate
 from lorahive.compose.composer.mixing import Mixer, install
 from lorahive.compose.composer.model import BaseModel
-from lorahive.compose.composer.objective import ObjectiveFn, Scorer
+from lorahive.compose.composer.objective import ObjectiveFn, Scorer, label_objective
 from lorahive.compose.composer.search import KEPT_ZERO, SearchConfig, SearchResult, search
 from lorahive.compose.fusion import fuse
 from lorahive.hub.adapter import Adapter
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.lineage import SIDECAR, Lineage, parents, recipe_digest, sidecar_bytes
 from lorahive.hub.lowrank import singular_values
+from lorahive.hub.manifest import CARD_NAME
+from lorahive.hub.modelcard import render_card
 from lorahive.hub.peft_format import save_peft
 
 MAX_CANDIDATES = 20  # LoRAHub's advice: beyond ~20 modules the search budget is spread thin
@@ -40,7 +44,8 @@ def compose_params(mode: str, cfg: SearchConfig, *, l1: float = 0.05,
                    batch_size: int | None = None, rank: int | None = None,
                    prescreen: int | None = None, examples: Sequence[Example] = (),
                    held_out: Sequence[Example] | None = None,
-                   record: dict[str, Any] | None = None) -> dict[str, Any]:
+                   record: dict[str, Any] | None = None, folds: int | None = None,
+                   labels: Sequence[str] | None = None) -> dict[str, Any]:
     """Every setting that determines a composition, as its lineage records them.
 
     ``record`` adds what the session cannot know itself (the base model's path, the compute
@@ -54,6 +59,10 @@ def compose_params(mode: str, cfg: SearchConfig, *, l1: float = 0.05,
         "batch_size": batch_size, "rank": rank, "prescreen": prescreen,
         "examples_sha256": examples_sha256(examples), "num_examples": len(examples),
     }
+    if folds:
+        params["folds"] = folds
+    if labels is not None:
+        params["labels"] = list(labels)
     if held_out is not None:
         params["eval_sha256"] = examples_sha256(held_out)
     params.update(record or {})
@@ -79,6 +88,7 @@ class ComposeResult:
     accuracy: Accuracy | None
     metrics: dict[str, Any]
     lineage: Lineage
+    cross_validation: CrossValidation | None = None
 
     @property
     def weights(self) -> dict[str, float]:
@@ -89,10 +99,56 @@ class ComposeResult:
     def objective(self) -> float:
         return self.search.objective
 
+    @property
+    def helps(self) -> bool | None:
+        """Whether a mix beat the base model out of fold (``None``: not checked)."""
+        return None if self.cross_validation is None else self.cross_validation.beats_base
+
     def write(self, out: str | os.PathLike[str]) -> Path:
-        """Save the composed adapter (PEFT format) with its lineage sidecar, atomically."""
-        return save_peft(self.adapter, out,
-                         extra_files={SIDECAR: sidecar_bytes(self.lineage, self.metrics)})
+        """Save the composed adapter (PEFT format) with its lineage sidecar and a model card
+        that says how it was made, atomically."""
+        card = self.card(Path(out).name or "composed")
+        return save_peft(self.adapter, out, extra_files={
+            SIDECAR: sidecar_bytes(self.lineage, self.metrics), CARD_NAME: card.encode()})
+
+    def card(self, name: str) -> str:
+        """The model card: method, candidates and weights, objective in and out of fold,
+        held-out accuracy."""
+        p, m = self.lineage.params, self.metrics
+        mode = p["mode"]
+        rows: list[tuple[str, Any]] = [
+            ("method", f"{self.lineage.method}: gradient-free search of one weight per "
+                       f"candidate ({p['optimizer']}, {self.search.evaluations} evaluations, "
+                       f"seed {p['seed']}), written by the fusion engine's "
+                       f"`{FUSION_METHOD[mode]}`"),
+            ("objective", _objective_name(p) + f", l1 {p['l1']}"),
+            ("examples", f"{p['num_examples']} (sha256 {p['examples_sha256'][:12]})"),
+        ]
+        if p.get("retrieve"):
+            rows.append(("candidates", f"{len(self.candidates)} searched; retrieved "
+                         f"{len(p['retrieval_scores'])} of {p['retrieval_pool']} by "
+                         "example-prompt similarity (MiniLM)"))
+        elif self.prescreen is not None:
+            rows.append(("candidates", f"{len(self.candidates)} searched; pre-screened from "
+                         f"{len(self.prescreen)}"))
+        else:
+            rows.append(("candidates", f"{len(self.candidates)} searched"))
+        rows += [("zero-shot objective", m["zero_shot_objective"]),
+                 ("objective (all shots)", m["objective"]), ("kept point", m["kept"])]
+        cv = self.cross_validation
+        if cv is not None:
+            rows += [("folds", len(cv.folds)), ("objective in fold", cv.objective_in_fold),
+                     ("loss out of fold", cv.objective_out_of_fold),
+                     ("base model's loss out of fold", cv.base_objective_out_of_fold),
+                     ("beats the base model out of fold", "yes" if cv.beats_base else "no")]
+        if self.accuracy is not None:
+            rows.append((f"held-out accuracy ({self.accuracy.metric})",
+                         f"{self.accuracy.accuracy:.1%} of {self.accuracy.n}"))
+        lineage = {"method": self.lineage.method,
+                   "parents": [asdict(x) for x in self.lineage.parents]}
+        return render_card(name, self.adapter.base_model, "LORA",
+                           description="Composed from the adapters below for a task given by "
+                           "a few examples.", details=rows, lineage=lineage)
 
 
 @dataclass
@@ -110,11 +166,16 @@ class Composer:
     mixer: Mixer | None = None
     scorer: Scorer | None = None
     warnings: list[str] = field(default_factory=list)
+    labels: list[str] | None = None  # the label objective's label set
 
     def __post_init__(self) -> None:
         if not self.examples:
             raise InvalidRequestError("give at least one few-shot example")
-        self.encoded = encode(self.base.tokenizer, self.examples,
+        rows, self.targets = list(self.examples), None
+        if self.labels is not None:
+            rows, self.targets = label_rows(self.examples, self.labels)
+            self.objective = self.objective or label_objective
+        self.encoded = encode(self.base.tokenizer, rows,
                               self.base.is_encoder_decoder).to(self.base.device)
         self._install(self.candidates)
 
@@ -130,7 +191,8 @@ class Composer:
         self.mixer = install(self.base.model, cands, self.names, self.mode, self.base.device,
                              self.base.dtype)
         self.scorer = Scorer(self.base.model, self.mixer, self.encoded, self.l1,
-                             self.batch_size, self.objective, self.max_rows, self.pack_examples)
+                             self.batch_size, self.objective, self.max_rows, self.pack_examples,
+                             self.targets)
 
     def score(self, W: np.ndarray | torch.Tensor) -> np.ndarray:
         """Objective of each row of ``W`` (``[K, n]``), in batched passes."""
@@ -150,6 +212,13 @@ class Composer:
     def search(self, cfg: SearchConfig,
                on_eval: Callable[[int, float, float], None] | None = None) -> SearchResult:
         return search(self.score, len(self.candidates), cfg, on_eval)
+
+    def cross_validate(self, cfg: SearchConfig, folds: int,
+                       on_eval: Callable[[int, float, float], None] | None = None
+                       ) -> CrossValidation:
+        """Search on all shots but one fold, score the mix and the base model on that fold."""
+        return cross_validate(self.scorer, len(self.candidates), len(self.examples), cfg,
+                              folds, on_eval)
 
     def adapter(self, weights: Sequence[float], rank: int | None = None
                 ) -> tuple[Adapter, dict[str, float]]:
@@ -173,7 +242,7 @@ class Composer:
         Free-form answers are generated greedily and end where the examples' outputs end:
         at EOS, and at the first newline when no output spans lines."""
         if labels is True:
-            labels = label_set(list(eval_examples) + list(self.examples))
+            labels = self.labels or label_set(list(eval_examples) + list(self.examples))
         tok = self.base.tokenizer
         # answers longer than the longest reference cannot match: stop decoding there
         longest = max(len(tok(e.output, add_special_tokens=False)["input_ids"])
@@ -185,22 +254,30 @@ class Composer:
 
     def run(self, cfg: SearchConfig, *, rank: int | None = None, prescreen: int | None = None,
             held_out: Sequence[Example] | None = None, record: dict[str, Any] | None = None,
+            folds: int | None = None,
             on_eval: Callable[[int, float, float], None] | None = None) -> ComposeResult:
         """Pre-screen (``prescreen`` candidates, or 20 when there are more), score the base
-        model alone (zero-shot), search, build the adapter, score ``held_out`` and record
-        everything in the lineage; the mixer stays installed (``close`` removes it).
+        model alone (zero-shot), check out of fold (``folds``: searches on all shots but one
+        fold, ``folds`` times; ``on_eval`` counts them before the final search), search,
+        build the adapter, score ``held_out`` and record everything in the lineage; the mixer
+        stays installed (``close`` removes it). Whether to write a mix that does not beat the
+        base model out of fold (``result.helps``) is the caller's choice.
 
         The kept point is the best of the optimizer's recommendation, every point the search
         evaluated and the zero-shot point (all weights 0, when the bounds hold it): a mix
         worse than one already scored is never written."""
         params = compose_params(self.mode, cfg, l1=self.l1, batch_size=self.batch_size,
                                 rank=rank, prescreen=prescreen, examples=self.examples,
-                                held_out=held_out, record=record)
+                                held_out=held_out, record=record, folds=folds,
+                                labels=self.labels)
         recipe = compose_recipe(self.mode, self.candidates, params)
         keep = prescreen or (MAX_CANDIDATES if len(self.candidates) > MAX_CANDIDATES else None)
         screened = self.prescreen(keep) if keep is not None else None
         zero = float(self.score(np.zeros((1, len(self.candidates))))[0])
-        res = self.search(cfg, on_eval)
+        cv = self.cross_validate(cfg, folds, on_eval) if folds else None
+        done = 0 if cv is None else cv.evaluations
+        res = self.search(cfg, None if on_eval is None else
+                          lambda i, v, best: on_eval(done + i, v, best))
         if zero < res.objective and cfg.lower <= 0.0 <= cfg.upper:
             # the base model alone beat every mix: keep all weights 0 rather than a worse mix
             res.weights, res.objective, res.kept = np.zeros(len(self.candidates)), zero, KEPT_ZERO
@@ -210,6 +287,11 @@ class Composer:
             "recommendation_objective": res.recommendation_objective,
             "seconds_per_eval": res.seconds_per_eval, "evaluations": res.evaluations,
         }
+        if cv is not None:
+            metrics.update(objective_in_fold=cv.objective_in_fold,
+                           objective_out_of_fold=cv.objective_out_of_fold,
+                           zero_shot_out_of_fold=cv.base_objective_out_of_fold,
+                           beats_base_out_of_fold=cv.beats_base, folds=len(cv.folds))
         if self.mode == "delta":
             metrics["rank"] = adapter.max_rank
         if energy:
@@ -221,10 +303,12 @@ class Composer:
             metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric, eval_n=acc.n)
         results = {"objective": res.objective, "objective_trace": res.trace, "kept": res.kept,
                    "kept_evaluation": res.kept_evaluation, "prescreen_scores": screened}
+        if cv is not None:
+            results["cross_validation"] = cv.as_dict()
         lineage = Lineage(f"compose:{self.mode}", parents(self.candidates, res.weights),
                           {**params, **results}, recipe)
         return ComposeResult(list(self.candidates), res, zero, adapter, energy, screened, acc,
-                             metrics, lineage)
+                             metrics, lineage, cv)
 
     def __enter__(self) -> Composer:
         return self
@@ -237,6 +321,31 @@ class Composer:
         if self.mixer is not None:
             self.mixer.remove()
             self.mixer = None
+
+
+def _objective_name(params: dict[str, Any]) -> str:
+    if params.get("labels") is not None:
+        return "label (cross-entropy over the labels " + ", ".join(
+            repr(x) for x in params["labels"]) + ")"
+    custom = params.get("objective_fn")
+    return f"custom `{custom}`" if custom and custom != "answer" else \
+        "answer (LoRAHub's loss on the answer tokens)"
+
+
+def label_rows(examples: Sequence[Example], labels: Sequence[str]
+               ) -> tuple[list[Example], torch.Tensor]:
+    """Every example with every label as its output (example-major), and the index of each
+    example's own output in ``labels``: what the label objective scores."""
+    labels = list(labels)
+    if len(set(labels)) < 2 or len(set(labels)) != len(labels):
+        raise InvalidRequestError("labels must hold at least 2 distinct labels", params="labels")
+    missing = sorted({e.output for e in examples} - set(labels))
+    if missing:
+        raise InvalidRequestError(
+            f"example output {missing[0]!r} is not among the labels ({', '.join(labels)})",
+            params="labels")
+    rows = [Example(e.input, lab) for e in examples for lab in labels]
+    return rows, torch.tensor([labels.index(e.output) for e in examples])
 
 
 def _energy_kept(kept, exact) -> float:

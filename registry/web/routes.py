@@ -33,6 +33,7 @@ from lorahive.hub.errors import (
 from lorahive.hub.protocol import VersionInfo
 from lorahive.hub.refs import Ref, parse_ref
 from lorahive.registry.auth import SCOPES
+from lorahive.registry.card import redact_parents
 from lorahive.registry.routes import files as file_routes
 from lorahive.registry.routes.adapters import _ref
 from lorahive.registry.service import LineageEdge, RegistryService
@@ -433,14 +434,8 @@ def adapter_page(ns: str, name: str, request: Request, v: Visitor = Page,
 def _redact(text: str, info: VersionInfo, parents: list[LineageEdge]) -> str:
     """The card as this visitor may read it: parents hidden from them are not named."""
     raw = (info.lineage or {}).get("parents") or []
-    for edge, p in zip(parents, raw, strict=False):
-        if edge.hidden and isinstance(p, dict) and p.get("ref"):
-            ref = str(p["ref"])
-            for s in (ref, ref.split("@", 1)[0]):
-                text = text.replace(s, "a private adapter")
-            if p.get("sha256"):
-                text = text.replace(str(p["sha256"]), "")
-    return text
+    return redact_parents(text, [p for edge, p in zip(parents, raw, strict=False)
+                                 if edge.hidden])
 
 
 def _front_rows(front: dict[str, Any]) -> list[tuple[str, str]]:

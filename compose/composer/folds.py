@@ -1,0 +1,113 @@
+"""Out-of-fold checking: does a mix found on some shots help on the shots it did not see?
+
+Five examples are easy to memorise: a search over a dozen weights can always lower the loss on
+the examples it is scored on, and that says little about the task. Here the shots are split
+into k folds (leave-one-out when k equals the number of shots); for each fold the weights are
+searched on the other folds' shots (the same optimizer, budget and objective as the real
+search, with the base model's all-zero point as a candidate) and then scored on the fold
+itself. The base model is scored the same way. A mix is worth writing only when its
+out-of-fold loss is lower than the base model's.
+
+Out of fold the weight penalty is left out (``l1 = 0``): it is a device of the search, and the
+base model, whose weights are all zero, would never pay it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from lorahive.compose.composer.objective import Scorer
+from lorahive.compose.composer.search import SearchConfig, search
+from lorahive.hub.errors import InvalidRequestError
+
+
+@dataclass
+class CrossValidation:
+    """Per fold: the held-out shots, the weights found without them, the kept point's
+    objective on the shots it was searched on (in fold), and the held-out loss of that mix and
+    of the base model (out of fold)."""
+
+    folds: list[list[int]]
+    weights: list[list[float]] = field(default_factory=list)
+    in_fold: list[float] = field(default_factory=list)
+    out_of_fold: list[float] = field(default_factory=list)
+    base_out_of_fold: list[float] = field(default_factory=list)
+    evaluations: int = 0
+
+    @property
+    def objective_in_fold(self) -> float:
+        return float(np.mean(self.in_fold))
+
+    @property
+    def objective_out_of_fold(self) -> float:
+        return float(np.mean(self.out_of_fold))
+
+    @property
+    def base_objective_out_of_fold(self) -> float:
+        return float(np.mean(self.base_out_of_fold))
+
+    @property
+    def beats_base(self) -> bool:
+        """Whether the mixes beat the base model on the shots they were not searched on."""
+        return self.objective_out_of_fold < self.base_objective_out_of_fold
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"folds": self.folds, "weights": self.weights, "in_fold": self.in_fold,
+                "out_of_fold": self.out_of_fold, "base_out_of_fold": self.base_out_of_fold,
+                "objective_in_fold": self.objective_in_fold,
+                "objective_out_of_fold": self.objective_out_of_fold,
+                "base_objective_out_of_fold": self.base_objective_out_of_fold,
+                "beats_base": self.beats_base, "evaluations": self.evaluations}
+
+
+def split_folds(n: int, folds: int, seed: int) -> list[list[int]]:
+    """``folds`` disjoint groups of example indices (``n`` folds of one when ``folds >= n``),
+    shuffled by ``seed`` so that examples listed by class are not held out together."""
+    if folds < 2:
+        raise InvalidRequestError("folds must be at least 2 (0 turns the check off)",
+                                  params="folds")
+    if n < 2:
+        raise InvalidRequestError("out-of-fold checking needs at least 2 examples",
+                                  params="folds")
+    k = min(folds, n)
+    order = np.random.RandomState(seed).permutation(n)
+    return [sorted(int(i) for i in order[f::k]) for f in range(k)]
+
+
+def cross_validate(scorer: Scorer, n_weights: int, n_examples: int, cfg: SearchConfig,
+                   folds: int, on_eval: Callable[[int, float, float], None] | None = None
+                   ) -> CrossValidation:
+    """Search on each fold's complement, score on the fold; ``on_eval(done, value, best)``
+    counts evaluations across all folds."""
+    cv = CrossValidation(split_folds(n_examples, folds, cfg.seed))
+    zero = torch.zeros(1, n_weights)
+    base = replace(scorer.inputs(zero), l1=0.0)
+    zero_allowed = cfg.lower <= 0.0 <= cfg.upper
+    for held in cv.folds:
+        train = [i for i in range(n_examples) if i not in held]
+        offset = cv.evaluations
+
+        def score(W: np.ndarray, train: list[int] = train) -> np.ndarray:
+            x = scorer.inputs(torch.as_tensor(np.asarray(W), dtype=torch.float32))
+            return scorer.value(x.select(train)).numpy()
+
+        step = None if on_eval is None else (
+            lambda done, v, best, offset=offset: on_eval(offset + done, v, best))
+        res = search(score, n_weights, cfg, step)
+        cv.evaluations += res.evaluations
+        weights, objective = res.weights, res.objective
+        zero_in = float(scorer.value(base.select(train))[0])  # w = 0: no penalty
+        if zero_allowed and zero_in < objective:
+            weights, objective = np.zeros(n_weights), zero_in
+        mixed = replace(scorer.inputs(torch.as_tensor(weights[None], dtype=torch.float32)),
+                        l1=0.0)
+        cv.weights.append([float(w) for w in weights])
+        cv.in_fold.append(float(objective))
+        cv.out_of_fold.append(float(scorer.value(mixed.select(held))[0]))
+        cv.base_out_of_fold.append(float(scorer.value(base.select(held))[0]))
+    return cv

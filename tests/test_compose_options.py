@@ -1,0 +1,331 @@
+"""Composer options that aim at generalising from few shots: the out-of-fold check, the label
+objective (rank classification's cross-entropy), candidate retrieval, and what the composed
+adapter's model card records."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorahive.compose.composer import Composer, Example, SearchConfig, resolve_candidates
+from lorahive.compose.composer.folds import split_folds
+from lorahive.compose.composer.model import load_base
+from lorahive.compose.composer.objective import LossInputs, label_loss
+from lorahive.hub.errors import InvalidRequestError
+from tests.compose_fixtures import (
+    add_tokenizer,
+    animal_task,
+    answer_format_base,
+    train_task_adapter,
+)
+from tests.models import make_peft_adapter, save_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def animals(tmp_path_factory):
+    """A base that answers yes/no but does not know the animal rule, an adapter trained on
+    the rule, and three random adapters."""
+    root = tmp_path_factory.mktemp("compose-options")
+    raw = add_tokenizer(save_tiny_llama(root / "raw-model"), root / "raw")
+    base = answer_format_base(raw, root / "base", root / "format")
+    good = train_task_adapter(base, root / "good", animal_task(40, 1), steps=40)
+    noise = [make_peft_adapter(base, root / f"noise{i}", seed=70 + i) for i in range(3)]
+    return root, base, good, noise
+
+
+@pytest.fixture(scope="module")
+def animal_base(animals):
+    return load_base(animals[1], "cpu")
+
+
+def test_split_folds_cover_the_shots_once():
+    folds = split_folds(7, 3, seed=1)
+    assert sorted(i for f in folds for i in f) == list(range(7))
+    assert sorted(map(len, folds)) == [2, 2, 3]
+    loo = split_folds(5, 9, seed=0)  # more folds than shots: leave-one-out
+    assert sorted(loo) == [[i] for i in range(5)]
+    with pytest.raises(InvalidRequestError):
+        split_folds(5, 1, seed=0)
+    with pytest.raises(InvalidRequestError):
+        split_folds(1, 2, seed=0)
+
+
+@pytest.mark.parametrize("seed", [99, 7])
+def test_guard_refuses_noise_and_accepts_the_tasks_adapter(animals, animal_base, seed):
+    _root, _base, good, noise = animals
+    shots = animal_task(5, seed)
+    cfg = SearchConfig(budget=12)
+    with Composer(animal_base, resolve_candidates([str(c) for c in noise]), shots) as comp:
+        refused = comp.run(cfg, folds=5)
+    cv = refused.cross_validation
+    assert refused.helps is False and len(cv.folds) == 5 and cv.evaluations == 5 * 12
+    assert cv.objective_out_of_fold >= cv.base_objective_out_of_fold
+    assert refused.metrics["beats_base_out_of_fold"] is False
+    with Composer(animal_base, resolve_candidates([str(c) for c in [*noise[:2], good]]),
+                  shots) as comp:
+        accepted = comp.run(cfg, folds=5)
+    cv = accepted.cross_validation
+    assert accepted.helps is True
+    assert cv.objective_out_of_fold < cv.base_objective_out_of_fold - 0.05
+    assert max(accepted.weights, key=lambda r: abs(accepted.weights[r])) == str(good)
+    params = accepted.lineage.params
+    assert params["folds"] == 5
+    assert params["cross_validation"]["out_of_fold"] == cv.out_of_fold
+    assert accepted.metrics["objective_in_fold"] == cv.objective_in_fold
+
+
+def test_out_of_fold_scores_each_fold_with_weights_searched_without_it(animals, animal_base):
+    """The held-out loss of each fold equals the objective (no penalty) of that fold's
+    weights on its own shots, scored afresh."""
+    _root, _base, good, noise = animals
+    shots = animal_task(4, 11)
+    with Composer(animal_base, resolve_candidates([str(noise[0]), str(good)]), shots) as comp:
+        cv = comp.cross_validate(SearchConfig(budget=6), folds=2)
+        for held, w, got, base in zip(cv.folds, cv.weights, cv.out_of_fold,
+                                      cv.base_out_of_fold, strict=True):
+            x = comp.scorer.inputs(torch.tensor([w, [0.0, 0.0]]))
+            x.l1 = 0.0
+            want = comp.scorer.value(x.select(held))
+            assert got == pytest.approx(float(want[0]), rel=1e-6)
+            assert base == pytest.approx(float(want[1]), rel=1e-6)
+
+
+def _loglik(model, tok, prompt: str, answer: str) -> float:
+    """Sum of log p(answer tokens and EOS | prompt), by hand."""
+    p = tok(prompt)["input_ids"]
+    a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].double(), -1)
+    return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(a)))
+
+
+def test_label_objective_is_cross_entropy_over_label_logliks(animals, animal_base):
+    from peft import PeftModel
+
+    from tests.models import load_base as hf_base
+
+    _root, base, good, noise = animals
+    shots = [Example("the cat is red ?", "yes"), Example("the sun is big ?", "no"),
+             Example("the dog is slow ?", "yes")]
+    labels = ["no", "yes", "bad"]
+    tok = animal_base.tokenizer
+    cands = resolve_candidates([str(noise[0]), str(good)])
+    with Composer(animal_base, cands, shots, labels=labels, l1=0.05) as comp:
+        got = comp.score(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+    for row, model in enumerate([hf_base(base), PeftModel.from_pretrained(hf_base(base), good)]):
+        ce = []
+        for e in shots:
+            ll = torch.tensor([_loglik(model, tok, e.input, lab) for lab in labels])
+            ce.append(float(torch.logsumexp(ll, 0) - ll[labels.index(e.output)]))
+        want = sum(ce) / len(ce) + 0.05 * (0.0 if row == 0 else 0.5)
+        assert got[row] == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+def test_label_loss_select_keeps_each_examples_labels():
+    nll = torch.tensor([[1.0, 2.0, 3.0, 0.5, 0.1, 4.0]])  # 2 examples x 3 labels
+    x = LossInputs(nll, torch.ones(6, dtype=torch.long), torch.zeros(1, 2), 0.0, None,
+                   torch.tensor([0, 2]))
+    want0 = float(torch.logsumexp(-nll[0, :3].double(), 0) + 1.0)
+    want1 = float(torch.logsumexp(-nll[0, 3:].double(), 0) + 4.0)
+    assert float(label_loss(x)[0]) == pytest.approx((want0 + want1) / 2)
+    assert float(label_loss(x.select([1]))[0]) == pytest.approx(want1)
+
+
+def test_label_set_must_hold_every_output(animals, animal_base):
+    _root, _base, good, _noise = animals
+    with pytest.raises(InvalidRequestError, match="not among the labels"):
+        Composer(animal_base, resolve_candidates([str(good)]),
+                 [Example("the cat is red ?", "maybe")], labels=["yes", "no"])
+
+
+# -- retrieval ----------------------------------------------------------------------------
+
+ARITHMETIC = ["add one and two", "add three and four", "sum of two and five", "add five and one"]
+NEWS = ["the sport news is good", "tech news is great", "the food news is bad",
+        "news of the big sport"]
+ANIMAL_PROMPTS = ["the dog is green ?", "the bird is small ?", "the moon is fast ?",
+                  "the star is red ?"]
+
+
+def _store_prompts(adapter_dir, prompts, in_card: bool = False) -> None:
+    """Example prompts as a library adapter stores them: the JSONL file, or only the card."""
+    import json
+
+    from lorahive.hub.manifest import CARD_NAME, EXAMPLES_NAME
+    from lorahive.hub.modelcard import render_card
+
+    if in_card:
+        (adapter_dir / CARD_NAME).write_text(render_card(
+            adapter_dir.name, "lorahive-tests/tiny-llama", examples=[p + " three" for p in prompts]))
+    else:
+        (adapter_dir / EXAMPLES_NAME).write_text("".join(
+            json.dumps({"input": p, "output": "x"}) + "\n" for p in prompts))
+
+
+@pytest.fixture(scope="module")
+def library(animals):
+    """The animals adapters with stored example prompts: the task's adapter (JSONL), two
+    others (one in its card only), one with none."""
+    _root, _base, good, noise = animals
+    _store_prompts(good, ANIMAL_PROMPTS)
+    _store_prompts(noise[0], ARITHMETIC, in_card=True)
+    _store_prompts(noise[1], NEWS)
+    return good, noise
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from lorahive.compose.composer.retrieval import MiniLM
+
+    return MiniLM()
+
+
+def test_card_examples_round_trip(library):
+    from lorahive.hub.modelcard import card_examples, example_prompts
+
+    good, noise = library
+    assert example_prompts(good) == ANIMAL_PROMPTS
+    assert example_prompts(noise[0]) == [p + " three" for p in ARITHMETIC]  # from the card
+    assert example_prompts(noise[2]) == []
+    assert card_examples("# x\n\n## Example prompts\n\n```text\na\nb\n```\n\n## Usage\n"
+                         "```text\nnot this\n```\n") == ["a\nb"]
+
+
+def test_minilm_embeds_unit_rows_that_know_topics(minilm):
+    e = minilm(["the cat sat on the mat", "a dog lay on the rug", "stock markets fell today"])
+    assert e.shape == (3, 384)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(3))
+    sim = e @ e.T
+    assert sim[0, 1] > sim[0, 2] + 0.1
+
+
+def test_retrieval_ranks_the_tasks_adapter_first(library, minilm):
+    from lorahive.compose.composer.retrieval import rank_candidates, retrieve
+    from lorahive.hub.modelcard import example_prompts
+
+    good, noise = library
+    pool = {str(p): example_prompts(p) for p in [noise[0], noise[2], noise[1], good]}
+    shots = [e.input for e in animal_task(5, 99)]
+    keep, ranking = retrieve(shots, pool, 2, minilm)
+    assert keep[0] == str(good) and len(keep) == 2
+    assert ranking[-1].ref == str(noise[2]) and ranking[-1].score is None
+    # the score is the mean cosine similarity over all (shot, prompt) pairs
+    q, p = minilm(shots), minilm(ANIMAL_PROMPTS)
+    assert ranking[0].score == pytest.approx(float((q @ p.T).mean()), abs=1e-5)
+    # arithmetic shots find the arithmetic adapter
+    assert rank_candidates(["add two and three"], pool, minilm)[0].ref == str(noise[0])
+    with pytest.raises(InvalidRequestError, match="no candidate stores example prompts"):
+        retrieve(shots, {str(noise[2]): []}, 1, minilm)
+
+
+# -- the CLI, end to end on real files ----------------------------------------------------
+
+def _cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
+                          capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def shot_files(animals):
+    from lorahive.compose.composer.examples import write_examples
+
+    root = animals[0]
+    return (write_examples(root / "shots.jsonl", animal_task(5, 99)),
+            write_examples(root / "eval.jsonl", animal_task(12, 123)))
+
+
+def test_cli_folds_refuses_noise_and_writes_only_when_asked(animals, shot_files, tmp_path):
+    import json
+
+    _root, base, _good, noise = animals
+    shots, _ = shot_files
+    args = ["compose", "--base", base, "--examples", shots, "--budget", "8", "--folds", "5"]
+    for c in noise:
+        args += ["-c", c]
+    r = _cli(*args, "--out", tmp_path / "no")
+    assert r.returncode == 3, r.stderr
+    said = r.stdout.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("no mix beats the base model out of fold")
+    assert "nothing written" in said[0] and not (tmp_path / "no").exists()
+    out = tmp_path / "anyway"
+    r = _cli(*args, "--out", out, "--write-anyway", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["written"] is True and res["beats_base_out_of_fold"] is False
+    side = json.loads((out / "lorahive.json").read_text())
+    cv = side["lineage"]["params"]["cross_validation"]
+    assert len(cv["folds"]) == 5 and side["lineage"]["params"]["folds"] == 5
+    assert cv["objective_out_of_fold"] == res["objective_out_of_fold"]
+    card = (out / "README.md").read_text()
+    assert "| beats the base model out of fold | no |" in card
+    assert "| folds | 5 |" in card and "compose:ab" in card
+
+
+def test_cli_label_objective_with_folds_writes_the_tasks_mix(animals, shot_files, tmp_path):
+    import json
+
+    from lorahive.hub.modelcard import parse_card
+
+    _root, base, good, noise = animals
+    shots, ev = shot_files
+    out = tmp_path / "label"
+    r = _cli("compose", "--base", base, "--examples", shots, "--eval", ev, "-c", noise[0],
+             "-c", good, "--budget", "8", "--folds", "5", "--objective", "label",
+             "--out", out)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "out of fold (5 folds): composed" in text and "held-out accuracy (rank)" in text
+    side = json.loads((out / "lorahive.json").read_text())
+    params, metrics = side["lineage"]["params"], side["metrics"]
+    assert params["labels"] == ["no", "yes"] and params["objective_fn"] == "label"
+    assert metrics["beats_base_out_of_fold"] is True
+    assert metrics["objective_out_of_fold"] < metrics["zero_shot_out_of_fold"]
+    card = (out / "README.md").read_text()
+    assert "label (cross-entropy over the labels 'no', 'yes')" in card
+    assert "held-out accuracy (rank)" in card
+    weights = {p["ref"]: p["weight"] for p in parse_card(card)["lorahive_lineage"]["parents"]}
+    assert weights == {p["ref"]: p["weight"] for p in side["lineage"]["parents"]}
+    r = _cli("compose", "--base", base, "--examples", shots, "-c", good, "--objective",
+             "label", "--labels", "yes", "--labels", "maybe", "--out", tmp_path / "bad")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: example output 'no' is not among the --labels (yes, maybe)")
+    r = _cli("compose", "--base", base, "--examples", shots, "-c", good, "--labels", "yes",
+             "--out", tmp_path / "bad")
+    assert r.returncode == 1 and "--labels go with --objective label" in r.stderr
+
+
+def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_path):
+    import json
+
+    _root, base, good, noise = animals
+    shots, _ = shot_files
+    env = {"LORAHIVE_HOME": str(tmp_path / "home")}
+    assert _cli("namespace", "create", "lib", env=env).returncode == 0
+    for name, path in [("animals", good), ("arith", noise[0]), ("news", noise[1]),
+                       ("bare", noise[2])]:
+        r = _cli("publish", path, "--name", f"lib/{name}", env=env)
+        assert r.returncode == 0, r.stderr
+    r = _cli("compose", "--base", base, "--examples", shots, "--retrieve", "2", "--budget", "4",
+             "--publish", "lib/composed", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [ref for ref, _ in res["retrieval"]][:1] == ["lib/animals@1"]
+    assert res["retrieval"][-1] == ["lib/bare@1", None]
+    assert "1 candidate(s) store no example prompts" in r.stderr
+    assert set(res["weights"]) == {"lib/animals@1", res["retrieval"][1][0]}
+    r = _cli("show", "lib/composed", "--json", env=env)
+    params = json.loads(r.stdout)["version"]["lineage"]["params"]
+    assert params["retrieve"] == 2 and params["retrieval_pool"] == 4
+    assert params["retrieval_scores"] == [score for _, score in res["retrieval"][:2]]
+    for ref, _ in res["retrieval"][2:]:  # the pool beyond the kept is never named
+        assert ref not in json.dumps(params)
+    r = _cli("compose", "--base", base, "--examples", shots, "--retrieve", "0",
+             "--out", tmp_path / "x", env=env)
+    assert r.returncode == 1 and r.stderr.startswith("error: --retrieve must be at least 1")
