@@ -27,6 +27,7 @@ from benchmarks.postgres import (  # noqa: F401 (re-exported to the tests)
     pg_unavailable_reason,
     unique,
 )
+from benchmarks.scaleout import moto_s3
 
 
 @dataclass
@@ -183,15 +184,8 @@ def pg():
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on a loopback port (threaded, in this process)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture()
