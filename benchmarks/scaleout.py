@@ -202,8 +202,11 @@ def deployment(n: int, env: dict[str, str], work: Path | None = None,
 @contextlib.contextmanager
 def moto_s3() -> Iterator[str]:
     """A moto S3 server on a loopback port (threaded, in this process)."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per S3 request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
