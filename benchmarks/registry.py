@@ -170,6 +170,16 @@ def wrk(url: str, connections: int, duration: float, threads: int = 1,
             "p99_ms": pct.get(99, float("nan")), "errors": errors}
 
 
+def print_wrk(rows: list[dict], key: str = "what", label: str = "") -> None:
+    """``wrk`` rows as a Markdown table, first column ``row[key]``."""
+    print(f"| {label or {'what': 'metadata'}.get(key, key)} | connections | requests | req/s | "
+          "p50 (ms) | p99 (ms) | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for m in rows:
+        print(f"| {m[key]} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
+              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+
+
 def bench_metadata(server: Server, ref: str, levels: list[int], duration: float,
                    threads: int) -> list[dict]:
     ns, name = ref.split("/")
@@ -300,11 +310,7 @@ def bench_peers(server: Server, work: Path, megabytes: int, levels: list[int],
 
 
 def print_peers(meta: list[dict], pulls: list[dict], publish: list[dict]) -> None:
-    print("| metadata | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for m in meta:
-        print(f"| {m['what']} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
-              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+    print_wrk(meta)
     print("\n| pull (end to end, sha256 checked) | MB | s | MB/s |\n|---|---|---|---|")
     for p in pulls:
         print(f"| {p['client']} | {p['mb']:.0f} | {p['s']:.2f} | {p['mbps']:.0f} |")
@@ -372,11 +378,7 @@ def main() -> None:
                   f"{r['pull_mbps']:.0f} | {r['copy_s']:.2f} | {r['copy_mbps']:.0f} | "
                   f"{r['ratio']:.2f} |")
         print()
-    print("| metadata | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for m in meta:
-        print(f"| {m['what']} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
-              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+    print_wrk(meta)
     if args.json:
         print(json.dumps({"pull": rows, "metadata": meta}, indent=1))
 
@@ -445,11 +447,7 @@ def run_workers_scan(args: argparse.Namespace, levels: list[int]) -> None:
           f"{_nginx_version()} (deploy/nginx.conf); resolve (GET .../aliases/latest) through "
           f"the proxy; loopback; wrk -t{args.wrk_threads}, {args.duration:g} s per level; "
           f"cores: {os.cpu_count()}\n")
-    print("| workers | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['workers']} | {r['connections']} | {r['requests']} | {r['rps']:.0f} | "
-              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    print_wrk(rows, "workers")
     if args.json:
         print(json.dumps({"workers_scan": rows}, indent=1))
 

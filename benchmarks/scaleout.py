@@ -16,26 +16,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from benchmarks.peers import nginx_exe, stop_group, wait_for
 from benchmarks.postgres import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 _LISTEN = re.compile(r"^(\s*)listen 8000;$", re.M)
 _UPSTREAM = re.compile(r"^(\s*)server 127\.0\.0\.1:800\d( [^;\n]*);\n", re.M)
-
-
-def nginx_exe() -> str:
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(exe).exists():
-        raise RuntimeError("nginx is not installed (Debian: apt-get install -y nginx)")
-    return exe
 
 
 def render_nginx_conf(listen_port: int, upstream_ports: list[int]) -> str:
@@ -55,31 +46,6 @@ def render_nginx_conf(listen_port: int, upstream_ports: list[int]) -> str:
     return text
 
 
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Stop a process started in its own session, and its children, by its id."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy:\n{log.read_text()[-3000:]}")
-
-
 @dataclass
 class Worker:
     """One ``lorahive serve`` process with its own data directory (nothing shared on disk)."""
@@ -95,15 +61,23 @@ class Worker:
 
     def kill(self) -> None:
         """As a crash or a lost host: no graceful shutdown."""
-        _stop(self.proc, signal.SIGKILL)
+        stop_group(self.proc, signal.SIGKILL)
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_group(self.proc)
 
 
 def start_worker(home: Path, env: dict[str, str], log_level: str = "warning") -> Worker:
     """``lorahive serve --workers 1`` on a free loopback port, as one line of the process
-    list; returns when /healthz answers."""
+    list; returns when /healthz answers (one retry on another port: a free port can be taken
+    by another process before the server binds it)."""
+    try:
+        return _start_worker(home, env, log_level)
+    except RuntimeError:
+        return _start_worker(home, env, log_level)
+
+
+def _start_worker(home: Path, env: dict[str, str], log_level: str) -> Worker:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = home / "serve.log"
@@ -116,7 +90,7 @@ def start_worker(home: Path, env: dict[str, str], log_level: str = "warning") ->
             cwd=ROOT, env=full, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     worker = Worker(home, port, proc, log)
     try:
-        _wait_healthy(worker.url, proc, log)
+        wait_for(worker.url + "/healthz", proc, log)
     except BaseException:
         worker.stop()
         raise
@@ -126,35 +100,35 @@ def start_worker(home: Path, env: dict[str, str], log_level: str = "warning") ->
 @contextlib.contextmanager
 def nginx_proxy(prefix: Path, upstream_ports: list[int]) -> Iterator[str]:
     """Debian's nginx with ``deploy/nginx.conf`` (pid, logs and temp files under ``prefix``)
-    on a free loopback port; yields its URL."""
-    exe = nginx_exe()
+    on a free loopback port; yields its URL once /healthz answers through it."""
+    try:
+        proc, url = _start_nginx(prefix, upstream_ports)
+    except RuntimeError:  # the port was taken before nginx bound it
+        proc, url = _start_nginx(prefix, upstream_ports)
+    try:
+        yield url
+    finally:
+        stop_group(proc)
+
+
+def _start_nginx(prefix: Path, upstream_ports: list[int]) -> tuple[subprocess.Popen, str]:
     prefix.mkdir(parents=True, exist_ok=True)
     prefix.chmod(0o755)
     port = free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(render_nginx_conf(port, upstream_ports))
-    log = prefix / "stdout.log"
+    log = prefix / "stdout.log"  # start-up errors; later ones go to error.log
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf), "-e", "error.log",
+        proc = subprocess.Popen([nginx_exe(), "-p", str(prefix), "-c", str(conf),
                                  "-g", "daemon off;"], stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:  # /healthz through the proxy: nginx listens and a worker answers
-            if proc.poll() is not None:
-                err = (prefix / "error.log")
-                raise RuntimeError(f"nginx exited:\n{log.read_text()}"
-                                   f"{err.read_text() if err.exists() else ''}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx on {url} did not answer")
-            time.sleep(0.05)
-        yield url
-    finally:
-        _stop(proc)
+        wait_for(url + "/healthz", proc, log, timeout=30)
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc, url
 
 
 def shared_env(database_url: str, s3_endpoint: str, bucket: str) -> dict[str, str]:
