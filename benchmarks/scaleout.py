@@ -59,6 +59,11 @@ class Worker:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_token(self) -> str:
+        """Saved by the process that bootstrapped an empty database, in its data directory."""
+        return (self.home / "admin-token").read_text().strip()
+
     def kill(self) -> None:
         """As a crash or a lost host: no graceful shutdown."""
         stop_group(self.proc, signal.SIGKILL)
@@ -149,8 +154,7 @@ class Deployment:
 
     @property
     def admin_token(self) -> str:
-        """Saved by the first worker, which bootstrapped the empty database."""
-        return (self.workers[0].home / "admin-token").read_text().strip()
+        return self.workers[0].admin_token  # the first started, on the empty database
 
 
 @contextlib.contextmanager
