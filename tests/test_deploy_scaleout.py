@@ -1,7 +1,8 @@
 """The scale-out deployment of docs/deploy.md, started on loopback: two ``lorahive serve``
 processes (each with its own data directory) sharing one PostgreSQL database and one S3 bucket
 (moto), behind Debian's nginx running ``deploy/nginx.conf``. Everything goes through the proxy
-with lorahive's client: publish, resolve, search, pull with the store's redirects; both workers
+with lorahive's client: publish, resolve, search, pull with the store's redirects (and
+``hf_hub_download``); both workers
 answer; an alias moved through one worker is what the other resolves next; with one worker
 killed the proxy keeps serving.
 """
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from huggingface_hub import constants, hf_hub_download
 
 from benchmarks.scaleout import Deployment, deployment, nginx_exe, shared_env
 from lorahive.hub.cache import PullCache
@@ -39,8 +41,10 @@ def deploy(tmp_path, pg, s3_endpoint) -> Iterator[Deployment]:  # noqa: F811
         yield d
 
 
-def test_two_workers_behind_nginx(deploy, lora_dir, tmp_path):
+def test_two_workers_behind_nginx(deploy, lora_dir, tmp_path, monkeypatch):
     """One scenario in order (the last step kills a worker)."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # loopback only
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     publish_resolve_search_pull(deploy, lora_dir, tmp_path / "1")
     alias_moved_on_one_worker_is_seen_on_the_other(deploy, tmp_path / "2")
     the_proxy_keeps_serving_when_a_worker_dies(deploy, lora_dir, tmp_path / "3")
@@ -101,6 +105,10 @@ def publish_resolve_search_pull(deploy: Deployment, lora_dir: Path, tmp_path: Pa
     loc = r.headers["location"]
     assert urlsplit(loc).netloc != urlsplit(deploy.url).netloc  # the store, not the proxy
     assert hashlib.sha256(httpx.get(loc).content).hexdigest() == w.sha256
+    # and unmodified huggingface_hub, through the proxy's Hugging Face routes
+    got = Path(hf_hub_download(REPO, WEIGHTS_NAME, endpoint=deploy.url,
+                               cache_dir=tmp_path / "hf"))
+    assert _sha256(got) == w.sha256
 
 
 def alias_moved_on_one_worker_is_seen_on_the_other(deploy: Deployment, tmp_path: Path) -> None:
