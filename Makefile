@@ -1,7 +1,7 @@
 # Two entry points: `make serve` runs the registry on the embedded default, `make test` runs the suite.
 PY ?= python3
 
-.PHONY: install install-dev install-vllm chromium test test-gpu test-vllm bench-vllm lint serve bench bench-deps
+.PHONY: install install-dev install-vllm chromium nginx test test-gpu test-vllm bench-vllm lint serve bench bench-deps
 
 install:
 	$(PY) -m pip install torch==2.13.0
@@ -21,7 +21,13 @@ chromium:
 	@[ -x /usr/bin/chromium ] || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: install-dev chromium
+# the scale-out test (tests/test_deploy_scaleout.py) runs Debian's nginx as the proxy in front
+# of the registry's workers
+nginx:
+	@[ -x /usr/sbin/nginx ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
+
+test: install-dev chromium nginx
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 

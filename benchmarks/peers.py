@@ -36,7 +36,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Until ``url`` answers below 500 (or ``proc`` exits: its log's tail is the error)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -48,15 +49,25 @@ def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -
     raise RuntimeError(f"{url} did not answer in {timeout:.0f} s:\n{log.read_text()[-2000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process started with ``start_new_session`` and its children (a server's
+    workers), by its id; SIGKILL after 20 s."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's workers too
+            os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def nginx_exe() -> str:
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(exe).exists():
+        raise RuntimeError("nginx is not installed (Debian: apt-get install -y nginx)")
+    return exe
 
 
 @contextlib.contextmanager
@@ -76,10 +87,10 @@ def mlflow_server(work: Path, workers: int) -> Iterator[str]:
             env={**os.environ, "MLFLOW_TRACKING_URI": ""})
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(url + "/health", proc, log)
+        wait_for(url + "/health", proc, log)
         yield url
     finally:
-        _stop(proc)
+        stop_group(proc)
 
 
 def mlflow_publish(url: str, adapter_dir: Path) -> tuple[str, float]:
@@ -113,9 +124,7 @@ def mlflow_pull(url: str, run_id: str, dest: Path) -> Path:
 @contextlib.contextmanager
 def nginx_server(work: Path, weights: Path) -> Iterator[str]:
     """Debian's nginx serving ``weights`` as ``/adapter_model.safetensors`` with sendfile."""
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(exe).exists():
-        raise SystemExit("error: nginx is not installed (Debian: apt-get install -y nginx)")
+    exe = nginx_exe()
     root = work / "nginx"
     www = root / "www"
     www.mkdir(parents=True)
@@ -150,10 +159,10 @@ http {{
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(f"{url}/{weights.name}", proc, log)
+        wait_for(f"{url}/{weights.name}", proc, log)
         yield url
     finally:
-        _stop(proc)
+        stop_group(proc)
 
 
 def curl_pull(url: str, dest: Path) -> Path:

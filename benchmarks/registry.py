@@ -6,6 +6,7 @@
     python -m benchmarks.registry --db postgres    # the same on a throwaway PostgreSQL cluster
     python -m benchmarks.registry --profile        # where a resolve's time goes (py-spy)
     python -m benchmarks.registry --peers          # beside MLflow's server and nginx
+    python -m benchmarks.registry --workers-scan 1,2,4   # resolve behind nginx, 1/2/4 workers
 
 A synthetic PEFT adapter (random float32 LoRA factors, so nothing compresses) is published to
 a real ``lorahive serve --workers N`` on 127.0.0.1 in a temp data directory. A pull goes into
@@ -24,6 +25,13 @@ over ``--catalog`` published adapters. Anything but 2xx/3xx is counted as an err
 alias GET, same ``wrk`` levels), pulls end to end with a sha256 of every result (lorahive pull,
 ``hf_hub_download`` against lorahive, MLflow's artifact download, ``curl`` from nginx +
 ``sha256sum``) and publish time (lorahive publish, MLflow log-artifacts + register).
+
+``--workers-scan 1,2,4`` starts the scale-out layout of docs/deploy.md for each count (see
+``benchmarks/scaleout.py``): that many ``lorahive serve --workers 1`` processes on one
+throwaway PostgreSQL database and a moto S3 bucket, behind Debian's nginx running
+``deploy/nginx.conf``, and measures a resolve through the proxy at each ``--connections`` level:
+how throughput grows with workers and where it stops (on a machine with fewer cores than
+workers, where the cores run out).
 
 ``--profile`` samples one server worker with ``py-spy`` (dev extra) while ``wrk`` resolves at
 16 connections, and prints the share of busy samples per frame (inclusive, idle threads and
@@ -162,6 +170,16 @@ def wrk(url: str, connections: int, duration: float, threads: int = 1,
             "p99_ms": pct.get(99, float("nan")), "errors": errors}
 
 
+def print_wrk(rows: list[dict], key: str = "what", label: str = "") -> None:
+    """``wrk`` rows as a Markdown table, first column ``row[key]``."""
+    print(f"| {label or {'what': 'metadata'}.get(key, key)} | connections | requests | req/s | "
+          "p50 (ms) | p99 (ms) | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for m in rows:
+        print(f"| {m[key]} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
+              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+
+
 def bench_metadata(server: Server, ref: str, levels: list[int], duration: float,
                    threads: int) -> list[dict]:
     ns, name = ref.split("/")
@@ -292,11 +310,7 @@ def bench_peers(server: Server, work: Path, megabytes: int, levels: list[int],
 
 
 def print_peers(meta: list[dict], pulls: list[dict], publish: list[dict]) -> None:
-    print("| metadata | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for m in meta:
-        print(f"| {m['what']} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
-              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+    print_wrk(meta)
     print("\n| pull (end to end, sha256 checked) | MB | s | MB/s |\n|---|---|---|---|")
     for p in pulls:
         print(f"| {p['client']} | {p['mb']:.0f} | {p['s']:.2f} | {p['mbps']:.0f} |")
@@ -321,6 +335,9 @@ def main() -> None:
                     help="MLflow's server and nginx beside lorahive, on the same adapter")
     ap.add_argument("--peer-sizes", default="100",
                     help="adapter sizes (MB) for --peers; --large adds 1024")
+    ap.add_argument("--workers-scan", default=None, metavar="N,N,...",
+                    help="resolve through nginx in front of N workers on PostgreSQL + S3, "
+                         "for each N (e.g. 1,2,4)")
     ap.add_argument("--profile", action="store_true",
                     help="sample a one-worker server with py-spy under a resolve load instead")
     args = ap.parse_args()
@@ -332,6 +349,8 @@ def main() -> None:
     args.peer_sizes = [int(x) for x in args.peer_sizes.split(",")] + ([1024] if args.large else [])
     if args.peers:
         return run_peers(args, levels)
+    if args.workers_scan:
+        return run_workers_scan(args, levels)
     work = Path(tempfile.mkdtemp(prefix="lorahive-bench-", dir=os.environ.get("TMPDIR")))
     (work / "home").mkdir()
     rows: list[dict] = []
@@ -359,11 +378,7 @@ def main() -> None:
                   f"{r['pull_mbps']:.0f} | {r['copy_s']:.2f} | {r['copy_mbps']:.0f} | "
                   f"{r['ratio']:.2f} |")
         print()
-    print("| metadata | connections | requests | req/s | p50 (ms) | p99 (ms) | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for m in meta:
-        print(f"| {m['what']} | {m['connections']} | {m['requests']} | {m['rps']:.0f} | "
-              f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} |")
+    print_wrk(meta)
     if args.json:
         print(json.dumps({"pull": rows, "metadata": meta}, indent=1))
 
@@ -395,6 +410,46 @@ def run_peers(args: argparse.Namespace, levels: list[int]) -> None:
     print_peers(meta, pulls, publish)
     if args.json:
         print(json.dumps({"metadata": meta, "pull": pulls, "publish": publish}, indent=1))
+
+
+def run_workers_scan(args: argparse.Namespace, levels: list[int]) -> None:
+    """The scale-out layout with each worker count, a fresh database each time."""
+    from benchmarks.postgres import pg_cluster, pg_unavailable_reason, unique
+    from benchmarks.scaleout import deployment, moto_s3, shared_env
+
+    counts = [int(x) for x in args.workers_scan.split(",")]
+    if min(counts) < 1:
+        raise SystemExit("error: --workers-scan takes worker counts of at least 1")
+    reason = pg_unavailable_reason()
+    if reason:
+        raise SystemExit(f"error: {reason}")
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(k, v)  # moto's, for the benchmark's own publishes
+    work = Path(tempfile.mkdtemp(prefix="lorahive-scan-", dir=os.environ.get("TMPDIR")))
+    rows: list[dict] = []
+    try:
+        with pg_cluster() as pg, moto_s3() as s3:
+            for n in counts:
+                env = shared_env(pg.url(pg.create_db()), s3, unique("bucket"))
+                with deployment(n, env, work / f"workers-{n}") as d:
+                    server = Server(d.url, d.workers[0].home)
+                    ref = publish_catalog(server, work / f"catalog-{n}", args.catalog)
+                    ns, name = ref.split("/")
+                    url = f"{d.url}{API}/adapters/{ns}/{name}/aliases/latest"
+                    httpx.get(url).raise_for_status()
+                    for c in levels:
+                        rows.append({"workers": n, **wrk(url, c, args.duration,
+                                                         args.wrk_threads)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nlorahive serve --workers 1 x N (PostgreSQL 15 + moto S3) behind "
+          f"{_nginx_version()} (deploy/nginx.conf); resolve (GET .../aliases/latest) through "
+          f"the proxy; loopback; wrk -t{args.wrk_threads}, {args.duration:g} s per level; "
+          f"cores: {os.cpu_count()}\n")
+    print_wrk(rows, "workers")
+    if args.json:
+        print(json.dumps({"workers_scan": rows}, indent=1))
 
 
 def _nginx_version() -> str:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,24 +26,16 @@ from benchmarks.postgres import (  # noqa: F401 (re-exported to the tests)
     pg_unavailable_reason,
     unique,
 )
+from benchmarks.scaleout import Worker, moto_s3
 
 
-@dataclass
-class Server:
-    """A ``lorahive serve`` process; stopped by pid, never by name."""
+class Server(Worker):
+    """A ``lorahive serve`` process in this process's session; stopped by pid, never by
+    name."""
 
-    home: Path
-    port: int
-    proc: subprocess.Popen
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin_token(self) -> str:
-        return (self.home / "admin-token").read_text().strip()
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -183,15 +174,8 @@ def pg():
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on a loopback port (threaded, in this process)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture()
