@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -32,11 +31,14 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from benchmarks.postgres import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"
@@ -164,12 +166,6 @@ def pct(xs: list[float], q: float) -> float:
 
 
 # -- server ----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(home: Path, workers: int, env: dict[str, str]) -> Iterator[str]:
     """``lorahive serve`` (its own function, without the rest of the CLI) on a loopback port."""
@@ -241,7 +237,10 @@ def run(clients: int = 64, duration: float = 30.0, db: str = "sqlite", workers: 
                 elapsed = time.monotonic() - t0
                 return {"elapsed": elapsed, **await verify(url, token, stats)}
 
-            out = asyncio.run(main())
+            # a thread of its own: the caller may already run an event loop (a test process
+            # that drives a browser through playwright's sync API does)
+            with ThreadPoolExecutor(1) as pool:
+                out = pool.submit(asyncio.run, main()).result()
     finally:
         shutil.rmtree(home, ignore_errors=True)
     ops = {}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.load import free_port
+from benchmarks.postgres import free_port
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 MODEL = "bench-adapter"

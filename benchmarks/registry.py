@@ -460,7 +460,7 @@ def _nginx_version() -> str:
 
 def run_profile(args: argparse.Namespace) -> None:
     """``lorahive serve --workers 1`` (the worker is the served process) under py-spy."""
-    from benchmarks.load import free_port
+    from benchmarks.postgres import free_port
 
     work = Path(tempfile.mkdtemp(prefix="lorahive-profile-"))
     home = work / "home"

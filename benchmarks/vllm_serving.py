@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from benchmarks.registry import free_port
+from benchmarks.postgres import free_port
 from benchmarks.smollm2 import MODEL_ID
 
 TARGET_SETS = (
