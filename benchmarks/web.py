@@ -30,13 +30,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.load import serve  # noqa: E402
 from benchmarks.registry import Server  # noqa: E402
 from lorahive.hub.adapter import Adapter, LoraModule  # noqa: E402
 from lorahive.hub.manifest import build_manifest  # noqa: E402
 from lorahive.hub.peft_format import save_peft  # noqa: E402
+from lorahive.hub.protocol import FileEntry  # noqa: E402
 from lorahive.hub.refs import parse_ref  # noqa: E402
-from lorahive.registry.hf.card import with_model_card  # noqa: E402
-from lorahive.registry.service import PublishOptions, RegistryService  # noqa: E402
+from lorahive.registry.card import CARD, card_text  # noqa: E402
+from lorahive.registry.service import (  # noqa: E402
+    PublishOptions,
+    RegistryService,
+    content_digest,
+)
 from lorahive.registry.settings import Settings  # noqa: E402
 
 TASKS = ["sentiment", "summarization", "qa", "translation-en-de", "ner", "classification",
@@ -66,7 +72,7 @@ def seed(home: Path, n: int, rng: random.Random) -> list[str]:
     src = tiny_adapter(home.parent / "adapter")
     entries, local = build_manifest(src)
     for e in entries:
-        svc.put_blob(admin, [local[e.path].read_bytes()], e.sha256, e.size)
+        svc._ingest([local[e.path].read_bytes()], e.sha256, e.size)
     checked = svc._validate(entries)  # once: every seeded version has these weights
     namespaces = [f"team{i:02d}" for i in range(40)]
     for ns in namespaces:
@@ -85,12 +91,17 @@ def seed(home: Path, n: int, rng: random.Random) -> list[str]:
         valid = dataclasses.replace(checked, lineage=lineage,
                                     metrics={"accuracy": round(rng.random(), 3)})
         opts = PublishOptions(task=task, tags=tags, private=(i % 20 == 7),
-                              description=f"Adapter {i} for {task}.")
+                              description=f"Adapter {i} for {task}.",
+                              allow_duplicate=True)  # a second version has the same files
         for _ in range(2 if i % 10 == 3 else 1):
-            files = with_model_card(svc.store, repo, entries, summary=valid.summary, task=task,
-                                    description=opts.description, tags=tags, lineage=lineage,
-                                    metrics=valid.metrics)
-            svc._commit_tx(admin, parse_ref(repo), files, None, opts, tags, valid)
+            card = card_text(repo, summary=valid.summary, task=task,
+                             description=opts.description, tags=tags, lineage=lineage,
+                             metrics=valid.metrics)
+            stored = svc._ingest([card], None, len(card))
+            files = sorted([*entries, FileEntry(path=CARD, sha256=stored.sha256,
+                                                size=stored.size)], key=lambda f: f.path)
+            svc._commit_tx(admin, parse_ref(repo), files, content_digest(files), None, opts,
+                           tags, valid)
         names.append(repo)
         if (i + 1) % 1000 == 0:
             print(f"  seeded {i + 1} ({(i + 1) / (time.perf_counter() - t0):.0f}/s)",
@@ -128,9 +139,9 @@ def main() -> None:
               file=sys.stderr)
         public = [n for i, n in enumerate(names) if i % 20 != 7]
         composed = [n for i, n in enumerate(names) if i >= 10 and i % 20 == 0]
-        server = Server(home, workers=1)
         k = args.requests
-        try:
+        with serve(home, 1, {}) as url:
+            server = Server(url, home)
             with httpx.Client(base_url=server.url, timeout=60) as c:
                 page = c.get("/-/signin")
                 csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
@@ -171,8 +182,6 @@ def main() -> None:
                 print(f"| {'search: signed in (session)':34} | {p50:7.1f} | {p99:7.1f} | "
                       f"{'-':>12} |")
                 signed.close()
-        finally:
-            server.stop()
 
 
 if __name__ == "__main__":
