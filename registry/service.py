@@ -412,16 +412,15 @@ class RegistryService:
             q = q.where(col(AdapterRow.id).in_(select(AdapterTag.adapter_id)
                                                 .where(AdapterTag.tag == t)))
         with session_scope(self.engine) as s:
-            # the total rides on the page's rows (a window count); only a page past the end
-            # needs a count of its own
-            page = s.exec(q.add_columns(func.count().over().label("total"))
-                          .order_by(*SORTS[sort], col(AdapterRow.id).asc())
-                          .offset(offset).limit(limit)).all()
-            if page:
-                total = page[0][2]
+            rows = [(a, ns) for a, ns in s.exec(q.order_by(*SORTS[sort], col(AdapterRow.id).asc())
+                                                 .offset(offset).limit(limit)).all()]
+            if (rows and len(rows) < limit) or (not rows and offset == 0):
+                total = offset + len(rows)  # the last page: nothing beyond it to count
             else:
-                total = s.exec(select(func.count()).select_from(q.subquery())).one() if offset else 0
-            rows = [(a, ns) for a, ns, _ in page]
+                # a count of its own: a window count on the page's query would make SQLite
+                # materialise and sort every match before the limit (55 ms against 0.2 ms for
+                # the page and 2 ms for the count at 10,000 adapters)
+                total = s.exec(select(func.count()).select_from(q.subquery())).one()
             return SearchPage(total=total, offset=offset, limit=limit,
                               items=self._adapter_infos(s, rows))
 
