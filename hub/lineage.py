@@ -79,6 +79,33 @@ def parents(inputs: Sequence[Input], weights: Sequence[float] | None = None) -> 
             for i, s in enumerate(inputs)]
 
 
+def parent_edges(lineage: dict[str, Any] | None) -> list[tuple[str, str | None, float | None]]:
+    """``(ns/name, version or None, weight)`` for each parent a stored lineage names by
+    registry reference, first mention of a repository only: the edges the registry indexes
+    so that "what was made from this adapter" is a lookup, not a scan of every lineage."""
+    from lorahive.hub.errors import InvalidReferenceError
+    from lorahive.hub.refs import parse_ref
+
+    out: list[tuple[str, str | None, float | None]] = []
+    seen: set[str] = set()
+    raw_parents = (lineage or {}).get("parents") if isinstance(lineage, dict) else None
+    for raw in raw_parents if isinstance(raw_parents, list) else []:
+        text = raw.get("ref") if isinstance(raw, dict) else None
+        if not isinstance(text, str) or text == "private":
+            continue
+        try:
+            r = parse_ref(text)
+        except InvalidReferenceError:
+            continue  # a local directory
+        if r.repo in seen:
+            continue
+        seen.add(r.repo)
+        w = raw.get("weight")
+        weight = float(w) if isinstance(w, int | float) and not isinstance(w, bool) else None
+        out.append((r.repo, r.version, weight))
+    return out
+
+
 def recipe_digest(method: str, inputs: Sequence[Input], params: dict[str, Any],
                   weights: Sequence[float] | None = None) -> str:
     """sha256 of the method, the inputs (reference, version, sha256, weight) and the

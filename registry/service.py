@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import Text, and_, cast, func, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.functions import aggregate_strings
@@ -47,7 +47,7 @@ from lorahive.hub.errors import (
     PermissionDeniedError,
     VersionNotFoundError,
 )
-from lorahive.hub.lineage import SIDECAR
+from lorahive.hub.lineage import SIDECAR, parent_edges
 from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME
 from lorahive.hub.modelcard import parse_card
 from lorahive.hub.protocol import (
@@ -93,6 +93,7 @@ from lorahive.registry.tables import (
     AdapterTag,
     AliasRow,
     FileRow,
+    LineageEdgeRow,
     Namespace,
     Token,
     User,
@@ -796,6 +797,9 @@ class RegistryService:
             s.flush()
             for f in files:
                 s.add(FileRow(version_id=v.id, path=f.path, sha256=f.sha256, size=f.size))  # type: ignore[arg-type]
+            for repo, pv, w in parent_edges(checked.lineage):
+                s.add(LineageEdgeRow(version_id=v.id, parent_repo=repo, parent_version=pv,  # type: ignore[arg-type]
+                                     weight=w))
             latest = s.get(AliasRow, (a.id, DEFAULT_ALIAS))
             if latest is None:
                 s.add(AliasRow(adapter_id=a.id, name=DEFAULT_ALIAS, version_id=v.id))  # type: ignore[arg-type]
@@ -875,6 +879,9 @@ class RegistryService:
             s.delete(al)
         for f in s.exec(select(FileRow).where(col(FileRow.version_id).in_(ids))).all():
             s.delete(f)
+        for e in s.exec(select(LineageEdgeRow)
+                        .where(col(LineageEdgeRow.version_id).in_(ids))).all():
+            s.delete(e)
         s.flush()
         for v in versions:
             s.delete(v)
@@ -1120,36 +1127,26 @@ class RegistryService:
     def lineage_children(self, p: Principal, ref: str | Ref, limit: int = 200
                          ) -> list[LineageEdge]:
         """Versions ``p`` may see whose lineage names this adapter as a parent (what was fused,
-        merged or composed from it), newest first, with the method and the parent's weight."""
+        merged or composed from it), newest first, with the method and the parent's weight:
+        one indexed lookup in ``lineage_edges``."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
-        repo = r.repo
-        pats = [f'%"{_escape_like(repo)}@%', f'%"{_escape_like(repo)}"%']
         with session_scope(self.engine) as s:
             self._adapter(s, p, Ref(r.namespace, r.name))
-            text = cast(VersionRow.lineage, Text)
-            q = (select(VersionRow.version, VersionRow.lineage, AdapterRow.name, Namespace.name)
+            q = (select(VersionRow.version, VersionRow.lineage, AdapterRow.name, Namespace.name,
+                        LineageEdgeRow.weight, LineageEdgeRow.parent_version)
+                 .join(VersionRow, col(LineageEdgeRow.version_id) == VersionRow.id)
                  .join(AdapterRow, col(VersionRow.adapter_id) == AdapterRow.id)
                  .join(Namespace, col(AdapterRow.namespace_id) == Namespace.id)
-                 .where(col(VersionRow.lineage).is_not(None))
-                 .where(or_(*(text.like(pt, escape="\\") for pt in pats))))
+                 .where(LineageEdgeRow.parent_repo == r.repo))
             visible = _visible_to(p)
             if visible is not None:
                 q = q.where(visible)
-            rows = s.exec(q.order_by(col(VersionRow.created_at).desc()).limit(limit * 4)).all()
-        out: list[LineageEdge] = []
-        for version, lineage, name, ns in rows:
-            for raw in (lineage or {}).get("parents") or []:
-                ref_text = str(raw.get("ref") or "") if isinstance(raw, dict) else ""
-                if ref_text == repo or ref_text.startswith(repo + "@"):
-                    w = raw.get("weight")
-                    out.append(LineageEdge(ns, name, version,
-                                           float(w) if isinstance(w, int | float) else None,
-                                           method=str((lineage or {}).get("method") or ""),
-                                           parent_version=ref_text.partition("@")[2] or None))
-                    break
-            if len(out) >= limit:
-                break
-        return out
+            rows = s.exec(q.order_by(col(VersionRow.created_at).desc(),
+                                     col(VersionRow.id).desc()).limit(limit)).all()
+        return [LineageEdge(ns, name, version, weight,
+                            method=str((lineage or {}).get("method") or ""),
+                            parent_version=pv)
+                for version, lineage, name, ns, weight, pv in rows]
 
     def subspace_overlap(self, p: Principal, a: str | Ref, b: str | Ref
                          ) -> dict[str, tuple[float, float]]:

@@ -99,6 +99,18 @@ class VersionRow(SQLModel, table=True):
     downloads: int = 0
 
 
+class LineageEdgeRow(SQLModel, table=True):
+    """One parent a version's lineage names by registry reference (``hub.lineage.
+    parent_edges``), indexed by the parent so an adapter's children are found without
+    reading every lineage."""
+
+    __tablename__ = "lineage_edges"
+    version_id: int = Field(foreign_key="versions.id", primary_key=True)
+    parent_repo: str = Field(primary_key=True, index=True, max_length=129)
+    parent_version: str | None = Field(default=None, max_length=64)
+    weight: float | None = None
+
+
 class FileRow(SQLModel, table=True):
     __tablename__ = "files"
     __table_args__ = (UniqueConstraint("version_id", "path", name="uq_file_path"),)

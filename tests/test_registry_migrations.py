@@ -67,10 +67,21 @@ def test_upgrade_from_first_schema_keeps_data(db_url, tmp_path):
         c.execute(t["files"].insert().values(id=3, version_id=1, path="adapter_config.json",
                                              sha256="ef" * 32, size=2))
         c.execute(t["aliases"].insert().values(adapter_id=1, name="latest", version_id=1))
+        # a fused adapter made from the legacy one: its lineage becomes an indexed edge
+        c.execute(t["adapters"].insert().values(
+            id=2, namespace_id=1, name="fused", description="", task="qa", base_model="b/m",
+            peft_type="LORA", private=False, next_seq=2, created_at=now, updated_at=now))
+        c.execute(t["versions"].insert().values(
+            id=2, adapter_id=2, version="1", seq=1, created_at=now, size=10, sha256=sha,
+            peft_type="LORA", base_model="b/m", rank=4, lora_alpha=8.0, num_parameters=5,
+            target_modules=["q_proj"], summary={"rank": 4}, stats=[], metrics={},
+            metadata={}, lineage={"method": "fuse:ties", "parents": [
+                {"ref": "./a-local-dir", "weight": 0.5},
+                {"ref": "old/legacy@1", "version": "1", "weight": 0.25}]}))
     engine.dispose()
 
     svc = RegistryService(Settings(home=tmp_path / "home", database_url=db_url))  # start-up
-    assert current_revision(svc.engine) == head_revision() == "0004"
+    assert current_revision(svc.engine) == head_revision() == "0005"
     who = svc.authenticate("lh_old")
     v = svc.resolve(who, "old/legacy")
     assert v.version == "1" and v.downloads == 0 and v.metrics == {"acc": 1}
@@ -88,6 +99,10 @@ def test_upgrade_from_first_schema_keeps_data(db_url, tmp_path):
     plan = svc.preflight(who, "old/legacy", [weights, config])
     assert plan.unchanged is not None and plan.unchanged.version == "1" and plan.missing == []
     assert svc.search(who, "before").total == 1
+    [child] = svc.lineage_children(who, "old/legacy")
+    assert (child.namespace, child.name, child.version) == ("old", "fused", "1")
+    assert child.weight == 0.25 and child.method == "fuse:ties" and child.parent_version == "1"
+    assert svc.lineage_children(who, "old/fused") == []
     svc.close()
 
 
@@ -113,5 +128,5 @@ def test_downgrade_and_upgrade_roundtrip(tmp_path):
         command.downgrade(cfg, "0001")
     assert current_revision(engine) == "0001"
     migrate(engine)
-    assert current_revision(engine) == head_revision() == "0004"
+    assert current_revision(engine) == head_revision() == "0005"
     engine.dispose()
