@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lorahive.hub.errors import LorahiveError
-from lorahive.registry import ratelimit, resilience, web
+from lorahive.registry import fastpath, ratelimit, resilience, web
 from lorahive.registry.hf import routes as hf_routes
 from lorahive.registry.http import bearer_token
 from lorahive.registry.routes import accounts, adapters, files
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, service: RegistryService | None
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
                   redoc_url=None)
     app.state.service = service
+    fastpath.install(app, API_PREFIX)  # the polled resolve reads, before FastAPI's router
     ratelimit.install(app)  # 429 + Retry-After after repeated failed auth
     resilience.install_handlers(app)  # full disk 507, lost database 503
 

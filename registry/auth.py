@@ -12,11 +12,14 @@ on namespaces they own; site admins on all.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from sqlmodel import Session, select
+from sqlalchemy import Connection, Select, bindparam
+from sqlmodel import Session, col, select
 
 from lorahive.hub.errors import AuthenticationError, PermissionDeniedError
 from lorahive.registry.tables import Namespace, Token, User, utcnow
@@ -37,6 +40,14 @@ def scope_rank(scope: str) -> int:
     return SCOPES.index(scope) if scope in SCOPES else -1
 
 
+class NamespaceView(NamedTuple):
+    """What a permission check reads of a namespace, for a query that selects only those
+    columns instead of loading the row."""
+
+    name: str
+    owner_id: int
+
+
 @dataclass(frozen=True)
 class Principal:
     """The caller: anonymous (``user_id is None``) or a user acting through one token."""
@@ -55,7 +66,7 @@ class Principal:
     def has_scope(self, level: str) -> bool:
         return self.scope is not None and scope_rank(self.scope) >= scope_rank(level)
 
-    def can(self, ns: Namespace, level: str) -> bool:
+    def can(self, ns: Namespace | NamespaceView, level: str) -> bool:
         """May this caller act at ``level`` on namespace ``ns``?"""
         if self.anonymous or not self.has_scope(level):
             return False
@@ -85,28 +96,44 @@ class Principal:
 ANONYMOUS = Principal()
 
 
-def authenticate(session: Session, secret: str | None) -> Principal:
-    """The principal for a bearer secret (anonymous when none); 401 for unknown/expired/revoked."""
+def authenticate(conn: Connection | Session, secret: str | None) -> Principal:
+    """The principal for a bearer secret (anonymous when none); 401 for unknown/expired/revoked.
+    One prebuilt statement (the token with its user): every authenticated request runs it."""
     if not secret:
         return ANONYMOUS
-    row = session.exec(select(Token).where(Token.token_hash == hash_token(secret))).first()
+    row = conn.execute(_token_statement(), {"h": hash_token(secret)}).first()
     if row is None:
         raise AuthenticationError(
             "unknown token: check the token passed, LORAHIVE_TOKEN, or the login saved by "
             "`lorahive login` (run it again to replace it)")
-    return token_principal(session, row)
+    tid, revoked, expires_at, scope, namespaces, uid, user, is_admin = row
+    _check_live(revoked, expires_at, uid)
+    return Principal(uid, user, is_admin, scope, tuple(namespaces), tid)
+
+
+@functools.cache
+def _token_statement() -> Select:
+    return (select(Token.id, Token.revoked, Token.expires_at, Token.scope, Token.namespaces,
+                   User.id, User.name, User.is_admin)
+            .outerjoin(User, col(User.id) == Token.user_id)
+            .where(Token.token_hash == bindparam("h")))
+
+
+def _check_live(revoked: bool, expires_at: dt.datetime | None, user_id: int | None) -> None:
+    if revoked:
+        raise AuthenticationError("this token was revoked; create a new one")
+    if expires_at is not None and _aware(expires_at) <= utcnow():
+        raise AuthenticationError("this token has expired; create a new one")
+    if user_id is None:
+        raise AuthenticationError("the token's user no longer exists")
 
 
 def token_principal(session: Session, row: Token) -> Principal:
     """The principal acting through token ``row``; 401 when it is revoked or expired, or its
     user is gone (checked on every request, so revocation takes effect at once)."""
-    if row.revoked:
-        raise AuthenticationError("this token was revoked; create a new one")
-    if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
-        raise AuthenticationError("this token has expired; create a new one")
     user = session.get(User, row.user_id)
-    if user is None:
-        raise AuthenticationError("the token's user no longer exists")
+    _check_live(row.revoked, row.expires_at, user.id if user else None)
+    assert user is not None
     return Principal(user.id, user.name, user.is_admin, row.scope, tuple(row.namespaces), row.id)
 
 

@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -100,19 +100,21 @@ def ensure_schema(engine: Engine) -> None:
 
 
 @contextlib.contextmanager
-def session_scope(engine: Engine, write: bool = False, autocommit: bool = False
-                  ) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on any error.
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection for one lone read (a resolve): no ``BEGIN``/``COMMIT`` round
+    trips and no ORM session, the statement sees its own consistent snapshot."""
+    opts = ({"lorahive_autocommit": True} if engine.dialect.name == "sqlite"
+            else {"isolation_level": "AUTOCOMMIT"})
+    with engine.connect().execution_options(**opts) as conn:
+        yield conn
 
-    ``autocommit``: for reads whose one statement needs no transaction around it (a resolve):
-    no ``BEGIN``/``COMMIT`` round trips, each statement sees its own consistent snapshot."""
+
+@contextlib.contextmanager
+def session_scope(engine: Engine, write: bool = False) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any error."""
     with Session(engine, expire_on_commit=False) as session:
         if write and engine.dialect.name == "sqlite":
             session.connection(execution_options={"sqlite_immediate": True})
-        elif autocommit:
-            session.connection(execution_options=(
-                {"lorahive_autocommit": True} if engine.dialect.name == "sqlite"
-                else {"isolation_level": "AUTOCOMMIT"}))
         try:
             yield session
             session.commit()

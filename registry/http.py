@@ -63,11 +63,15 @@ def revalidated_json(request: Request, value: BaseModel | Sequence[BaseModel]) -
     the document only if it revalidates every use (aliases move); ``Vary: Authorization``
     because what a caller sees depends on its token. The body is serialized once here
     (FastAPI's response model would validate and serialize it again)."""
+    return revalidated(request.headers.get("if-none-match"), value)
+
+
+def revalidated(if_none_match: str | None, value: BaseModel | Sequence[BaseModel]) -> Response:
+    """:func:`revalidated_json` given the ``If-None-Match`` header's value."""
     body = (value.model_dump_json() if isinstance(value, BaseModel)
             else "[" + ",".join(v.model_dump_json() for v in value) + "]").encode()
     tag = hashlib.blake2b(body, digest_size=16).hexdigest()
     headers = {"ETag": f'"{tag}"', "Cache-Control": "no-cache", "Vary": "Authorization"}
-    if not_modified(request.headers.get("if-none-match"), tag):
+    if not_modified(if_none_match, tag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type="application/json", headers=headers)
-
