@@ -1,18 +1,21 @@
 """The polled metadata reads answered before FastAPI's router.
 
 A fleet of inference servers polls ``GET /api/v1/adapters/<ns>/<name>/aliases/<alias>``
-(and ``.../versions/<v>``) to follow a moving alias. For those two routes, FastAPI's routing,
-dependency solving and thread hop cost several times what the service's one prebuilt query
-does, so this plain ASGI layer matches them itself and answers a successful read with the same
+(and ``.../versions/<v>``) to follow a moving alias, and catalogues page through
+``GET /api/v1/adapters?...``. For those routes, FastAPI's routing, parameter parsing,
+dependency solving and thread hop cost several times what the service's prebuilt queries do,
+so this plain ASGI layer matches them itself and answers a successful read with the same
 service call and the same response (:func:`registry.http.revalidated`). Anything else,
-including every error, goes on to the app unchanged, which answers it as the route does: one
-owner for errors, authentication failures (the limiter counts them) and validation.
+including every error and any query it does not read exactly as the route would, goes on to
+the app unchanged, which answers it as the route does: one owner for errors, authentication
+failures (the limiter counts them) and validation.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio.to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,15 +34,25 @@ class MetadataFastPath:
         self.app = app
         self.read = re.compile(re.escape(prefix)
                                + r"/adapters/([^/]+)/([^/]+)/(aliases|versions)/([^/]+)")
+        self.search = prefix + "/adapters"
         self.routes: dict[str, Any] | None = None  # found on the first request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        m = (self.read.fullmatch(scope["path"])
-             if scope["type"] == "http" and scope["method"] == "GET" else None)
-        if m is None:
+        if scope["type"] != "http" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        ns, name, kind, key = m.groups()
+        if scope["path"] == self.search:
+            kind = "search"
+            args = search_args(scope["query_string"])
+            if args is None:
+                await self.app(scope, receive, send)
+                return
+        else:
+            m = self.read.fullmatch(scope["path"])
+            if m is None:
+                await self.app(scope, receive, send)
+                return
+            ns, name, kind, key = m.groups()
         auth = if_none_match = None
         for k, v in scope["headers"]:
             if k == b"authorization":
@@ -48,8 +61,11 @@ class MetadataFastPath:
                 if_none_match = v.decode("latin-1")
         svc = scope["app"].state.service
         try:
-            ref = _ref(ns, name, **({"alias": key} if kind == "aliases" else {"version": key}))
-            info = await self._call(svc, _read, svc, auth, ref)
+            if kind == "search":
+                info = await self._call(svc, _search, svc, auth, args)
+            else:
+                ref = _ref(ns, name, **({"alias": key} if kind == "aliases" else {"version": key}))
+                info = await self._call(svc, _read, svc, auth, ref)
         except LorahiveError:
             await self.app(scope, receive, send)  # the route answers the error its own way
             return
@@ -74,6 +90,37 @@ def _read(svc: Any, authorization: str | None, ref: Any) -> Any:
     return svc.resolve(_principal(svc, authorization), ref)
 
 
+def _search(svc: Any, authorization: str | None, args: dict[str, Any]) -> Any:
+    return svc.search(_principal(svc, authorization), **args)
+
+
+SEARCH_PARAMS = ("q", "task", "base_model", "tag", "peft_type", "namespace", "sort", "offset",
+                 "limit")  # the search route's query parameters (a test compares them)
+
+
+def search_args(query_string: bytes) -> dict[str, Any] | None:
+    """The search route's arguments from a query string, read as the route reads them
+    (Starlette's parsing: blanks kept, ``tag`` repeated), or ``None`` for anything the route
+    should judge itself: an unknown or repeated parameter, an offset or limit that is not a
+    plain number."""
+    args: dict[str, Any] = {"tags": []}
+    for k, v in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if k == "tag":
+            args["tags"].append(v)
+            continue
+        if k not in SEARCH_PARAMS or k in args or (k == "q" and "text" in args):
+            return None
+        if k in ("offset", "limit"):
+            if not (v.isascii() and v.isdigit()) or len(v) > 9:
+                return None
+            args[k] = int(v)
+        elif k == "q":
+            args["text"] = v
+        else:
+            args[k] = v
+    return args
+
+
 def _principal(svc: Any, authorization: str | None) -> Principal:
     """As ``deps.get_principal``; a malformed header is the route's to refuse."""
     if not authorization:
@@ -96,7 +143,9 @@ def _routes(app: Any) -> dict[str, Any]:
             continue
         path = getattr(r, "path", "")
         if "GET" in (getattr(r, "methods", None) or ()):
-            if path.endswith("/adapters/{ns}/{name}/aliases/{alias}"):
+            if path.endswith("/adapters") and getattr(r, "name", "") == "search":
+                out["search"] = r
+            elif path.endswith("/adapters/{ns}/{name}/aliases/{alias}"):
                 out["aliases"] = r
             elif path.endswith("/adapters/{ns}/{name}/versions/{version}"):
                 out["versions"] = r

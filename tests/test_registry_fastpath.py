@@ -115,3 +115,45 @@ def test_an_authenticated_read_is_two_statements(server, lora_dir):
         with statements(server.service.engine) as seen:
             assert c.get(url).status_code == 200
     assert len(seen) == 2, seen  # the token with its user, the resolve
+
+
+def test_search_pages_match_the_route(server, lora_dir):
+    tag = unique("tag")
+    repos = [f"admin/{unique('s')}" for _ in range(3)]
+    for r in repos:
+        server.admin.publish(lora_dir, r, tags=[tag], task="fastpath-task")
+    app = _app(server)
+    queries = [f"tag={tag}&limit=2", f"tag={tag}&limit=2&offset=2", f"tag={tag}&sort=name",
+               f"q=&task=fastpath-task&tag={tag}&peft_type=lora&limit=5"]
+    with server.client(headers={"Authorization": f"Bearer {server.token}"}) as c:
+        fast = {q: c.get(f"/api/v1/adapters?{q}") for q in queries}
+        app.dependency_overrides[get_principal] = lambda: server.admin.principal
+        try:  # the route's own answer: a parameter the fast path leaves to it
+            routed = {q: c.get(f"/api/v1/adapters?{q}&unknown=1") for q in queries}
+        finally:
+            app.dependency_overrides.clear()
+    for q in queries:
+        assert fast[q].status_code == routed[q].status_code == 200, q
+        assert fast[q].json() == routed[q].json(), q
+        assert fast[q].headers["etag"] == routed[q].headers["etag"], q
+    assert fast[queries[0]].json()["total"] == 3
+    assert [i["name"] for i in fast[queries[2]].json()["items"]] == sorted(
+        r.split("/")[1] for r in repos)
+    with server.client() as anon:  # what the route refuses, it still refuses
+        assert anon.get("/api/v1/adapters?limit=-1").status_code == 400
+        assert anon.get("/api/v1/adapters?sort=nope").status_code == 400
+        assert anon.get("/api/v1/adapters?offset=99999999999").status_code == 400
+
+
+def test_search_arguments_are_the_routes():
+    """The fast path reads exactly the search route's query parameters."""
+    from lorahive.registry.app import create_app
+    from lorahive.registry.fastpath import SEARCH_PARAMS, search_args
+
+    spec = create_app().openapi()["paths"]["/api/v1/adapters"]["get"]
+    assert sorted(p["name"] for p in spec["parameters"] if p["in"] == "query") == sorted(
+        SEARCH_PARAMS)
+    assert search_args(b"q=a+b&tag=x&tag=y&limit=5") == {
+        "text": "a b", "tags": ["x", "y"], "limit": 5}
+    assert search_args(b"limit=5&limit=6") is None and search_args(b"offset=1e3") is None
+    assert search_args(b"other=1") is None
