@@ -289,8 +289,9 @@ class RegistryService:
     def _adapter_infos(self, s: Session, rows: Sequence[Any]) -> list[AdapterInfo]:
         """Adapter summaries for ``(AdapterRow, Namespace)`` rows; their tags and aliases in
         one prebuilt statement each."""
-        cols = [_AdapterCols.of(r) for r in rows]
-        ids = [c.id for c in cols]
+        cols = [(a.id, ns.name, a.name, a.description, a.task, a.base_model, a.peft_type,
+                 a.private, a.downloads, a.created_at, a.updated_at) for a, ns in rows]
+        ids = [c[0] for c in cols]
         tags: dict[int, list[str]] = {}
         aliases: dict[int, dict[str, str]] = {}
         if ids:
@@ -298,7 +299,7 @@ class RegistryService:
                 tags.setdefault(aid, []).append(tag)
             for aid, name, ver in s.execute(_ALIASES_OF, {"ids": ids}):
                 aliases.setdefault(aid, {})[name] = ver
-        return [_adapter_info(c, tags.get(c.id, []), aliases.get(c.id, {})) for c in cols]
+        return [_adapter_info(c, tags.get(c[0], []), aliases.get(c[0], {})) for c in cols]
 
     # -- reads ---------------------------------------------------------------------------
     def resolve(self, p: Principal, ref: str | Ref) -> VersionInfo:
@@ -402,7 +403,7 @@ class RegistryService:
                 total = rows[0].total
             else:  # past the end: no row carries the count
                 total = conn.execute(count, params).scalar_one() if offset else 0
-        items = [_adapter_info(_AdapterCols(*r[:11]), sorted(r.tags.split(SEP)) if r.tags else [],
+        items = [_adapter_info(r, sorted(r.tags.split(SEP)) if r.tags else [],
                                dict(a.split(PAIR, 1) for a in r.aliases.split(SEP))
                                if r.aliases else {})
                  for r in rows]
@@ -1284,34 +1285,15 @@ _ALIASES_AGG = (select(aggregate_strings(AliasRow.name + PAIR + VersionRow.versi
                 .correlate(AdapterRow).scalar_subquery().label("aliases"))
 
 
-@dataclass(frozen=True)
-class _AdapterCols:
-    """What an adapter summary reads of a row (``_ADAPTER_COLUMNS``)."""
-
-    id: int
-    ns_name: str
-    name: str
-    description: str | None
-    task: str | None
-    base_model: str | None
-    peft_type: str | None
-    private: bool
-    downloads: int
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-    @classmethod
-    def of(cls, row: Any) -> _AdapterCols:
-        a, ns = row
-        return cls(a.id, ns.name, a.name, a.description, a.task, a.base_model,
-                   a.peft_type, a.private, a.downloads, a.created_at, a.updated_at)
-
-
-def _adapter_info(c: _AdapterCols, tags: list[str], aliases: dict[str, str]) -> AdapterInfo:
+def _adapter_info(row: Sequence[Any], tags: list[str], aliases: dict[str, str]
+                  ) -> AdapterInfo:
+    """An adapter summary from a row of ``_ADAPTER_COLUMNS`` (its first 11 values)."""
+    (_, ns_name, name, description, task, base_model, peft_type, private, downloads,
+     created_at, updated_at) = row[:11]
     return AdapterInfo(
-        namespace=c.ns_name, name=c.name, description=c.description, task=c.task,
-        base_model=c.base_model, peft_type=c.peft_type, tags=tags, private=c.private,
-        downloads=c.downloads, created_at=c.created_at, updated_at=c.updated_at,
+        namespace=ns_name, name=name, description=description, task=task,
+        base_model=base_model, peft_type=peft_type, tags=tags, private=private,
+        downloads=downloads, created_at=created_at, updated_at=updated_at,
         aliases=aliases, latest_version=aliases.get(DEFAULT_ALIAS))
 
 
