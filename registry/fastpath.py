@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 import anyio.to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lorahive.hub.errors import AuthenticationError, LorahiveError
+from lorahive.hub.errors import AuthenticationError
 from lorahive.registry.auth import ANONYMOUS, Principal
 from lorahive.registry.http import revalidated
 from lorahive.registry.routes.adapters import _ref
@@ -66,7 +66,7 @@ class MetadataFastPath:
             else:
                 ref = _ref(ns, name, **({"alias": key} if kind == "aliases" else {"version": key}))
                 info = await self._call(svc, _read, svc, auth, ref)
-        except LorahiveError:
+        except Exception:  # any failure: a 4xx, a lost database's 503, ...
             await self.app(scope, receive, send)  # the route answers the error its own way
             return
         if self.routes is None:
