@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.suite import Context, RowOutput, TaskData, row
+from lorahive.cli.commands.compose import NOT_HELPING
 
 LORAHUB_MODULES = 20  # LoRAHub's protocol: 20 candidates drawn at random from the library
 FT_STEPS, FT_LR = 30, 1e-3  # the 5-shot fine-tune: 30 full-batch steps
@@ -106,6 +107,37 @@ def lorahive_default(task: TaskData, shots, seed: int, ctx: Context):
     """``lorahive compose`` as a user runs it, with its defaults: every library adapter by
     registry reference (``library/<task>``, from the library's own registry), the shots as
     ``--examples``, ``--seed`` the suite's seed; the adapter it writes is then scored."""
+    return _compose(task, shots, seed, ctx, [])
+
+
+@row("retrieve", "lorahive --retrieve 8", library=True, quick=False)
+def lorahive_retrieve(task: TaskData, shots, seed: int, ctx: Context):
+    """The 8 library adapters whose stored example prompts are nearest the shots (MiniLM)."""
+    return _compose(task, shots, seed, ctx, ["--retrieve", "8"])
+
+
+@row("folds", "lorahive --folds 5", library=True, quick=False)
+def lorahive_folds(task: TaskData, shots, seed: int, ctx: Context):
+    """Leave-one-out first: where no mix beats the base model out of fold, nothing is
+    written and the user keeps the base model, which is what is scored."""
+    return _compose(task, shots, seed, ctx, ["--folds", "5"])
+
+
+@row("label", "lorahive --objective label", library=True, quick=False)
+def lorahive_label(task: TaskData, shots, seed: int, ctx: Context):
+    """Rank classification's cross-entropy over the label set (label tasks; the answer
+    loss elsewhere, as the default)."""
+    return _compose(task, shots, seed, ctx, ["--objective", "label"] if task.labels else [])
+
+
+@row("blocks", "lorahive --blocks 4", library=True, quick=False)
+def lorahive_blocks(task: TaskData, shots, seed: int, ctx: Context):
+    """Four contiguous blocks of layers, each mixed with its own weights."""
+    return _compose(task, shots, seed, ctx, ["--blocks", "4"])
+
+
+def _compose(task: TaskData, shots, seed: int, ctx: Context, extra: list[str]):
+    """``lorahive compose`` through the CLI with the library by reference, plus ``extra``."""
     from benchmarks.library import HOME, NAMESPACE
     from lorahive.hub.peft_format import load_peft
 
@@ -117,21 +149,23 @@ def lorahive_default(task: TaskData, shots, seed: int, ctx: Context):
         out = Path(tmp) / "composed"
         cmd = [sys.executable, "-m", "lorahive", "compose", "--base", str(ctx.base_dir),
                "--examples", str(ex), "--out", str(out), "--seed", str(seed),
-               "--budget", str(ctx.args.budget), "--device", ctx.args.device, "--json"]
+               "--budget", str(ctx.args.budget), "--device", ctx.args.device, "--json",
+               *extra]
         for r in refs:
             cmd += ["-c", r]
         env = {**_env(ctx), "LORAHIVE_HOME": str(HOME)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if proc.returncode != 0:
+        if proc.returncode not in (0, NOT_HELPING):
             raise RuntimeError(f"lorahive compose failed: {proc.stderr.strip()[-2000:]}")
         res = json.loads(proc.stdout)
-        adapter = load_peft(out)
+        adapter = load_peft(out) if proc.returncode == 0 else None  # None: the base model
     preds = ctx.predict(task, adapter)
     weights = {k.split("/")[-1].split("@")[0]: round(v, 4) for k, v in res["weights"].items()}
-    screened = len(refs) if len(refs) > len(weights) else 0
+    screened = len(refs) if len(refs) > len(weights) and "--retrieve" not in extra else 0
     return RowOutput(preds, {"weights": weights, "objective": res.get("objective"),
                              "evaluations": res.get("evaluations", 0) + screened,
-                             "prescreen_evaluations": screened})
+                             "prescreen_evaluations": screened,
+                             "written": proc.returncode == 0})
 
 
 @row("upper", "upper bound (full-data LoRA)", seeded=False, quick=False)

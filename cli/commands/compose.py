@@ -96,6 +96,10 @@ def compose(
     write_anyway: bool = typer.Option(
         False, "--write-anyway", help="With --folds: write (and publish) the mix even when it "
         "does not beat the base model out of fold."),
+    blocks: int = typer.Option(
+        1, "--blocks", help="Layer blocks with weights of their own: 1 is one weight per "
+        "candidate (LoRAHub); N splits the adapted layers into N contiguous blocks, each "
+        "mixed with its own weights (N times as many weights to search; still gradient-free)."),
     prescreen: int | None = typer.Option(
         None, help="Keep the K best candidates scored alone (default: all, capped at "
         "LoRAHub's maximum of 20)."),
@@ -116,6 +120,7 @@ def compose(
         load_examples,
     )
     from lorahive.compose.composer.folds import split_folds
+    from lorahive.compose.composer.mixing import layer_blocks
     from lorahive.compose.composer.model import load_base
     from lorahive.compose.composer.objective import load_objective
 
@@ -142,7 +147,8 @@ def compose(
     label_list = _label_set(objective, labels, shots)
     if folds:
         split_folds(len(shots), folds, seed)  # refuse bad --folds before the model loads
-    check_candidates(cands, mode)  # before the model loads: fail fast on mismatched candidates
+    # before the model loads: fail fast on mismatched candidates and impossible blocks
+    layer_blocks(check_candidates(cands, mode), blocks)
     record = {"base": str(base), "dtype": dtype, "device": device, "objective_fn": objective,
               "select": select}
     if ranking is not None:
@@ -153,7 +159,8 @@ def compose(
                       retrieval_scores=[scores[s.ref] for s in sources])
     params = compose_params(mode, cfg, l1=l1, batch_size=batch_size, rank=rank,
                             prescreen=prescreen, examples=shots, held_out=held_out,
-                            record=record, folds=folds or None, labels=label_list)
+                            record=record, folds=folds or None, labels=label_list,
+                            blocks=blocks)
     if reuse_output(out, compose_recipe(mode, cands, params)):
         _finish_earlier_run(out, publish, url, token, task, private, json_out)
         return
@@ -161,7 +168,7 @@ def compose(
     bm = load_base(base, device, dtype)
     with Composer(bm, cands, shots, mode=mode, l1=l1, batch_size=batch_size,
                   objective=None if label_list else obj, max_rows=max_rows,
-                  labels=label_list) as comp:
+                  labels=label_list, blocks=blocks) as comp:
         for w in comp.warnings:
             err_console.print(f"[yellow]warning:[/yellow] {w}")
         with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
@@ -272,12 +279,16 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
                     "retrieval": None if ranking is None else
                     [[r.ref, r.score] for r in ranking],
                     "written": True, "weights": result.weights,
+                    **({"block_weights": result.block_weights} if result.blocks > 1 else {}),
                     "trace": result.search.trace, **metrics})
         return
-    print_table((Col("candidate"), Col("weight", justify="right")), (
-        (ref, f"{w:+.4f}")
+    blocks = result.block_weights if result.blocks > 1 else []
+    print_table((Col("candidate"), Col("weight", justify="right"),
+                 *(Col(f"block {b}", justify="right") for b in range(len(blocks)))), (
+        (ref, f"{w:+.4f}", *(f"{b[ref]:+.4f}" for b in blocks))
         for ref, w in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))),
-        title="mixing weights")
+        title="mixing weights" + (f" (mean over {len(blocks)} layer blocks, then each "
+                                  "block's)" if blocks else ""))
     if ranking:
         kept = [r for r in ranking if r.ref in set(result.weights)]
         console.print(f"retrieved {len(kept)} of {len(ranking)} candidates by example-prompt "

@@ -11,10 +11,16 @@ method that writes the result (with equal scales, as LoRAHub's candidates have, 
 ``s (sum w_i B_i)(sum w_i A_i)``). Mode ``delta``: ``y += sum_i w_ki s_i (x A_i^T) B_i^T``,
 computed as one shared ``x @ [A_1; ...; A_n]^T``, a per-group column scaling and one shared
 ``@ [B_1 ... B_n]^T`` — exact for any ranks.
+
+Layer blocks (``blocks`` > 1; per-layer mixing in the spirit of LoRA Soups' CAT, searched
+gradient-free): the layers are split into ``blocks`` contiguous blocks and each block mixes
+with its own weight vector, so a point of the search has ``blocks * n`` weights, block-major.
+One block is LoRAHub's one weight per candidate.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,16 +44,20 @@ class FactorGroup:
     mixed_A: torch.Tensor | None = None  # ab: [M, K, r, in]
     mixed_B: torch.Tensor | None = None  # ab: [M, K, out, r]
     coef: torch.Tensor | None = None  # delta: [M, K, R]
+    block: torch.Tensor | None = None  # [M] layer block of each member (None: all block 0)
     k: int = 1
 
     def set_weights(self, W: torch.Tensor) -> None:
+        """``W``: ``[K, blocks, n]``, one weight vector per layer block."""
         self.k = int(W.shape[0])
         W = W.to(self.A)
+        Wm = W[:, self.block if self.block is not None else
+               torch.zeros(self.A.shape[0], dtype=torch.long, device=W.device)]  # [K, M, n]
         if self.mode == "ab":
-            self.mixed_A = torch.einsum("kn,mnri->mkri", W, self.A)
-            self.mixed_B = torch.einsum("kn,mnor->mkor", W, self.B)
+            self.mixed_A = torch.einsum("kmn,mnri->mkri", Wm, self.A)
+            self.mixed_B = torch.einsum("kmn,mnor->mkor", Wm, self.B)
         else:
-            self.coef = W[:, self.owner].unsqueeze(0) * self.scale.unsqueeze(1)
+            self.coef = Wm[:, :, self.owner].transpose(0, 1) * self.scale.unsqueeze(1)
 
     def lowrank(self, index: int, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
@@ -87,13 +97,28 @@ class Mixer:
     n: int
     groups: list[FactorGroup] = field(default_factory=list)
     originals: dict[str, nn.Linear] = field(default_factory=dict)
+    blocks: int = 1
+    block_of: dict[str, int] = field(default_factory=dict)  # layer block of each module
+
+    @property
+    def dim(self) -> int:
+        """Weights in one point of the search: one per candidate and layer block."""
+        return self.n * self.blocks
 
     def set_weights(self, W: torch.Tensor | Sequence[Sequence[float]]) -> None:
+        """``W``: ``[K, n]`` (the same weights in every block) or ``[K, blocks * n]``
+        (block-major)."""
         W = torch.as_tensor(W, dtype=torch.float32)
         if W.ndim == 1:
             W = W.unsqueeze(0)
-        if W.shape[1] != self.n:
-            raise InvalidRequestError(f"got {W.shape[1]} weights for {self.n} candidates")
+        if W.shape[1] == self.n:
+            W = W.unsqueeze(1).expand(-1, self.blocks, -1)
+        elif W.shape[1] == self.dim:
+            W = W.reshape(W.shape[0], self.blocks, self.n)
+        else:
+            raise InvalidRequestError(
+                f"got {W.shape[1]} weights for {self.n} candidates"
+                + (f" in {self.blocks} layer blocks" if self.blocks > 1 else ""))
         for g in self.groups:
             g.set_weights(W)
 
@@ -118,10 +143,29 @@ def _linear(model: nn.Module, name: str) -> nn.Linear:
     return mod
 
 
+_LAYER = re.compile(r"\.(\d+)(?:\.|$)")
+
+
+def layer_blocks(names: Sequence[str], blocks: int) -> dict[str, int]:
+    """The layer block of each module: its layer is the first number in its name
+    (``model.layers.12.self_attn.q_proj``: 12), and layers ``0..L-1`` are split into
+    ``blocks`` contiguous blocks of (nearly) equal size. A module without a number is in
+    block 0."""
+    layers = {nm: int(m.group(1)) if (m := _LAYER.search(nm)) else 0 for nm in names}
+    count = max(layers.values(), default=0) + 1
+    if not 1 <= blocks <= count:
+        raise InvalidRequestError(
+            f"blocks must be between 1 and the number of layers the candidates adapt "
+            f"({count})", params="blocks")
+    return {nm: layer * blocks // count for nm, layer in layers.items()}
+
+
 def install(model: nn.Module, cands: Sequence[Candidate], names: Sequence[str], mode: str,
-            device: torch.device, dtype: torch.dtype) -> Mixer:
-    """Wrap ``names`` in ``model`` with the candidates' stacked factors (weights start at 0)."""
+            device: torch.device, dtype: torch.dtype, blocks: int = 1) -> Mixer:
+    """Wrap ``names`` in ``model`` with the candidates' stacked factors (weights start at 0);
+    ``blocks`` layer blocks mix with weights of their own."""
     n = len(cands)
+    block_of = layer_blocks(names, blocks)
     per_key: dict[tuple, list[str]] = defaultdict(list)
     for name in names:
         lin = _linear(model, name)
@@ -137,9 +181,12 @@ def install(model: nn.Module, cands: Sequence[Candidate], names: Sequence[str], 
         key = (*shape, ranks) if mode == "delta" else (*shape, ranks[0])
         per_key[key].append(name)
 
-    mixer = Mixer(model, list(names), n)
+    mixer = Mixer(model, list(names), n, blocks=blocks, block_of=block_of)
     for key, members in per_key.items():
         group = _build_group(cands, members, mode, key, device, dtype)
+        if blocks > 1:
+            group.block = torch.tensor([block_of[nm] for nm in members], dtype=torch.long,
+                                       device=device)
         mixer.groups.append(group)
         for index, name in enumerate(members):
             lin = _linear(model, name)

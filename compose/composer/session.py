@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ def compose_params(mode: str, cfg: SearchConfig, *, l1: float = 0.05,
                    prescreen: int | None = None, examples: Sequence[Example] = (),
                    held_out: Sequence[Example] | None = None,
                    record: dict[str, Any] | None = None, folds: int | None = None,
-                   labels: Sequence[str] | None = None) -> dict[str, Any]:
+                   labels: Sequence[str] | None = None, blocks: int = 1) -> dict[str, Any]:
     """Every setting that determines a composition, as its lineage records them.
 
     ``record`` adds what the session cannot know itself (the base model's path, the compute
@@ -61,6 +61,8 @@ def compose_params(mode: str, cfg: SearchConfig, *, l1: float = 0.05,
     }
     if folds:
         params["folds"] = folds
+    if blocks != 1:  # absent for one block, so earlier recipes stay what they were
+        params["blocks"] = blocks
     if labels is not None:
         params["labels"] = list(labels)
     if held_out is not None:
@@ -91,9 +93,21 @@ class ComposeResult:
     cross_validation: CrossValidation | None = None
 
     @property
+    def blocks(self) -> int:
+        return len(self.search.weights) // max(len(self.candidates), 1)
+
+    @property
+    def block_weights(self) -> list[dict[str, float]]:
+        """Each layer block's weight per candidate (one block: LoRAHub's weights)."""
+        W = np.asarray(self.search.weights).reshape(self.blocks, len(self.candidates))
+        return [{c.ref: float(w) for c, w in zip(self.candidates, row, strict=True)}
+                for row in W]
+
+    @property
     def weights(self) -> dict[str, float]:
-        return {c.ref: float(w) for c, w in zip(self.candidates, self.search.weights,
-                                                  strict=True)}
+        """One weight per candidate; with layer blocks, its mean over the blocks."""
+        W = np.asarray(self.search.weights).reshape(self.blocks, len(self.candidates))
+        return {c.ref: float(w) for c, w in zip(self.candidates, W.mean(0), strict=True)}
 
     @property
     def objective(self) -> float:
@@ -116,10 +130,13 @@ class ComposeResult:
         held-out accuracy."""
         p, m = self.lineage.params, self.metrics
         mode = p["mode"]
+        per_block = (f" and layer block ({self.blocks} contiguous blocks of layers; the "
+                     "parents' weights below are means over the blocks)"
+                     if self.blocks > 1 else "")
         rows: list[tuple[str, Any]] = [
             ("method", f"{self.lineage.method}: gradient-free search of one weight per "
-                       f"candidate ({p['optimizer']}, {self.search.evaluations} evaluations, "
-                       f"seed {p['seed']}), written by the fusion engine's "
+                       f"candidate{per_block} ({p['optimizer']}, {self.search.evaluations} "
+                       f"evaluations, seed {p['seed']}), written by the fusion engine's "
                        f"`{FUSION_METHOD[mode]}`"),
             ("objective", _objective_name(p) + f", l1 {p['l1']}"),
             ("examples", f"{p['num_examples']} (sha256 {p['examples_sha256'][:12]})"),
@@ -167,6 +184,7 @@ class Composer:
     scorer: Scorer | None = None
     warnings: list[str] = field(default_factory=list)
     labels: list[str] | None = None  # the label objective's label set
+    blocks: int = 1  # layer blocks with weights of their own
 
     def __post_init__(self) -> None:
         if not self.examples:
@@ -189,13 +207,19 @@ class Composer:
                 "its B, where LoRAHub would apply the first candidate's scale to all")
         self.candidates = cands
         self.mixer = install(self.base.model, cands, self.names, self.mode, self.base.device,
-                             self.base.dtype)
+                             self.base.dtype, self.blocks)
         self.scorer = Scorer(self.base.model, self.mixer, self.encoded, self.l1,
                              self.batch_size, self.objective, self.max_rows, self.pack_examples,
                              self.targets)
 
+    @property
+    def dim(self) -> int:
+        """Weights in one point of the search: one per candidate and layer block."""
+        return len(self.candidates) * self.blocks
+
     def score(self, W: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Objective of each row of ``W`` (``[K, n]``), in batched passes."""
+        """Objective of each row of ``W`` (``[K, n]``, or ``[K, blocks * n]`` block-major),
+        in batched passes."""
         return self.scorer(torch.as_tensor(np.asarray(W), dtype=torch.float32)).numpy()
 
     def prescreen(self, keep: int) -> list[tuple[str, float]]:
@@ -211,22 +235,43 @@ class Composer:
 
     def search(self, cfg: SearchConfig,
                on_eval: Callable[[int, float, float], None] | None = None) -> SearchResult:
-        return search(self.score, len(self.candidates), cfg, on_eval)
+        return search(self.score, self.dim, cfg, on_eval)
 
     def cross_validate(self, cfg: SearchConfig, folds: int,
                        on_eval: Callable[[int, float, float], None] | None = None
                        ) -> CrossValidation:
         """Search on all shots but one fold, score the mix and the base model on that fold."""
-        return cross_validate(self.scorer, len(self.candidates), len(self.examples), cfg,
-                              folds, on_eval)
+        return cross_validate(self.scorer, self.dim, len(self.examples), cfg, folds, on_eval)
 
     def adapter(self, weights: Sequence[float], rank: int | None = None
                 ) -> tuple[Adapter, dict[str, float]]:
         """The composed adapter, made by the fusion engine (``lorahub`` for mode ``ab``,
         ``task_arithmetic`` truncated to ``rank`` for ``delta``), and for ``delta`` the
-        energy of the exact mix that the truncation kept, per module."""
-        ads = [c.adapter for c in self.candidates]
-        w = [float(x) for x in weights]
+        energy of the exact mix that the truncation kept, per module. With layer blocks,
+        each block's modules are fused with that block's weights."""
+        W = np.asarray(weights, dtype=np.float64).reshape(self.blocks, len(self.candidates))
+        if self.blocks == 1:
+            return self._fuse([c.adapter for c in self.candidates], W[0], rank)
+        block_of = self.mixer.block_of if self.mixer is not None else {}
+        modules: dict[str, Any] = {}
+        energy: dict[str, float] = {}
+        first: Adapter | None = None
+        for b in range(self.blocks):
+            names = {nm for nm, blk in block_of.items() if blk == b}
+            ads = [replace(c.adapter, modules={k: v for k, v in c.adapter.modules.items()
+                                               if k in names}) for c in self.candidates]
+            if not any(a.modules for a in ads):
+                continue
+            part, e = self._fuse(ads, W[b], rank)
+            first = first or part
+            modules.update(part.modules)
+            energy.update(e)
+        assert first is not None
+        return replace(first, modules=modules), energy
+
+    def _fuse(self, ads: list[Adapter], w: Sequence[float], rank: int | None
+              ) -> tuple[Adapter, dict[str, float]]:
+        w = [float(x) for x in w]
         if self.mode == "ab":
             return fuse(ads, FUSION_METHOD["ab"], w, device="cpu").adapter, {}
         if rank is None:
@@ -269,7 +314,7 @@ class Composer:
         params = compose_params(self.mode, cfg, l1=self.l1, batch_size=self.batch_size,
                                 rank=rank, prescreen=prescreen, examples=self.examples,
                                 held_out=held_out, record=record, folds=folds,
-                                labels=self.labels)
+                                labels=self.labels, blocks=self.blocks)
         recipe = compose_recipe(self.mode, self.candidates, params)
         keep = prescreen or (MAX_CANDIDATES if len(self.candidates) > MAX_CANDIDATES else None)
         screened = self.prescreen(keep) if keep is not None else None
@@ -280,7 +325,7 @@ class Composer:
                           lambda i, v, best: on_eval(done + i, v, best))
         if zero < res.objective and cfg.lower <= 0.0 <= cfg.upper:
             # the base model alone beat every mix: keep all weights 0 rather than a worse mix
-            res.weights, res.objective, res.kept = np.zeros(len(self.candidates)), zero, KEPT_ZERO
+            res.weights, res.objective, res.kept = np.zeros(self.dim), zero, KEPT_ZERO
         adapter, energy = self.adapter(res.weights, rank)
         metrics: dict[str, Any] = {
             "objective": res.objective, "zero_shot_objective": zero, "kept": res.kept,
@@ -305,10 +350,14 @@ class Composer:
                    "kept_evaluation": res.kept_evaluation, "prescreen_scores": screened}
         if cv is not None:
             results["cross_validation"] = cv.as_dict()
-        lineage = Lineage(f"compose:{self.mode}", parents(self.candidates, res.weights),
-                          {**params, **results}, recipe)
-        return ComposeResult(list(self.candidates), res, zero, adapter, energy, screened, acc,
-                             metrics, lineage, cv)
+        out = ComposeResult(list(self.candidates), res, zero, adapter, energy, screened, acc,
+                            metrics, Lineage(""), cv)
+        if self.blocks > 1:
+            results["block_weights"] = [list(b.values()) for b in out.block_weights]
+        out.lineage = Lineage(f"compose:{self.mode}",
+                              parents(self.candidates, list(out.weights.values())),
+                              {**params, **results}, recipe)
+        return out
 
     def __enter__(self) -> Composer:
         return self
