@@ -22,6 +22,7 @@ from lorahive.cli.commands.compose import NOT_HELPING
 LORAHUB_MODULES = 20  # LoRAHub's protocol: 20 candidates drawn at random from the library
 FT_STEPS, FT_LR = 30, 1e-3  # the 5-shot fine-tune: 30 full-batch steps
 UPPER_STEPS, UPPER_EXAMPLES = 40, 320  # the library's own recipe on the task's training pool
+RETRIEVE, BLOCKS = 8, 4  # the --retrieve and --blocks rows' settings
 
 
 @row("zero_shot", "zero-shot", seeded=False)
@@ -110,10 +111,10 @@ def lorahive_default(task: TaskData, shots, seed: int, ctx: Context):
     return _compose(task, shots, seed, ctx, [])
 
 
-@row("retrieve", "lorahive --retrieve 8", library=True, quick=False)
+@row("retrieve", f"lorahive --retrieve {RETRIEVE}", library=True, quick=False)
 def lorahive_retrieve(task: TaskData, shots, seed: int, ctx: Context):
-    """The 8 library adapters whose stored example prompts are nearest the shots (MiniLM)."""
-    return _compose(task, shots, seed, ctx, ["--retrieve", "8"])
+    """The library adapters whose stored example prompts are nearest the shots (MiniLM)."""
+    return _compose(task, shots, seed, ctx, ["--retrieve", str(RETRIEVE)])
 
 
 @row("folds", "lorahive --folds 5", library=True, quick=False)
@@ -130,10 +131,10 @@ def lorahive_label(task: TaskData, shots, seed: int, ctx: Context):
     return _compose(task, shots, seed, ctx, ["--objective", "label"] if task.labels else [])
 
 
-@row("blocks", "lorahive --blocks 4", library=True, quick=False)
+@row("blocks", f"lorahive --blocks {BLOCKS}", library=True, quick=False)
 def lorahive_blocks(task: TaskData, shots, seed: int, ctx: Context):
-    """Four contiguous blocks of layers, each mixed with its own weights."""
-    return _compose(task, shots, seed, ctx, ["--blocks", "4"])
+    """Contiguous blocks of layers, each mixed with its own weights."""
+    return _compose(task, shots, seed, ctx, ["--blocks", str(BLOCKS)])
 
 
 def _compose(task: TaskData, shots, seed: int, ctx: Context, extra: list[str]):

@@ -195,12 +195,17 @@ def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch)
     from benchmarks.corpora import Item
     from benchmarks.suite import ROWS, Context, RowOutput, TaskData
     from benchmarks.suite_tasks import SuiteTask
+    from lorahive.hub.manifest import EXAMPLES_NAME
     from lorahive.registry.local import LocalRegistry
     from lorahive.registry.settings import Settings
 
     base = add_tokenizer(tiny_llama_dir, tmp_path / "base")
     dirs = [str(make_peft_adapter(base, tmp_path / "lib" / f"skill{i}", seed=50 + i, r=4,
                                   lora_alpha=8)) for i in range(3)]
+    for i, d in enumerate(dirs):  # example prompts, as the library stores them (retrieval)
+        (Path(d) / EXAMPLES_NAME).write_text("".join(
+            json.dumps({"input": f"is the {w} number {i} ?", "output": " yes"}) + "\n"
+            for w in ("cat", "sun")))
     home = tmp_path / "registry"
     reg = LocalRegistry(Settings(home=home))
     reg.create_namespace("library")
@@ -211,6 +216,7 @@ def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(rows_mod, "LORAHUB_MODULES", 2)
     monkeypatch.setattr(rows_mod, "FT_STEPS", 3)
     monkeypatch.setattr(rows_mod, "UPPER_STEPS", 3)
+    monkeypatch.setattr(rows_mod, "BLOCKS", 2)  # the tiny model has 2 layers
 
     words = ["cat", "dog", "bird", "sun", "moon", "star"]
     items = [Item(f"the {a} is {b} ?", " yes" if i % 2 else " no")
@@ -225,7 +231,7 @@ def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch)
         out = r.fn(task, items[:5], 1, ctx)
         preds = out.predictions if isinstance(out, RowOutput) else out
         assert len(preds) == len(task.eval) and set(preds) <= {" no", " yes"}, name
-        if name in ("lorahub", "default", "best_single"):
+        if name in ("lorahub", "default", "best_single", "retrieve", "folds", "label", "blocks"):
             assert out.info["evaluations"] >= 3, name
     assert (tmp_path / "work" / "lora_ft" / "tiny-seed1" / "adapter_model.safetensors").exists()
     assert (tmp_path / "work" / "upper" / "tiny" / "train.json").exists()
