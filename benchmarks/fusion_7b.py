@@ -6,7 +6,8 @@ safetensors) are written once under ``$LORAHIVE_BENCH_CACHE/fusion-7b``. Each me
 as a user runs it, ``lorahive fuse a0 ... a7 --method M --out DIR`` in a fresh process (start-up,
 reading, fusing and the fsynced write included), timed by wall clock, CPU time and peak
 resident memory (``wait4``). Inputs are read once first, so every run reads them from the page
-cache.
+cache. The header line also gives two floors no method can go below: ``import torch`` alone in
+a fresh process, and writing and fsyncing a full-rank output's bytes where outputs go.
 
 Dense element-wise methods (``ties_svd``, ``dare_*_svd``, ``magnitude_prune_svd``) form every
 module's 8 dense deltas and truncate them with a dense SVD: minutes per layer on 2 cores. They
@@ -146,6 +147,44 @@ def startup(env: dict[str, str], reps: int = 3) -> Run:
     return min(runs, key=lambda r: r.wall)
 
 
+def output_bytes() -> int:
+    """Size of a full-rank fused output: rank ``N_ADAPTERS * RANK`` float32 factors."""
+    return sum(N_ADAPTERS * RANK * (o + k) * 4 for _, o, k in module_names())
+
+
+def torch_import(reps: int = 3) -> Run:
+    """``import torch`` alone in a fresh process (best of ``reps``): what every fusion pays
+    before it can compute anything."""
+    runs = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-c", "import torch"])
+        _, status, ru = os.wait4(p.pid, 0)
+        runs.append(Run(time.perf_counter() - t, ru.ru_utime, ru.ru_stime, ru.ru_maxrss / 1024,
+                        os.waitstatus_to_exitcode(status), "", ""))
+    return min(runs, key=lambda r: r.wall)
+
+
+def disk_write(directory: Path, size: int) -> float:
+    """Seconds to write ``size`` bytes under ``directory`` and fsync them, writeback started
+    every 64 MiB as the output writer does: the floor of any run that writes that much."""
+    chunk = os.urandom(64 << 20)
+    fd, name = tempfile.mkstemp(prefix="disk-", dir=directory)
+    try:
+        t = time.perf_counter()
+        done = 0
+        while done < size:
+            n = os.write(fd, chunk[:min(len(chunk), size - done)])
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, done, n, os.POSIX_FADV_DONTNEED)
+            done += n
+        os.fsync(fd)
+        return time.perf_counter() - t
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
 def cli(methods: list[str], device: str, threads: int | None, dense_layers: int,
         rank: int | None, out_dir: Path) -> None:
     from lorahive.compose.fusion import all_methods
@@ -158,15 +197,20 @@ def cli(methods: list[str], device: str, threads: int | None, dense_layers: int,
     if dense_dirs:
         warm(dense_dirs)
     st = startup(env)
+    ti = torch_import()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    disk = disk_write(out_dir, output_bytes())
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}, device {device}, threads {threads or 'default'}, "
           f"outputs under {out_dir}; "
           f"inputs read once in {warm_s:.2f} s; CLI start-up (`lorahive methods --json`, best "
-          f"of 3) {st.wall:.2f} s wall, {st.user + st.sys:.2f} s CPU")
+          f"of 3) {st.wall:.2f} s wall, {st.user + st.sys:.2f} s CPU, of which `import torch` "
+          f"alone {ti.wall:.2f} s wall; writing and fsyncing {output_bytes() / 2**20:.0f} MiB "
+          f"(a full-rank output) under {out_dir}: {disk:.2f} s "
+          f"({output_bytes() / 2**20 / disk:.0f} MiB/s)")
     print()
     print("| method | modules | wall (s) | CPU (s) | peak RSS (MB) | output (MB) | how |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="fuse-7b-", dir=out_dir))
     try:
         for name in names:

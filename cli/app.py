@@ -15,8 +15,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from lorahive import __version__
-from lorahive.hub.errors import LorahiveError
-from lorahive.hub.publishing import PublishInterrupted
+from lorahive.hub.errors import LorahiveError, PublishInterrupted
 
 PROG = "lorahive"
 

@@ -172,3 +172,26 @@ ERRORS_BY_CODE: dict[str, type[LorahiveError]] = {
 def error_from_code(code: str, message: str) -> LorahiveError:
     """Rebuild the exception a server reported, so remote and local calls raise the same."""
     return ERRORS_BY_CODE.get(code, LorahiveError)(message)
+
+
+class PublishInterrupted(KeyboardInterrupt):
+    """A publish stopped by the user (Ctrl-C), with what it left behind."""
+
+    def __init__(self, name: str, stage: str, uploaded: int = 0, to_upload: int = 0,
+                 uploaded_bytes: int = 0):
+        self.name, self.stage = name, stage
+        self.uploaded, self.to_upload, self.uploaded_bytes = uploaded, to_upload, uploaded_bytes
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        if self.stage == "commit":
+            return (f"interrupted while committing: {self.name} may or may not have the new "
+                    f"version; `lorahive versions {self.name}` shows it, and publishing again "
+                    "is safe (identical files are not published twice)")
+        if self.stage == "upload" and self.uploaded:
+            return (f"interrupted: nothing was committed; {self.uploaded} of {self.to_upload} "
+                    f"files were uploaded ({self.uploaded_bytes} bytes) and publishing again "
+                    "reuses them; unpublished, they are freed by `lorahive gc` once older than "
+                    "its grace period (1 h by default)")
+        return "interrupted: nothing was uploaded or committed"

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorahive.hub.errors import InvalidAdapterError, InvalidRequestError
+from lorahive.hub.errors import (
+    InvalidAdapterError,
+    InvalidRequestError,
+    PublishInterrupted,
+)
 from lorahive.hub.lineage import SIDECAR, read_sidecar
 from lorahive.hub.manifest import CONFIG_NAME, WEIGHTS_NAME, build_manifest, read_chunks
 from lorahive.hub.protocol import FileEntry, ProgressFn, PublishPlan, VersionInfo
@@ -65,29 +69,6 @@ def check_publishable(adapter_dir: str | Path) -> Publishable:
     for what, value in (("lineage", lineage), ("metrics", metrics), ("sidecar", extra)):
         check_plain_json(value, f"{SIDECAR}: {what}")
     return Publishable(adapter, summary, lineage, metrics, extra)
-
-
-class PublishInterrupted(KeyboardInterrupt):
-    """A publish stopped by the user (Ctrl-C), with what it left behind."""
-
-    def __init__(self, name: str, stage: str, uploaded: int = 0, to_upload: int = 0,
-                 uploaded_bytes: int = 0):
-        self.name, self.stage = name, stage
-        self.uploaded, self.to_upload, self.uploaded_bytes = uploaded, to_upload, uploaded_bytes
-        super().__init__(self.message)
-
-    @property
-    def message(self) -> str:
-        if self.stage == "commit":
-            return (f"interrupted while committing: {self.name} may or may not have the new "
-                    f"version; `lorahive versions {self.name}` shows it, and publishing again "
-                    "is safe (identical files are not published twice)")
-        if self.stage == "upload" and self.uploaded:
-            return (f"interrupted: nothing was committed; {self.uploaded} of {self.to_upload} "
-                    f"files were uploaded ({self.uploaded_bytes} bytes) and publishing again "
-                    "reuses them; unpublished, they are freed by `lorahive gc` once older than "
-                    "its grace period (1 h by default)")
-        return "interrupted: nothing was uploaded or committed"
 
 
 class _Cancelled(Exception):

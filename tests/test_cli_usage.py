@@ -176,3 +176,15 @@ def test_url_help_says_what_the_default_is():
                 assert p.help == URL_HELP and "lorahive login" in p.help, (path, p.help)
     assert seen > 15
     assert "LORAHIVE_URL" in URL_HELP and URL_HELP.index("login") < URL_HELP.index("embedded")
+
+
+def test_cli_start_up_imports_no_torch_or_protocol_models():
+    """Every command pays for what ``lorahive.cli.app`` imports: torch (seconds) and the
+    registry's pydantic models load inside the commands that need them."""
+    code = ("import sys, lorahive.cli.app; "
+            "heavy = sorted({'torch', 'pydantic', 'transformers', 'lorahive.hub.protocol'} "
+            "& set(sys.modules)); "
+            "assert not heavy, heavy")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr

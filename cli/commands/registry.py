@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,9 +24,10 @@ from lorahive.cli.output import (
     print_json,
     print_table,
 )
-from lorahive.hub.errors import InvalidRequestError
-from lorahive.hub.protocol import VersionInfo
-from lorahive.hub.publishing import PublishInterrupted
+from lorahive.hub.errors import InvalidRequestError, PublishInterrupted
+
+if TYPE_CHECKING:  # pydantic models: imported by the commands that talk to a registry
+    from lorahive.hub.protocol import VersionInfo
 
 # names and versions always; the rest goes, last-listed first, when the terminal is narrow
 SEARCH_COLUMNS = (Col("adapter"), Col("latest"), Col("task", drop=3), Col("base model", drop=2),

@@ -55,7 +55,9 @@ def prepare_bases(groups: list[list[Term]]) -> list[Bases]:
     def stack(ts: list[torch.Tensor]) -> torch.Tensor:
         return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)
 
-    Qb, Rb = torch.linalg.qr(stack([torch.cat([t.B for t in ts], 1) for ts in groups]))
+    # both stacks are built column-major (as LAPACK takes them), so the QR's own copy of its
+    # input is a straight one rather than a transposition
+    Qb, Rb = torch.linalg.qr(stack([torch.cat([t.B.mT for t in ts], 0).mT for ts in groups]))
     Qa, Ra = torch.linalg.qr(stack([torch.cat([t.A for t in ts], 0).mT for ts in groups]))
     return [Bases(Qb[i], Rb[i], Qa[i], Ra[i]) for i in range(len(groups))]
 
