@@ -57,8 +57,18 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2,
-                         pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2,
+                           pool_pre_ping=True)
+    # lone reads (read_connection) get a pool of their own whose connections stay in
+    # autocommit (switching a pooled connection to autocommit and back costs a round trip,
+    # SET SESSION CHARACTERISTICS, on every request) and that never overflows: a read past
+    # the pool waits a moment for a connection instead of forking a PostgreSQL backend
+    # for itself, which under load cost more than the queue
+    reads = create_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True,
+                          isolation_level="AUTOCOMMIT")
+    engine.lorahive_reads = reads  # type: ignore[attr-defined]
+    event.listen(engine, "engine_disposed", lambda _e: reads.dispose())
+    return engine
 
 
 def alembic_config() -> Config:
@@ -103,6 +113,11 @@ def ensure_schema(engine: Engine) -> None:
 def read_connection(engine: Engine) -> Iterator[Connection]:
     """A pooled connection for one lone read (a resolve): no ``BEGIN``/``COMMIT`` round
     trips and no ORM session, the statement sees its own consistent snapshot."""
+    reads = getattr(engine, "lorahive_reads", None)
+    if reads is not None:
+        with reads.connect() as conn:
+            yield conn
+        return
     opts = ({"lorahive_autocommit": True} if engine.dialect.name == "sqlite"
             else {"isolation_level": "AUTOCOMMIT"})
     with engine.connect().execution_options(**opts) as conn:
