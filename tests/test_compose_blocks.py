@@ -21,32 +21,13 @@ from lorahive.compose.composer.mixing import layer_blocks
 from lorahive.compose.composer.model import load_base
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.peft_format import save_peft
-from tests.compose_fixtures import add_tokenizer
-from tests.models import make_peft_adapter
+from tests import test_compose_core as core
 
 EXAMPLES = [Example("the cat is red ?", "yes"), Example("add one and two", "three"),
             Example("the dog is big", "no")]
+setup, base_model = core.setup, core.base_model  # the composer tests' tiny base and candidates
 IDS = torch.tensor([[3, 5, 9, 11, 14, 20, 7], [4, 8, 15, 16, 23, 42, 5]])
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_llama_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compose-blocks")
-    base = add_tokenizer(tiny_llama_dir, root / "base")
-    same = [str(make_peft_adapter(base, root / f"s{i}", seed=50 + i, r=4, lora_alpha=8))
-            for i in range(3)]
-    mixed = [same[0],
-             str(make_peft_adapter(base, root / "m1", seed=60, r=2, lora_alpha=6,
-                                   target_modules=["q_proj", "k_proj"])),
-             str(make_peft_adapter(base, root / "m2", seed=61, r=6, lora_alpha=3,
-                                   target_modules=["v_proj", "down_proj"]))]
-    return root, base, same, mixed
-
-
-@pytest.fixture(scope="module")
-def base_model(setup):
-    return load_base(setup[1], "cpu")
 
 
 def _logits(model, ids=IDS):
