@@ -25,12 +25,22 @@ async def get_principal(
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
     """Anonymous without a header; 401 for a malformed header or a bad token."""
-    if not authorization:
+    secret = bearer_secret(authorization)
+    if secret is None:
         return ANONYMOUS
+    return await anyio.to_thread.run_sync(service.authenticate, secret)
+
+
+def bearer_secret(authorization: str | None) -> str | None:
+    """The secret of an ``Authorization: Bearer`` header, ``None`` without a header; 401 for
+    any other form (the REST API's rule; the Hugging Face door is lenient, see
+    ``http.bearer_token``)."""
+    if not authorization:
+        return None
     scheme, _, secret = authorization.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise AuthenticationError("use the header 'Authorization: Bearer <token>'")
-    return await anyio.to_thread.run_sync(service.authenticate, secret.strip())
+    return secret.strip()
 
 
 async def limit_json_body(request: Request) -> None:

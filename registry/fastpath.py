@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl
 import anyio.to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lorahive.hub.errors import AuthenticationError
 from lorahive.registry.auth import ANONYMOUS, Principal
+from lorahive.registry.deps import bearer_secret
 from lorahive.registry.http import revalidated
 from lorahive.registry.routes.adapters import _ref
 
@@ -122,13 +122,9 @@ def search_args(query_string: bytes) -> dict[str, Any] | None:
 
 
 def _principal(svc: Any, authorization: str | None) -> Principal:
-    """As ``deps.get_principal``; a malformed header is the route's to refuse."""
-    if not authorization:
-        return ANONYMOUS
-    scheme, _, secret = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise AuthenticationError("malformed Authorization header")
-    return svc.authenticate(secret.strip())
+    """As ``deps.get_principal`` (a malformed header raises, and the route then refuses it)."""
+    secret = bearer_secret(authorization)
+    return ANONYMOUS if secret is None else svc.authenticate(secret)
 
 
 def _routes(app: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ in-process (``run_cli_inprocess``), which is several times faster."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -95,16 +96,26 @@ def test_gc_says_what_its_grace_period_kept(tmp_path, lora_dir):
     assert "removed 0 blob(s)" not in freed.stdout and "unreferenced" not in freed.stdout
 
 
-def _wait_for_staging(home: Path, proc: subprocess.Popen, min_bytes: int) -> None:
+def _interrupt_mid_staging(home: Path, proc: subprocess.Popen, low: int, full: int) -> None:
+    """SIGINT ``proc`` while a staging file holds between ``low`` and ``full`` bytes: the
+    process is stopped (SIGSTOP) before each look, so a busy machine cannot let the copy
+    finish between the look and the signal."""
     stage = home / "blobs" / ".staging"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        files = list(stage.glob("*")) if stage.is_dir() else []
-        if any(f.stat().st_size >= min_bytes for f in files if f.exists()):
+        proc.send_signal(signal.SIGSTOP)
+        sizes = []
+        for f in stage.glob("*") if stage.is_dir() else []:
+            with contextlib.suppress(FileNotFoundError):  # moved into the store meanwhile
+                sizes.append(f.stat().st_size)
+        if any(low <= n < full for n in sizes):
+            proc.send_signal(signal.SIGINT)  # delivered when it runs again, mid-copy
+            proc.send_signal(signal.SIGCONT)
             return
-        time.sleep(0.005)
-    raise AssertionError("the upload never started")
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.002)
+    raise AssertionError("the upload was never seen in progress")
 
 
 def test_publish_interrupted_says_what_it_left_and_exits_130(tmp_path, lora_dir):
@@ -116,8 +127,7 @@ def test_publish_interrupted_says_what_it_left_and_exits_130(tmp_path, lora_dir)
     proc = subprocess.Popen([sys.executable, "-m", "lorahive", "publish", str(d), "--name",
                              "admin/cut"], env=cli_env(home), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_staging(home, proc, 1024**2)
-    proc.send_signal(signal.SIGINT)
+    _interrupt_mid_staging(home, proc, 1024**2, len(big))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
     lines = err.strip().splitlines()
