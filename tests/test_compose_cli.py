@@ -16,6 +16,7 @@ from lorahive.compose.composer.examples import write_examples
 from lorahive.hub.peft_format import load_peft
 from tests.compose_fixtures import add_tokenizer
 from tests.models import make_peft_adapter
+from tests.registry_helpers import run_cli_inprocess
 
 SHOTS = [Example("the cat is red ?", "yes"), Example("the dog is blue ?", "no"),
          Example("the sun is big ?", "yes"), Example("the moon is small ?", "no")]
@@ -122,10 +123,10 @@ def test_compose_from_registry_refs_and_publish(task, tmp_path):
         return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
                               capture_output=True, text=True, env=env)
 
-    assert cli("namespace", "create", "acme").returncode == 0
+    run_cli_inprocess(tmp_path / "home", "namespace", "create", "acme")  # set-up, in process
     for i, c in enumerate(cands):
-        r = cli("publish", c, "--name", f"acme/skill-{i}", "--task", "skills", "--tag", "en")
-        assert r.returncode == 0, r.stderr
+        run_cli_inprocess(tmp_path / "home", "publish", str(c), "--name", f"acme/skill-{i}",
+                          "--task", "skills", "--tag", "en")
     r = cli("compose", "--base", base, "--examples", shots, "--candidates", "acme/skill-0",
             "--select", "task=skills,tag=en", "--budget", "4", "--publish", "acme/composed",
             "--task", "new-task", "--json")

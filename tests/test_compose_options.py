@@ -306,12 +306,13 @@ def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_
 
     _root, base, good, noise = animals
     shots, _ = shot_files
+    from tests.registry_helpers import run_cli_inprocess
+
     env = {"LORAHIVE_HOME": str(tmp_path / "home")}
-    assert _cli("namespace", "create", "lib", env=env).returncode == 0
+    run_cli_inprocess(tmp_path / "home", "namespace", "create", "lib")  # set-up, in process
     for name, path in [("animals", good), ("arith", noise[0]), ("news", noise[1]),
                        ("bare", noise[2])]:
-        r = _cli("publish", path, "--name", f"lib/{name}", env=env)
-        assert r.returncode == 0, r.stderr
+        run_cli_inprocess(tmp_path / "home", "publish", str(path), "--name", f"lib/{name}")
     r = _cli("compose", "--base", base, "--examples", shots, "--retrieve", "2", "--budget", "4",
              "--publish", "lib/composed", "--json", env=env)
     assert r.returncode == 0, r.stderr
