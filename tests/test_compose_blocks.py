@@ -22,6 +22,7 @@ from lorahive.compose.composer.model import load_base
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.peft_format import save_peft
 from tests import test_compose_core as core
+from tests.models import make_peft_adapter
 
 EXAMPLES = [Example("the cat is red ?", "yes"), Example("add one and two", "three"),
             Example("the dog is big", "no")]
@@ -123,3 +124,24 @@ def test_cli_blocks(setup, tmp_path):
     r = cli(*args, "--blocks", "3", "--budget", "2", "--out", tmp_path / "p")
     assert r.returncode == 1 and r.stderr.startswith("error: --blocks must be between 1")
     assert r.stderr.count("\n") == 1 and not (tmp_path / "p").exists()
+
+
+def test_blocks_with_different_modules_all_load_in_peft(setup, base_model, tmp_path):
+    """A candidate that adapts ``k_proj`` in layer 1 only: block 0 has no ``k_proj``, and the
+    written adapter's config must still target it in block 1."""
+    from peft import PeftModel
+
+    _, base, same, _ = setup
+    late = str(make_peft_adapter(base, tmp_path / "late", seed=70, r=2, lora_alpha=4,
+                                 target_modules=["k_proj"], layers_to_transform=[1]))
+    W = [0.9, -0.6, 0.0, 1.3]  # block 0: same[0], late; block 1: same[0], late
+    comp = Composer(base_model, resolve_candidates([same[0], late]), EXAMPLES, mode="delta",
+                    blocks=2)
+    comp.mixer.set_weights([W])
+    got = _logits(base_model.model)
+    adapter, _ = comp.adapter(W, rank=64)
+    comp.close()
+    assert "model.layers.1.self_attn.k_proj" in adapter.modules
+    save_peft(adapter, tmp_path / "out")
+    peft = PeftModel.from_pretrained(load_base(base, "cpu").model, tmp_path / "out").eval()
+    torch.testing.assert_close(_logits(peft), got, rtol=1e-4, atol=1e-5)
