@@ -124,7 +124,11 @@ def test_publish_interrupted_says_what_it_left_and_exits_130(tmp_path, lora_dir)
     d = _copy(lora_dir, tmp_path / "a", a_notes__txt=unique("small ").encode(),
               z_big__data=big)
     run_cli_inprocess(home, "whoami")  # the embedded registry exists before the timed run
-    proc = subprocess.Popen([sys.executable, "-m", "lorahive", "publish", str(d), "--name",
+    # `python -m lorahive` with Ctrl-C's default handling, as a shell starts it: a test
+    # runner's worker may ignore SIGINT, and an ignored signal stays ignored across exec
+    main = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "runpy.run_module('lorahive', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", main, "publish", str(d), "--name",
                              "admin/cut"], env=cli_env(home), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _interrupt_mid_staging(home, proc, 1024**2, len(big))

@@ -36,7 +36,7 @@ from tests.registry_helpers import (
     run_cli,
 )
 
-KILLS = int(os.environ.get("LORAHIVE_FAULT_KILLS", "4"))
+KILLS = int(os.environ.get("LORAHIVE_FAULT_KILLS", "3"))
 ROOT = Path(__file__).resolve().parent.parent
 # `lorahive serve` itself (start-up cleanup, migrations, admin bootstrap, uvicorn), launched
 # without the rest of the CLI so a restart does not import torch
