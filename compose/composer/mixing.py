@@ -51,8 +51,8 @@ class FactorGroup:
         """``W``: ``[K, blocks, n]``, one weight vector per layer block."""
         self.k = int(W.shape[0])
         W = W.to(self.A)
-        Wm = W[:, self.block if self.block is not None else
-               torch.zeros(self.A.shape[0], dtype=torch.long, device=W.device)]  # [K, M, n]
+        Wm = (W[:, self.block] if self.block is not None  # [K, M, n]
+              else W[:, :1].expand(-1, self.A.shape[0], -1))  # one block: a view, no copy
         if self.mode == "ab":
             self.mixed_A = torch.einsum("kmn,mnri->mkri", Wm, self.A)
             self.mixed_B = torch.einsum("kmn,mnor->mkor", Wm, self.B)
