@@ -21,7 +21,7 @@ from lorahive.cli.commands.compose import NOT_HELPING
 
 LORAHUB_MODULES = 20  # LoRAHub's protocol: 20 candidates drawn at random from the library
 FT_STEPS, FT_LR = 30, 1e-3  # the 5-shot fine-tune: 30 full-batch steps
-UPPER_STEPS, UPPER_EXAMPLES = 40, 320  # the library's own recipe on the task's training pool
+UPPER_STEPS, UPPER_EXAMPLES = 40, 320  # the library's recipe, run longer on the task's own pool
 RETRIEVE, BLOCKS = 8, 4  # the --retrieve and --blocks rows' settings
 
 
@@ -137,6 +137,13 @@ def lorahive_blocks(task: TaskData, shots, seed: int, ctx: Context):
     return _compose(task, shots, seed, ctx, ["--blocks", str(BLOCKS)])
 
 
+@row("arrow", "lorahive --route arrow", library=True)
+def lorahive_arrow(task: TaskData, shots, seed: int, ctx: Context):
+    """Arrow routing over the whole library: per module, the candidates' routing
+    coefficients averaged over the shots' tokens; no search, no objective evaluations."""
+    return _compose(task, shots, seed, ctx, ["--route", "arrow"])
+
+
 def _compose(task: TaskData, shots, seed: int, ctx: Context, extra: list[str]):
     """``lorahive compose`` through the CLI with the library by reference, plus ``extra``."""
     from benchmarks.library import HOME, NAMESPACE
@@ -172,7 +179,8 @@ def _compose(task: TaskData, shots, seed: int, ctx: Context, extra: list[str]):
 @row("upper", "upper bound (full-data LoRA)", seeded=False, quick=False)
 def upper_bound(task: TaskData, shots, seed: int, ctx: Context):
     """A LoRA trained on the task's own training pool (up to 320 examples, disjoint from the
-    evaluation set) with the library's recipe: what a full training run would give."""
+    evaluation set) with the library's recipe for 40 steps instead of 24: what a full
+    training run would give."""
     from benchmarks.train_task_adapters import train_lora
     from lorahive.hub.peft_format import load_peft
 

@@ -233,5 +233,7 @@ def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch)
         assert len(preds) == len(task.eval) and set(preds) <= {" no", " yes"}, name
         if name in ("lorahub", "default", "best_single", "retrieve", "folds", "label", "blocks"):
             assert out.info["evaluations"] >= 3, name
+        if name == "arrow":  # routed, not searched
+            assert out.info["evaluations"] == 0 and out.info["written"], name
     assert (tmp_path / "work" / "lora_ft" / "tiny-seed1" / "adapter_model.safetensors").exists()
     assert (tmp_path / "work" / "upper" / "tiny" / "train.json").exists()

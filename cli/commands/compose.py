@@ -71,10 +71,20 @@ def compose(
     budget: int = typer.Option(40, help="Objective evaluations (nevergrad budget)."),
     optimizer: str = typer.Option("NGOpt", help="Any nevergrad optimizer by name."),
     workers: int = typer.Option(1, help="Weight vectors asked per step, scored in one batch."),
-    mode: str = typer.Option("ab", help="ab: mix A and B element-wise (LoRAHub); delta: "
-                             "sum the deltas (exact, any ranks)."),
+    mode: str | None = typer.Option(None, help="ab: mix A and B element-wise (LoRAHub; the "
+                                    "default); delta: sum the deltas (exact, any ranks; "
+                                    "--route arrow's)."),
     rank: int | None = typer.Option(None, help="delta: output rank (default: max candidate "
-                                    "rank)."),
+                                    "rank; with --route, the routed candidates' ranks "
+                                    "summed, exact)."),
+    route: str | None = typer.Option(
+        None, "--route", help="arrow: no search; per module, weight the candidates by Arrow "
+        "routing of the shots' tokens (training-free, gradient-free, no objective "
+        "evaluations)."),
+    top_k: int = typer.Option(3, "--top-k", help="--route arrow: candidates each token is "
+                              "routed to (PEFT's default)."),
+    temperature: float = typer.Option(1.0, help="--route arrow: softmax temperature of the "
+                                      "routing scores."),
     l1: float = typer.Option(0.05, help="L1 coefficient on mean |w|."),
     lower: float = typer.Option(-1.5, help="Lower bound of each weight."),
     upper: float = typer.Option(1.5, help="Upper bound of each weight."),
@@ -109,7 +119,8 @@ def compose(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Find mixing weights of candidate adapters for a new task from a few examples
-    (gradient-free, nevergrad) and write the composed adapter with its lineage."""
+    (gradient-free, nevergrad; or training-free with --route arrow) and write the composed
+    adapter with its lineage."""
     from lorahive.compose.composer import (
         Composer,
         SearchConfig,
@@ -123,10 +134,12 @@ def compose(
     from lorahive.compose.composer.mixing import layer_blocks
     from lorahive.compose.composer.model import load_base
     from lorahive.compose.composer.objective import load_objective
+    from lorahive.compose.composer.session import route_params
 
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
     check_outputs(out, publish)
+    mode = _check_route(route, mode, folds, blocks, objective, prescreen)
     if retrieve is not None and retrieve < 1:
         raise InvalidRequestError("retrieve must be at least 1", params="retrieve")
     shots = load_examples(examples)
@@ -157,15 +170,30 @@ def compose(
         scores = {r.ref: r.score for r in ranking}
         record.update(retrieve=retrieve, retrieval_pool=len(ranking),
                       retrieval_scores=[scores[s.ref] for s in sources])
-    params = compose_params(mode, cfg, l1=l1, batch_size=batch_size, rank=rank,
-                            prescreen=prescreen, examples=shots, held_out=held_out,
-                            record=record, folds=folds or None, labels=label_list,
-                            blocks=blocks)
-    if reuse_output(out, compose_recipe(mode, cands, params)):
+    if route:
+        params = route_params(top_k, temperature, rank=rank, examples=shots,
+                              held_out=held_out, record=record)
+    else:
+        params = compose_params(mode, cfg, l1=l1, batch_size=batch_size, rank=rank,
+                                prescreen=prescreen, examples=shots, held_out=held_out,
+                                record=record, folds=folds or None, labels=label_list,
+                                blocks=blocks)
+    if reuse_output(out, compose_recipe(route or mode, cands, params)):
         _finish_earlier_run(out, publish, url, token, task, private, json_out)
         return
     _quiet_transformers()
     bm = load_base(base, device, dtype)
+    if route:
+        with Composer(bm, cands, shots, mode="delta", max_rows=max_rows,
+                      per_module=True) as comp, err_console.status("routing"):
+            result = comp.route(top_k, temperature, rank=rank, held_out=held_out,
+                                record=record)
+        with output_dir(out) as target:
+            result.write(target)
+            published = publish_output(target, publish, url, token, task=task,
+                                       private=private) if publish else None
+        _print_routed(result, out, published, json_out, ranking)
+        return
     with Composer(bm, cands, shots, mode=mode, l1=l1, batch_size=batch_size,
                   objective=None if label_list else obj, max_rows=max_rows,
                   labels=label_list, blocks=blocks) as comp:
@@ -187,6 +215,65 @@ def compose(
         published = publish_output(target, publish, url, token, task=task,
                                    private=private) if publish else None
     _print_result(result, cfg, out, published, json_out, ranking)
+
+
+def _check_route(route: str | None, mode: str | None, folds: int, blocks: int,
+                 objective: str | None, prescreen: int | None) -> str:
+    """The mixing mode, refusing options that mean nothing without a search."""
+    if route is None:
+        return mode or "ab"
+    if route != "arrow":
+        raise InvalidRequestError(f"unknown route {route!r}; the one choice is arrow",
+                                  params="route")
+    if mode not in (None, "delta"):
+        raise InvalidRequestError("--route arrow mixes the deltas (mode delta); drop --mode ab",
+                                  params=("route", "mode"))
+    for given, name in ((folds, "--folds"), (blocks != 1, "--blocks"),
+                        (objective, "--objective"), (prescreen, "--prescreen")):
+        if given:
+            raise InvalidRequestError(f"{name} shapes a search; --route arrow does not search",
+                                      params=("route", name.lstrip("-")))
+    return "delta"
+
+
+def _print_routed(result: ComposeResult, out: Path | None, published: str | None,
+                  json_out: bool, ranking: list | None) -> None:
+    m = result.metrics
+    p = result.lineage.params
+    if json_out:
+        print_json({"out": str(out) if out else None, "published": published,
+                    "retrieval": None if ranking is None else
+                    [[r.ref, r.score] for r in ranking], "written": True,
+                    "weights": result.weights,
+                    "module_weights": dict(zip(p["modules"], result.block_weights,
+                                               strict=True)), **m})
+        return
+    W = result.block_weights
+    print_table((Col("candidate"), Col("mean weight", justify="right"),
+                 Col("modules routed to", justify="right")), (
+        (ref, f"{w:.4f}", f"{sum(1 for b in W if b[ref] > 0)} of {len(W)}")
+        for ref, w in sorted(result.weights.items(), key=lambda kv: -kv[1])),
+        title="Arrow weights (per module; mean over the modules)")
+    if ranking:
+        kept = [r for r in ranking if r.ref in set(result.weights)]
+        console.print(f"retrieved {len(kept)} of {len(ranking)} candidates by example-prompt "
+                      "similarity: " + ", ".join(f"{r.ref} {r.score:.3f}" for r in kept))
+    console.print(f"routed without search (training-free: top-k {p['top_k']}, temperature "
+                  f"{p['temperature']}, {m['route_seconds']:.2f} s); objective on the shots: "
+                  f"zero-shot {result.zero_shot:.4f} -> routed {m['objective']:.4f}")
+    if m["objective"] > result.zero_shot:
+        console.print("[yellow]warning:[/yellow] the routed mix scores worse than the base "
+                      "model on the shots; the candidates may not suit this task")
+    if result.energy:
+        console.print(f"rank {m['rank']}: energy kept min {m['energy_kept_min']:.4f}, "
+                      f"mean {m['energy_kept_mean']:.4f}")
+    if result.accuracy is not None:
+        console.print(f"held-out accuracy ({m['eval_metric']}): {m['eval_accuracy']:.1%} of "
+                      f"{m['eval_n']}")
+    if out is not None:
+        console.print(f"wrote {out}")
+    if published:
+        console.print(f"published {published}")
 
 
 def _retrieve(sources: list, shots: list, k: int) -> tuple[list, list]:

@@ -15,7 +15,8 @@ computed as one shared ``x @ [A_1; ...; A_n]^T``, a per-group column scaling and
 Layer blocks (``blocks`` > 1; per-layer mixing in the spirit of LoRA Soups' CAT, searched
 gradient-free): the layers are split into ``blocks`` contiguous blocks and each block mixes
 with its own weight vector, so a point of the search has ``blocks * n`` weights, block-major.
-One block is LoRAHub's one weight per candidate.
+One block is LoRAHub's one weight per candidate. ``per_module`` makes every module a block of
+its own (the weights Arrow routing sets, ``compose.composer.arrow``).
 """
 
 from __future__ import annotations
@@ -161,11 +162,17 @@ def layer_blocks(names: Sequence[str], blocks: int) -> dict[str, int]:
 
 
 def install(model: nn.Module, cands: Sequence[Candidate], names: Sequence[str], mode: str,
-            device: torch.device, dtype: torch.dtype, blocks: int = 1) -> Mixer:
+            device: torch.device, dtype: torch.dtype, blocks: int = 1,
+            per_module: bool = False) -> Mixer:
     """Wrap ``names`` in ``model`` with the candidates' stacked factors (weights start at 0);
-    ``blocks`` layer blocks mix with weights of their own."""
+    ``blocks`` layer blocks mix with weights of their own, or with ``per_module`` every module
+    does (block ``i`` is ``names[i]``)."""
     n = len(cands)
-    block_of = layer_blocks(names, blocks)
+    if per_module:
+        blocks = len(names)
+        block_of = {nm: i for i, nm in enumerate(names)}
+    else:
+        block_of = layer_blocks(names, blocks)
     per_key: dict[tuple, list[str]] = defaultdict(list)
     for name in names:
         lin = _linear(model, name)

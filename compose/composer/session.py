@@ -11,6 +11,7 @@ that a caller only prints or writes.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lorahive.compose.composer.arrow import TEMPERATURE, TOP_K, check_routing, route_weights
 from lorahive.compose.composer.candidates import Candidate, ab_scales_differ, check_candidates
 from lorahive.compose.composer.evaluate import Accuracy, accuracy, label_set
 from lorahive.compose.composer.examples import Example, encode, examples_sha256
@@ -77,6 +79,25 @@ def compose_recipe(mode: str, candidates: Sequence[Candidate], params: dict[str,
     return recipe_digest(f"compose:{mode}", candidates, params)
 
 
+ROUTE = "arrow"  # the lineage's method is ``compose:arrow``
+
+
+def route_params(top_k: int, temperature: float, *, rank: int | None = None,
+                 examples: Sequence[Example] = (), held_out: Sequence[Example] | None = None,
+                 record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every setting that determines an Arrow-routed composition, as its lineage records
+    them (``compose_recipe(ROUTE, ...)`` digests them)."""
+    check_routing(top_k, temperature)
+    params: dict[str, Any] = {
+        "mode": "delta", "route": ROUTE, "top_k": top_k, "temperature": temperature,
+        "rank": rank, "examples_sha256": examples_sha256(examples),
+        "num_examples": len(examples)}
+    if held_out is not None:
+        params["eval_sha256"] = examples_sha256(held_out)
+    params.update(record or {})
+    return params
+
+
 @dataclass
 class ComposeResult:
     """What ``Composer.run`` found; ``write`` saves it as a PEFT adapter with its lineage."""
@@ -130,28 +151,43 @@ class ComposeResult:
         held-out accuracy."""
         p, m = self.lineage.params, self.metrics
         mode = p["mode"]
-        per_block = (f" and layer block ({self.blocks} contiguous blocks of layers; the "
+        per_block = ("" if p.get("route") else
+                     f" and layer block ({self.blocks} contiguous blocks of layers; the "
                      "parents' weights below are means over the blocks)"
                      if self.blocks > 1 else "")
-        rows: list[tuple[str, Any]] = [
-            ("method", f"{self.lineage.method}: gradient-free search of one weight per "
-                       f"candidate{per_block} ({p['optimizer']}, {self.search.evaluations} "
-                       f"evaluations, seed {p['seed']}), written by the fusion engine's "
-                       f"`{FUSION_METHOD[mode]}`"),
-            ("objective", _objective_name(p) + f", l1 {p['l1']}"),
-            ("examples", f"{p['num_examples']} (sha256 {p['examples_sha256'][:12]})"),
-        ]
+        if p.get("route") == ROUTE:
+            rows: list[tuple[str, Any]] = [
+                ("method", f"{self.lineage.method}: training-free routing, no search and no "
+                           f"gradient: each module's weights are the candidates' Arrow "
+                           f"coefficients (top-k {p['top_k']}, temperature {p['temperature']}) "
+                           "averaged over the shots' tokens, written by the fusion engine's "
+                           f"`{FUSION_METHOD['delta']}` at rank {m['rank']}"),
+                ("objective", "answer (LoRAHub's loss on the answer tokens), scored once "
+                              "for the record"),
+            ]
+        else:
+            rows = [
+                ("method", f"{self.lineage.method}: gradient-free search of one weight per "
+                           f"candidate{per_block} ({p['optimizer']}, {self.search.evaluations} "
+                           f"evaluations, seed {p['seed']}), written by the fusion engine's "
+                           f"`{FUSION_METHOD[mode]}`"),
+                ("objective", _objective_name(p) + f", l1 {p['l1']}"),
+            ]
+        rows.append(("examples", f"{p['num_examples']} (sha256 {p['examples_sha256'][:12]})"))
+        verb = "routed" if p.get("route") else "searched"
         if p.get("retrieve"):
-            rows.append(("candidates", f"{len(self.candidates)} searched; retrieved "
+            rows.append(("candidates", f"{len(self.candidates)} {verb}; retrieved "
                          f"{len(p['retrieval_scores'])} of {p['retrieval_pool']} by "
                          "example-prompt similarity (MiniLM)"))
         elif self.prescreen is not None:
             rows.append(("candidates", f"{len(self.candidates)} searched; pre-screened from "
                          f"{len(self.prescreen)}"))
         else:
-            rows.append(("candidates", f"{len(self.candidates)} searched"))
+            rows.append(("candidates", f"{len(self.candidates)} {verb}"))
         rows += [("zero-shot objective", m["zero_shot_objective"]),
-                 ("objective (all shots)", m["objective"]), ("kept point", m["kept"])]
+                 ("objective (all shots)", m["objective"])]
+        if "kept" in m:
+            rows.append(("kept point", m["kept"]))
         cv = self.cross_validation
         if cv is not None:
             rows += [("folds", len(cv.folds)), ("objective in fold", cv.objective_in_fold),
@@ -185,6 +221,7 @@ class Composer:
     warnings: list[str] = field(default_factory=list)
     labels: list[str] | None = None  # the label objective's label set
     blocks: int = 1  # layer blocks with weights of their own
+    per_module: bool = False  # every module a block of its own (Arrow routing sets them)
 
     def __post_init__(self) -> None:
         if not self.examples:
@@ -207,7 +244,8 @@ class Composer:
                 "its B, where LoRAHub would apply the first candidate's scale to all")
         self.candidates = cands
         self.mixer = install(self.base.model, cands, self.names, self.mode, self.base.device,
-                             self.base.dtype, self.blocks)
+                             self.base.dtype, self.blocks, per_module=self.per_module)
+        self.blocks = self.mixer.blocks
         self.scorer = Scorer(self.base.model, self.mixer, self.encoded, self.l1,
                              self.batch_size, self.objective, self.max_rows, self.pack_examples,
                              self.targets)
@@ -355,6 +393,51 @@ class Composer:
         if self.blocks > 1:
             results["block_weights"] = [list(b.values()) for b in out.block_weights]
         out.lineage = Lineage(f"compose:{self.mode}",
+                              parents(self.candidates, list(out.weights.values())),
+                              {**params, **results}, recipe)
+        return out
+
+    def route(self, top_k: int = TOP_K, temperature: float = TEMPERATURE, *,
+              rank: int | None = None, held_out: Sequence[Example] | None = None,
+              record: dict[str, Any] | None = None) -> ComposeResult:
+        """Arrow routing instead of a search: per module, the candidates' mean Arrow
+        coefficients over the shots' tokens (``compose.composer.arrow``), written as their
+        exact delta-space mix (rank: the sum of the routed candidates' ranks unless
+        ``rank`` truncates it). The mix and the base model are each scored once on the
+        shots, for the record; nothing is searched."""
+        if not self.per_module or self.mode != "delta":
+            raise InvalidRequestError("Arrow routing needs a per-module composer in mode delta")
+        params = route_params(top_k, temperature, rank=rank, examples=self.examples,
+                              held_out=held_out, record=record)
+        recipe = compose_recipe(ROUTE, self.candidates, params)
+        self.mixer.set_weights(torch.zeros(1, self.mixer.n))
+        t0 = time.perf_counter()
+        W = route_weights(self.base.model, self.names, self.candidates, self.encoded, top_k,
+                          temperature, self.max_rows)
+        seconds = time.perf_counter() - t0
+        flat = W.reshape(-1)
+        zero = float(self.score(np.zeros((1, len(self.candidates))))[0])
+        obj = float(self.score(flat[None])[0])
+        used = W.max(0) > 0
+        exact = sum(c.adapter.max_rank for c, u in zip(self.candidates, used, strict=True) if u)
+        adapter, energy = self.adapter(flat, rank or exact)
+        res = SearchResult(flat, obj, trace=[obj], asked=[flat.tolist()], evaluations=1,
+                           seconds=seconds)
+        metrics: dict[str, Any] = {"objective": obj, "zero_shot_objective": zero,
+                                   "route_seconds": seconds, "evaluations": 0,
+                                   "rank": adapter.max_rank}
+        if energy:
+            metrics["energy_kept_min"] = min(energy.values())
+            metrics["energy_kept_mean"] = sum(energy.values()) / len(energy)
+        acc = None
+        if held_out is not None:
+            acc = self.accuracy(flat, held_out)
+            metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric, eval_n=acc.n)
+        out = ComposeResult(list(self.candidates), res, zero, adapter, energy, None, acc,
+                            metrics, Lineage(""))
+        results = {"objective": obj, "modules": list(self.names),
+                   "module_weights": W.tolist()}
+        out.lineage = Lineage(f"compose:{ROUTE}",
                               parents(self.candidates, list(out.weights.values())),
                               {**params, **results}, recipe)
         return out
