@@ -142,12 +142,24 @@ def test_cli_route_arrow(setup, tmp_path):
     side = json.loads((tmp_path / "o" / "lorahive.json").read_text())
     assert side["lineage"]["method"] == "compose:arrow"
     assert side["lineage"]["params"]["top_k"] == 2
-    for bad, msg in ((["--mode", "ab"], "error: --route arrow mixes the deltas"),
-                     (["--folds", "2"], "error: --folds shapes a search"),
-                     (["--route", "soup"], "error: unknown --route 'soup'; the one choice is arrow")):
-        r = cli(*args, "--route", "arrow", *bad, "--out", tmp_path / "p")
-        assert r.returncode == 1 and r.stderr.startswith(msg), r.stderr
-        assert r.stderr.count("\n") == 1 and not (tmp_path / "p").exists()
+    r = cli(*args, "--route", "arrow", "--mode", "ab", "--out", tmp_path / "p")
+    assert r.returncode == 1 and r.stderr.startswith("error: --route arrow mixes the deltas")
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "p").exists()
+
+
+def test_route_refuses_search_options():
+    from lorahive.cli.commands.compose import _check_route
+
+    assert _check_route(None, None, 0, 1, None, None) == "ab"
+    assert _check_route("arrow", None, 0, 1, None, None) == "delta"
+    for args, msg in ((("soup", None, 0, 1, None, None), "unknown route 'soup'"),
+                      (("arrow", "ab", 0, 1, None, None), "mixes the deltas"),
+                      (("arrow", None, 2, 1, None, None), "--folds shapes a search"),
+                      (("arrow", None, 0, 2, None, None), "--blocks shapes a search"),
+                      (("arrow", None, 0, 1, "label", None), "--objective shapes a search"),
+                      (("arrow", None, 0, 1, None, 5), "--prescreen shapes a search")):
+        with pytest.raises(InvalidRequestError, match=msg):
+            _check_route(*args)
 
 
 def test_route_needs_a_per_module_delta_composer(setup, base_model):
