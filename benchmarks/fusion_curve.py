@@ -229,24 +229,35 @@ class Subset:
 # the curve ---------------------------------------------------------------------------------
 def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
               methods: Sequence[str] | None = None, seed: int = 0, tune: bool = True,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Every (size, subset, method, setting) with its per-task normalised test scores."""
+              log: Callable[[str], None] = print, done: Sequence[dict[str, Any]] = (),
+              on_rows: Callable[[list[dict[str, Any]]], None] | None = None
+              ) -> list[dict[str, Any]]:
+    """Every (size, subset, method, setting) with its per-task normalised test scores.
+
+    ``done``: rows of an earlier run; a (size, subset, method) they hold for the same tasks
+    is not run again. ``on_rows`` gets every row so far after each method (to save them),
+    so an interrupted run resumes."""
     from lorahive.compose.fusion import all_methods, get_method
 
     ms = [get_method(m) for m in methods] if methods else all_methods()
     by_name = {t.name: t for t in tasks}
     own: dict[tuple[str, str], float] = {}
     adapters: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(done)
+    have = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"]) for r in done}
     for size in sizes:
         for i, names in enumerate(sample_subsets(list(by_name), size, subsets, seed)):
             sub = Subset([by_name[n] for n in names], own, adapters)
             for m in ms:
+                if (size, i, tuple(names), m.name) in have:
+                    continue
                 for r in sub.run(m, GRIDS.get(m.name) if tune else None):
                     rows.append({"size": size, "subset": i, "tasks": list(names), **r.__dict__})
                     mean = statistics.fmean(r.normalised.values()) if r.normalised else math.nan
                     log(f"size {size} subset {i} {m.name} {r.setting} {r.params}: "
                         f"{mean:.3f} ({r.fuse_seconds:.2f} s)")
+                if on_rows is not None:
+                    on_rows(rows)
     return rows
 
 
@@ -335,6 +346,12 @@ def standings_path() -> Path:
     return Path(__file__).resolve().parents[1] / "compose" / "fusion" / "standings.json"
 
 
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(path)
+
+
 def main() -> None:
     from lorahive.compose.fusion import standings as st
 
@@ -348,6 +365,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", type=Path, default=Path("fusion_curve_rows.json"),
                    help="where every scored row is written")
+    p.add_argument("--fresh", action="store_true", help="ignore the rows of an earlier run")
     p.add_argument("--write-standings", action="store_true",
                    help="replace compose/fusion/standings.json with this run's standings")
     a = p.parse_args()
@@ -361,9 +379,12 @@ def main() -> None:
     tasks = getattr(importlib.import_module(mod), fn)()
     sizes = [int(x) for x in a.sizes.split(",")]
     t0 = time.perf_counter()
+    done = json.loads(a.rows.read_text()) if a.rows.exists() and not a.fresh else []
+    if done:
+        print(f"resuming: {len(done)} rows from {a.rows} are kept (--fresh starts over)")
     rows = run_curve(tasks, sizes, a.subsets, [m for m in a.methods.split(",") if m],
-                     a.seed, not a.no_tune)
-    a.rows.write_text(json.dumps(rows, indent=1))
+                     a.seed, not a.no_tune, done=done,
+                     on_rows=lambda rs: _write_rows(a.rows, rs))
     agg = aggregate(rows)
     print_table(agg)
     examples = {len(t.test) for t in tasks}

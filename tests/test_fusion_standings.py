@@ -122,3 +122,32 @@ def test_fuse_without_method_takes_the_standing_choice_and_says_why(tiny_llama_d
     r = lorahive("methods", "--json", cwd=tmp_path)
     listed = {m["name"]: m["standings"] for m in json.loads(r.stdout)}
     assert listed[want.method] and set(listed) == set(METHODS)
+
+
+def test_an_interrupted_curve_resumes(tiny_llama_dir, tmp_path):
+    """Rows are handed out after each method; a rerun given them runs only what is missing
+    and returns the same rows."""
+    from benchmarks.fusion_curve import CurveTask, run_curve
+
+    calls = []
+
+    def scorer(adapter, examples):  # a deterministic score of what was fused
+        calls.append(len(examples))
+        if adapter is None:
+            return 0.5
+        return 0.5 + 0.1 * float(sum(m.B.abs().sum() for m in adapter.modules.values()) % 1)
+
+    tasks = [CurveTask(f"t{i}", make_peft_adapter(tiny_llama_dir, tmp_path / f"t{i}",
+                                                  seed=80 + i), [1, 2], [1, 2, 3], scorer)
+             for i in range(3)]
+    saved = []
+    full = run_curve(tasks, [2], 1, ["task_arithmetic", "ties"], tune=False,
+                     log=lambda _: None, on_rows=lambda rs: saved.append(list(rs)))
+    assert [r["method"] for r in full] == ["task_arithmetic", "ties"]
+    assert len(saved) == 2 and saved[0] == full[:1]
+    calls.clear()
+    again = run_curve(tasks, [2], 1, ["task_arithmetic", "ties"], tune=False,
+                      log=lambda _: None, done=saved[0])
+    assert [r["method"] for r in again] == ["task_arithmetic", "ties"]
+    assert again[1]["normalised"] == full[1]["normalised"]
+    assert calls == [3, 3, 3, 3]  # two own-adapter scores, then the fused one per task
