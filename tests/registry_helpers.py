@@ -162,6 +162,8 @@ def run_cli_inprocess(home: Path, *args: str, env: dict[str, str] | None = None,
                 code: int = 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            sys.stdout.flush()  # print() output still in the wrappers' buffers
+            sys.stderr.flush()
             result = Result(runner, out.getvalue(), err.getvalue(), both.getvalue(), None, code,
                             None)
     finally:
