@@ -125,10 +125,10 @@ def test_compose_from_registry_refs_and_publish(task, tmp_path):
     """Candidates by reference and by --select, result published with its lineage."""
     _root, base, cands, _, shots, _ev = task
     home = tmp_path / "home"
-    cli(home, "namespace", "create", "acme")
+    run_cli_inprocess(home, "namespace", "create", "acme")  # set-up: a failure raises
     for i, c in enumerate(cands):
-        cli(home, "publish", str(c), "--name", f"acme/skill-{i}", "--task", "skills",
-            "--tag", "en")
+        run_cli_inprocess(home, "publish", str(c), "--name", f"acme/skill-{i}", "--task",
+                          "skills", "--tag", "en")
     r = cli(home, "compose", "--base", base, "--examples", shots, "--candidates", "acme/skill-0",
             "--select", "task=skills,tag=en", "--budget", "4", "--publish", "acme/composed",
             "--task", "new-task", "--json")
