@@ -6,7 +6,7 @@ the client exits with the child's status, so a shell line runs as written at a f
 fresh interpreter's start-up cost.
 
 Run as ``python -m tests.cli_forkserver SOCKET``: prints ``ready`` once listening; serves one
-command at a time until killed."""
+command at a time until killed or its parent process exits."""
 
 from __future__ import annotations
 
@@ -96,9 +96,17 @@ def serve(sock: Path) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(sock))
     server.listen(4)
+    server.settimeout(1.0)
+    parent = os.getppid()
     print("ready", flush=True)
     while True:
-        conn, _ = server.accept()
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            if os.getppid() != parent:  # the test process is gone: so is its server
+                return
+            continue
+        conn.settimeout(None)
         req, fds = _recv_request(conn)
         pid = os.fork()
         if pid == 0:

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ def workdir(tiny_llama_dir, tmp_path_factory):
         env.pop(var, None)
     # `lorahive` on PATH: each command line runs as written, its `lorahive` a child forked from
     # one interpreter that imported the CLI once (tests/cli_forkserver.py), not a fresh start
-    sock = root / "lorahive.sock"
+    sock = Path(tempfile.mkdtemp(prefix="lh-")) / "cli.sock"  # AF_UNIX paths are short
     server = subprocess.Popen([sys.executable, "-m", "tests.cli_forkserver", str(sock)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -103,6 +104,7 @@ def workdir(tiny_llama_dir, tmp_path_factory):
     finally:
         server.kill()
         server.wait(timeout=30)
+        shutil.rmtree(sock.parent, ignore_errors=True)
 
 
 def test_every_bash_example_is_accounted_for():
