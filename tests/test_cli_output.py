@@ -12,7 +12,8 @@ import pytest
 
 from tests.compose_fixtures import add_tokenizer
 from tests.models import LLAMA_KW, make_peft_adapter
-from tests.terminal import BOX, run_piped, run_tty
+from tests.registry_helpers import run_cli_inprocess
+from tests.terminal import BOX, Output, run_piped, run_tty
 
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 NAMES = ["acme/food-sentiment-classifier-en", "acme/customer-support-intent-de"]
@@ -34,16 +35,14 @@ def world(tmp_path_factory):
     base = add_tokenizer(root / "raw-base", root / "base")
     adapters = [make_peft_adapter(base, root / f"adapter-{i}", seed=80 + i, base_id=BASE_ID)
                 for i in range(2)]
-    home = root / "home"
-    assert run_piped("namespace", "create", "acme", home=home).returncode == 0
+    home = root / "home"  # set-up, in this process (the tests below run the real command)
+    run_cli_inprocess(home, "namespace", "create", "acme")
     for name, path in zip(NAMES, adapters, strict=True):
-        r = run_piped("publish", path, "--name", name, "--task", "text-classification",
-                      "--tag", "english", "--tag", "customer-feedback", "--description",
-                      "classifies reviews", home=home)
-        assert r.returncode == 0, r.stderr
-    r = run_piped("token", "create", "ci-deploy-key", "--scope", "write", "--namespace", "acme",
-                  home=home)
-    assert r.returncode == 0, r.stderr
+        run_cli_inprocess(home, "publish", path, "--name", name, "--task",
+                          "text-classification", "--tag", "english", "--tag",
+                          "customer-feedback", "--description", "classifies reviews")
+    run_cli_inprocess(home, "token", "create", "ci-deploy-key", "--scope", "write",
+                      "--namespace", "acme")
     return root, base, adapters, home
 
 
@@ -220,7 +219,9 @@ def test_compose_weights_table_at_80_columns(world, tmp_path):
     fits(r)
     for f in far:
         line_with(r, str(f))
-    r = run_piped(*args, "--out", tmp_path / "c2")
+    # piped: the same entry point in this process, its stdout not a terminal
+    res = run_cli_inprocess(tmp_path / "home", *args, "--out", tmp_path / "c2", check=False)
+    r = Output(res.exit_code, res.stdout, res.stderr)
     plain(r)
     for f in far:
         line_with(r, str(f))

@@ -16,6 +16,7 @@ from lorahive.compose.composer import Example
 from lorahive.compose.composer.examples import write_examples
 from tests.compose_fixtures import add_tokenizer
 from tests.models import make_peft_adapter
+from tests.registry_helpers import run_cli_inprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 UMASKS = [0o022, 0o077]
@@ -67,8 +68,17 @@ def test_results_honour_umask(setup, tmp_path, command, umask):
         "compose": ["compose", "--base", base, "-c", a, "-c", b, "--examples", shots,
                     "--budget", "2"],
     }[command]
-    r = run(umask, *args, "--device", "cpu", "--out", out)
-    assert r.returncode == 0, r.stderr
+    if command == "compose":  # the console entry point in this process, under the umask
+        old = os.umask(umask)
+        try:
+            res = run_cli_inprocess(tmp_path / "home", *args, "--device", "cpu", "--out", out,
+                                    check=False)
+        finally:
+            os.umask(old)
+        assert res.exit_code == 0, res.stderr
+    else:  # a fresh process that inherits the umask
+        r = run(umask, *args, "--device", "cpu", "--out", out)
+        assert r.returncode == 0, r.stderr
     assert_cp_modes(out, umask)
 
 

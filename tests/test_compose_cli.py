@@ -1,4 +1,6 @@
-"""`lorahive compose` end to end through the real console entry point on tiny models."""
+"""`lorahive compose` end to end on tiny models: through a real ``python -m lorahive`` process
+where the process is the point (exit codes, one-line errors, a search that must let the process
+exit), else through the same console entry point in this process (``cli``)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,11 @@ def run(*args, timeout=None, env=None):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
+def cli(home: Path, *args):
+    """The console entry point in this process, on the registry at ``home``."""
+    return run_cli_inprocess(home, *args, check=False)
+
+
 @pytest.fixture(scope="module")
 def task(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("compose-cli")
@@ -50,8 +57,8 @@ def test_compose_ab_writes_adapter_and_lineage(task, tmp_path):
             "--budget", "8", "--seed", "3", "--json"]
     for c in cands:
         args += ["--candidates", c]
-    r = run(*args)
-    assert r.returncode == 0, r.stderr
+    r = cli(tmp_path / "home", *args)
+    assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert len(res["trace"]) == 8 and res["eval_metric"] == "rank" and res["eval_n"] == 4
     assert 0.0 <= res["eval_accuracy"] <= 1.0
@@ -77,17 +84,18 @@ def test_compose_ab_writes_adapter_and_lineage(task, tmp_path):
     torch.testing.assert_close(got.modules[name].B, want_B, rtol=1e-5, atol=1e-6)
     assert got.modules[name].scale == 1.0  # each candidate's scale is folded into B
     # same seed, same search
-    r2 = run(*[a if a != out else tmp_path / "again" for a in args])
+    r2 = cli(tmp_path / "home", *[a if a != out else tmp_path / "again" for a in args])
     assert json.loads(r2.stdout)["trace"] == res["trace"]
 
 
 def test_compose_delta_table_output(task, tmp_path):
     _root, base, cands, r2, shots, ev = task
     out = tmp_path / "delta"
-    r = run("compose", "--base", base, "-c", cands[0], "-c", r2, "-c", cands[1],
-            "--examples", shots, "--eval", ev, "--out", out, "--mode", "delta", "--rank", "3",
-            "--budget", "6", "--workers", "3", "--optimizer", "TwoPointsDE", "--prescreen", "2")
-    assert r.returncode == 0, r.stderr
+    r = cli(tmp_path / "home", "compose", "--base", base, "-c", cands[0], "-c", r2, "-c",
+            cands[1], "--examples", shots, "--eval", ev, "--out", out, "--mode", "delta",
+            "--rank", "3", "--budget", "6", "--workers", "3", "--optimizer", "TwoPointsDE",
+            "--prescreen", "2")
+    assert r.exit_code == 0, r.stderr
     for text in ("mixing weights", "objective trace", "energy kept", "held-out accuracy (rank)"):
         assert text in r.stdout
     side = json.loads((out / "lorahive.json").read_text())
@@ -116,40 +124,34 @@ def test_compose_user_errors_are_one_line(task, tmp_path):
 def test_compose_from_registry_refs_and_publish(task, tmp_path):
     """Candidates by reference and by --select, result published with its lineage."""
     _root, base, cands, _, shots, _ev = task
-    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
-    env.pop("LORAHIVE_URL", None)
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
-                              capture_output=True, text=True, env=env)
-
-    run_cli_inprocess(tmp_path / "home", "namespace", "create", "acme")  # set-up, in process
+    home = tmp_path / "home"
+    run_cli_inprocess(home, "namespace", "create", "acme")  # set-up: a failure raises
     for i, c in enumerate(cands):
-        run_cli_inprocess(tmp_path / "home", "publish", str(c), "--name", f"acme/skill-{i}",
-                          "--task", "skills", "--tag", "en")
-    r = cli("compose", "--base", base, "--examples", shots, "--candidates", "acme/skill-0",
+        run_cli_inprocess(home, "publish", str(c), "--name", f"acme/skill-{i}", "--task",
+                          "skills", "--tag", "en")
+    r = cli(home, "compose", "--base", base, "--examples", shots, "--candidates", "acme/skill-0",
             "--select", "task=skills,tag=en", "--budget", "4", "--publish", "acme/composed",
             "--task", "new-task", "--json")
-    assert r.returncode == 1 and "listed twice" in r.stderr  # skill-0 by ref and by filter
-    r = cli("compose", "--base", base, "--examples", shots, "--select", "task=skills",
+    assert r.exit_code == 1 and "listed twice" in r.stderr  # skill-0 by ref and by filter
+    r = cli(home, "compose", "--base", base, "--examples", shots, "--select", "task=skills",
             "--budget", "4", "--publish", "acme/composed", "--task", "new-task", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["published"] == "acme/composed@1" and res["out"] is None
-    r = cli("show", "acme/composed", "--json")
-    assert r.returncode == 0, r.stderr
+    r = cli(home, "show", "acme/composed", "--json")
+    assert r.exit_code == 0, r.stderr
     shown = json.loads(r.stdout)
     text = json.dumps(shown)
     assert "compose:ab" in text
     for i in range(3):
         assert f"acme/skill-{i}@1" in text
     assert shown["version"]["lineage"]["params"]["select"] == "task=skills"
-    r = cli("compose", "--base", base, "--examples", shots, "--select", "task=skills",
+    r = cli(home, "compose", "--base", base, "--examples", shots, "--select", "task=skills",
             "--budget", "2", "--publish", "acme/composed:prod")
-    assert r.returncode == 1 and "not an alias" in r.stderr
-    r = cli("compose", "--base", base, "--examples", shots, "--candidates", "acme/nope",
+    assert r.exit_code == 1 and "not an alias" in r.stderr
+    r = cli(home, "compose", "--base", base, "--examples", shots, "--candidates", "acme/nope",
             "--budget", "2", "--out", tmp_path / "x")
-    assert r.returncode == 1 and r.stderr.startswith("error:") and not (tmp_path / "x").exists()
+    assert r.exit_code == 1 and r.stderr.startswith("error:") and not (tmp_path / "x").exists()
 
 
 def _cands(args, cands):
@@ -206,8 +208,8 @@ def test_composed_o_proj_adapter_loads_in_peft_with_its_modules(task, tmp_path, 
     out = tmp_path / "composed"
     args = ["compose", "--base", base, "--examples", shots, "--out", out, "--budget", "4",
             "--mode", mode, "--objective", "tests.compose_fixtures:near_half"]
-    r = run(*_cands(args + (["--rank", "8"] if mode == "delta" else []), cands))
-    assert r.returncode == 0, r.stderr
+    r = cli(tmp_path / "home", *_cands(args + (["--rank", "8"] if mode == "delta" else []), cands))
+    assert r.exit_code == 0, r.stderr
     cfg = json.loads((out / "adapter_config.json").read_text())
     written = load_peft(out)
     assert cfg["target_modules"] == ["o_proj"]
@@ -235,17 +237,17 @@ def test_fuse_lorahub_and_compose_ab_write_the_same_adapter(task, tmp_path):
     _root, base, cands, _, shots, _ = task
     low = make_peft_adapter(base, tmp_path / "low", seed=77, lora_alpha=2)
     out = tmp_path / "ab"
-    r = run(*_cands(["compose", "--base", base, "--examples", shots, "--out", out,
-                     "--budget", "6", "--objective", "tests.compose_fixtures:near_half"],
-                    [cands[0], low]))
-    assert r.returncode == 0, r.stderr
+    r = cli(tmp_path / "home", *_cands(["compose", "--base", base, "--examples", shots, "--out",
+                                        out, "--budget", "6", "--objective",
+                                        "tests.compose_fixtures:near_half"], [cands[0], low]))
+    assert r.exit_code == 0, r.stderr
     r_compose_stderr = r.stderr
     w = [p["weight"] for p in json.loads((out / "lorahive.json").read_text())["lineage"]["parents"]]
     assert any(x != 0 for x in w)
     fused = tmp_path / "fused"
-    r = run("fuse", cands[0], low, "--method", "lorahub", "--weights", ",".join(map(repr, w)),
-            "--device", "cpu", "--out", fused)
-    assert r.returncode == 0, r.stderr
+    r = cli(tmp_path / "home", "fuse", cands[0], low, "--method", "lorahub", "--weights",
+            ",".join(map(repr, w)), "--device", "cpu", "--out", fused)
+    assert r.exit_code == 0, r.stderr
     a, b = load_peft(out), load_peft(fused)
     assert set(a.modules) == set(b.modules)
     for name in a.modules:
@@ -262,20 +264,20 @@ def test_compose_rerun_finishes_an_interrupted_publish(task, tmp_path):
     inputs: it finds its result there and publishes it without searching again; with other
     settings the directory is still refused."""
     _root, base, cands, _, shots, _ = task
-    env = {"LORAHIVE_HOME": str(tmp_path / "home")}
-    assert run("namespace", "create", "acme", env=env).returncode == 0
+    home = tmp_path / "home"
+    assert cli(home, "namespace", "create", "acme").exit_code == 0
     out = tmp_path / "d"
     args = _cands(["compose", "--base", base, "--examples", shots, "--out", out,
                    "--budget", "4"], cands[:2])
-    r = run(*args, env=env)
-    assert r.returncode == 0, r.stderr
+    r = cli(home, *args)
+    assert r.exit_code == 0, r.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    r = run(*args, "--publish", "acme/c", "--private", env=env)
-    assert r.returncode == 0, r.stderr
+    r = cli(home, *args, "--publish", "acme/c", "--private")
+    assert r.exit_code == 0, r.stderr
     assert "already holds this composition" in r.stdout and "published acme/c@1" in r.stdout
     assert "search" not in r.stderr  # no progress bar: nothing searched
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    shown = json.loads(run("show", "acme/c", "--json", env=env).stdout)
+    shown = json.loads(cli(home, "show", "acme/c", "--json").stdout)
     assert shown["adapter"]["private"] is True
-    r = run(*args, "--budget", "5", "--publish", "acme/c", env=env)  # another budget
-    assert r.returncode == 1 and "exists and is not empty" in r.stderr
+    r = cli(home, *args, "--budget", "5", "--publish", "acme/c")  # another budget
+    assert r.exit_code == 1 and "exists and is not empty" in r.stderr

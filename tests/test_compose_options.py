@@ -218,18 +218,12 @@ def test_retrieval_ranks_the_tasks_adapter_first(library, minilm):
         retrieve(shots, {str(noise[2]): []}, 1, minilm)
 
 
-# -- the CLI, end to end on real files ----------------------------------------------------
+# -- the CLI on real files (the console entry point, in this process) --------------------
 
-def _cli(*args, env=None):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+def _cli(home, *args):
+    from tests.registry_helpers import run_cli_inprocess
 
-    env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
-                          capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[1])
+    return run_cli_inprocess(home, *args, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -249,14 +243,14 @@ def test_cli_folds_refuses_noise_and_writes_only_when_asked(animals, shot_files,
     args = ["compose", "--base", base, "--examples", shots, "--budget", "8", "--folds", "5"]
     for c in noise:
         args += ["-c", c]
-    r = _cli(*args, "--out", tmp_path / "no")
-    assert r.returncode == 3, r.stderr
+    r = _cli(tmp_path / "home", *args, "--out", tmp_path / "no")
+    assert r.exit_code == 3, r.stderr
     said = r.stdout.strip().splitlines()
     assert len(said) == 1 and said[0].startswith("no mix beats the base model out of fold")
     assert "nothing written" in said[0] and not (tmp_path / "no").exists()
     out = tmp_path / "anyway"
-    r = _cli(*args, "--out", out, "--write-anyway", "--json")
-    assert r.returncode == 0, r.stderr
+    r = _cli(tmp_path / "home", *args, "--out", out, "--write-anyway", "--json")
+    assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["written"] is True and res["beats_base_out_of_fold"] is False
     side = json.loads((out / "lorahive.json").read_text())
@@ -276,10 +270,10 @@ def test_cli_label_objective_with_folds_writes_the_tasks_mix(animals, shot_files
     _root, base, good, noise = animals
     shots, ev = shot_files
     out = tmp_path / "label"
-    r = _cli("compose", "--base", base, "--examples", shots, "--eval", ev, "-c", noise[0],
-             "-c", good, "--budget", "8", "--folds", "5", "--objective", "label",
-             "--out", out)
-    assert r.returncode == 0, r.stderr
+    r = _cli(tmp_path / "home", "compose", "--base", base, "--examples", shots, "--eval", ev,
+             "-c", noise[0], "-c", good, "--budget", "8", "--folds", "5", "--objective",
+             "label", "--out", out)
+    assert r.exit_code == 0, r.stderr
     text = " ".join(r.stdout.split())
     assert "out of fold (5 folds): composed" in text and "held-out accuracy (rank)" in text
     side = json.loads((out / "lorahive.json").read_text())
@@ -292,13 +286,14 @@ def test_cli_label_objective_with_folds_writes_the_tasks_mix(animals, shot_files
     assert "held-out accuracy (rank)" in card
     weights = {p["ref"]: p["weight"] for p in parse_card(card)["lorahive_lineage"]["parents"]}
     assert weights == {p["ref"]: p["weight"] for p in side["lineage"]["parents"]}
-    r = _cli("compose", "--base", base, "--examples", shots, "-c", good, "--objective",
-             "label", "--labels", "yes", "--labels", "maybe", "--out", tmp_path / "bad")
-    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    r = _cli(tmp_path / "home", "compose", "--base", base, "--examples", shots, "-c", good,
+             "--objective", "label", "--labels", "yes", "--labels", "maybe", "--out",
+             tmp_path / "bad")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("error: example output 'no' is not among the --labels (yes, maybe)")
-    r = _cli("compose", "--base", base, "--examples", shots, "-c", good, "--labels", "yes",
-             "--out", tmp_path / "bad")
-    assert r.returncode == 1 and "--labels go with --objective label" in r.stderr
+    r = _cli(tmp_path / "home", "compose", "--base", base, "--examples", shots, "-c", good,
+             "--labels", "yes", "--out", tmp_path / "bad")
+    assert r.exit_code == 1 and "--labels go with --objective label" in r.stderr
 
 
 def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_path):
@@ -306,27 +301,25 @@ def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_
 
     _root, base, good, noise = animals
     shots, _ = shot_files
-    from tests.registry_helpers import run_cli_inprocess
-
-    env = {"LORAHIVE_HOME": str(tmp_path / "home")}
-    run_cli_inprocess(tmp_path / "home", "namespace", "create", "lib")  # set-up, in process
+    home = tmp_path / "home"
+    assert _cli(home, "namespace", "create", "lib").exit_code == 0
     for name, path in [("animals", good), ("arith", noise[0]), ("news", noise[1]),
                        ("bare", noise[2])]:
-        run_cli_inprocess(tmp_path / "home", "publish", str(path), "--name", f"lib/{name}")
-    r = _cli("compose", "--base", base, "--examples", shots, "--retrieve", "2", "--budget", "4",
-             "--publish", "lib/composed", "--json", env=env)
-    assert r.returncode == 0, r.stderr
+        assert _cli(home, "publish", str(path), "--name", f"lib/{name}").exit_code == 0
+    r = _cli(home, "compose", "--base", base, "--examples", shots, "--retrieve", "2",
+             "--budget", "4", "--publish", "lib/composed", "--json")
+    assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert [ref for ref, _ in res["retrieval"]][:1] == ["lib/animals@1"]
     assert res["retrieval"][-1] == ["lib/bare@1", None]
     assert "1 candidate(s) store no example prompts" in r.stderr
     assert set(res["weights"]) == {"lib/animals@1", res["retrieval"][1][0]}
-    r = _cli("show", "lib/composed", "--json", env=env)
+    r = _cli(home, "show", "lib/composed", "--json")
     params = json.loads(r.stdout)["version"]["lineage"]["params"]
     assert params["retrieve"] == 2 and params["retrieval_pool"] == 4
     assert params["retrieval_scores"] == [score for _, score in res["retrieval"][:2]]
     for ref, _ in res["retrieval"][2:]:  # the pool beyond the kept is never named
         assert ref not in json.dumps(params)
-    r = _cli("compose", "--base", base, "--examples", shots, "--retrieve", "0",
-             "--out", tmp_path / "x", env=env)
-    assert r.returncode == 1 and r.stderr.startswith("error: --retrieve must be at least 1")
+    r = _cli(home, "compose", "--base", base, "--examples", shots, "--retrieve", "0",
+             "--out", tmp_path / "x")
+    assert r.exit_code == 1 and r.stderr.startswith("error: --retrieve must be at least 1")

@@ -1,4 +1,6 @@
-"""``lorahive fuse``, ``merge`` and ``methods`` through the real console entry point."""
+"""``lorahive fuse``, ``merge`` and ``methods`` through the real console entry point: in a
+``python -m lorahive`` process, or in this process (``acme_cli``) where the test is about
+registry references and re-runs rather than the process."""
 
 from __future__ import annotations
 
@@ -21,14 +23,14 @@ def run(*args):
 
 
 def acme_cli(home):
-    """The CLI on a registry of its own (``home``) with the namespace ``acme``."""
-    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(home)}
+    """The console entry point, in this process, on a registry of its own (``home``) with the
+    namespace ``acme``."""
+    from tests.registry_helpers import run_cli_inprocess
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)],
-                              capture_output=True, text=True, env=env)
+        return run_cli_inprocess(home, *args, check=False)
 
-    assert cli("namespace", "create", "acme").returncode == 0
+    assert cli("namespace", "create", "acme").exit_code == 0
     return cli
 
 
@@ -124,10 +126,10 @@ def test_fuse_and_merge_registry_references(pair, tiny_llama_dir, tmp_path):
     _, dirs = pair
     cli = acme_cli(tmp_path / "home")
     for i, d in enumerate(dirs):
-        assert cli("publish", d, "--name", f"acme/task-{i}").returncode == 0
+        assert cli("publish", d, "--name", f"acme/task-{i}").exit_code == 0
     r = cli("fuse", "acme/task-0", "acme/task-1:latest", "--method", "ties_svd", "--density",
             "0.5", "--publish", "acme/fused", "--task", "multi", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["published"] == "acme/fused@1"
     shown = json.loads(cli("show", "acme/fused", "--json").stdout)
     text = json.dumps(shown)
@@ -135,7 +137,7 @@ def test_fuse_and_merge_registry_references(pair, tiny_llama_dir, tmp_path):
     out = tmp_path / "merged"
     r = cli("merge", "--base", tiny_llama_dir, "--adapter", "acme/fused", "--device", "cpu",
             "--out", out, "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     parent = json.loads((out / "lorahive.json").read_text())["lineage"]["parents"][0]
     assert parent["ref"] == "acme/fused@1" and len(parent["sha256"]) == 64
 
@@ -190,10 +192,10 @@ def test_fuse_rerun_finishes_an_interrupted_publish(pair, tmp_path):
     out = tmp_path / "d"
     args = ["fuse", *dirs, "--method", "ties_svd", "--density", "0.5", "--weights", "0.6,0.4",
             "--device", "cpu", "--out", out]
-    assert cli(*args).returncode == 0  # the run that "was interrupted" before publishing
+    assert cli(*args).exit_code == 0  # the run that "was interrupted" before publishing
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     r = cli(*args, "--publish", "acme/f", "--private")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     assert "already holds this fusion" in r.stdout and "acme/f@1" in r.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     shown = json.loads(cli("show", "acme/f", "--json").stdout)
@@ -201,12 +203,12 @@ def test_fuse_rerun_finishes_an_interrupted_publish(pair, tmp_path):
     assert shown["version"]["lineage"]["recipe"] == json.loads(
         (out / "lorahive.json").read_text())["lineage"]["recipe"]
     r = cli(*args[:-1], tmp_path / "other", "--publish", "acme/g", "--public")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     assert json.loads(cli("show", "acme/g", "--json").stdout)["adapter"]["private"] is False
     for changed in (["--weights", "0.5,0.5"], ["--density", "0.6"], ["--method", "ties"]):
         r = cli(*args, *changed, "--publish", "acme/f")
-        assert r.returncode == 1 and "exists and is not empty" in r.stderr, changed
+        assert r.exit_code == 1 and "exists and is not empty" in r.stderr, changed
     (tmp_path / "stray").mkdir()
     (tmp_path / "stray" / "notes.txt").write_text("x")
     r = cli(*args[:-1], tmp_path / "stray")
-    assert r.returncode == 1 and "exists and is not empty" in r.stderr
+    assert r.exit_code == 1 and "exists and is not empty" in r.stderr
