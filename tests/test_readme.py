@@ -10,9 +10,9 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,6 @@ import torch
 
 from lorahive.compose.composer import Example
 from lorahive.compose.composer.examples import write_examples
-from tests.cli_forkserver import write_shim
 from tests.compose_fixtures import add_tokenizer
 from tests.models import (
     make_peft_adapter,
@@ -88,23 +87,14 @@ def workdir(tiny_llama_dir, tmp_path_factory):
                                             Example("the moon is small ?", "no")])
     bin_dir = root / "bin"
     bin_dir.mkdir()
+    shim = bin_dir / "lorahive"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lorahive "$@"\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "LORAHIVE_HOME": str(root / "home"), "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
     for var in ("LORAHIVE_URL", "LORAHIVE_TOKEN"):
         env.pop(var, None)
-    # `lorahive` on PATH: each command line runs as written, its `lorahive` a child forked from
-    # one interpreter that imported the CLI once (tests/cli_forkserver.py), not a fresh start
-    sock = Path(tempfile.mkdtemp(prefix="lh-")) / "cli.sock"  # AF_UNIX paths are short
-    server = subprocess.Popen([sys.executable, "-m", "tests.cli_forkserver", str(sock)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline().strip() == "ready", "the CLI fork server did not start"
-        write_shim(bin_dir / "lorahive", sock)
-        yield work, env
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-        shutil.rmtree(sock.parent, ignore_errors=True)
+    return work, env
 
 
 def test_every_bash_example_is_accounted_for():
