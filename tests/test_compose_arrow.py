@@ -5,9 +5,6 @@ what is written is what was routed, and options that shape a search are refused.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,13 +13,12 @@ from torch import nn
 
 from lorahive.compose.composer import Composer, resolve_candidates
 from lorahive.compose.composer.arrow import coefficients, prototype, route_weights
-from lorahive.compose.composer.examples import write_examples
 from lorahive.compose.composer.model import load_base
 from lorahive.hub.adapter import LoraModule
 from lorahive.hub.errors import InvalidRequestError
 from lorahive.hub.peft_format import save_peft
 from tests import test_compose_core as core
-from tests.test_compose_blocks import EXAMPLES, IDS, ROOT
+from tests.test_compose_blocks import EXAMPLES, IDS, compose_cli
 
 setup, base_model = core.setup, core.base_model
 
@@ -125,14 +121,7 @@ def test_routed_adapter_is_the_routed_mix(setup, base_model, tmp_path):
 
 def test_cli_route_arrow(setup, tmp_path):
     _, base, same, _ = setup
-    shots = write_examples(tmp_path / "shots.jsonl", EXAMPLES)
-    env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lorahive", "compose", "--base", base,
-                               "--examples", shots, *map(str, args)], capture_output=True,
-                              text=True, env=env, cwd=ROOT)
-
+    cli = compose_cli(base, tmp_path)
     args = [a for c in same for a in ("-c", c)]
     r = cli(*args, "--route", "arrow", "--top-k", "2", "--out", tmp_path / "o", "--json")
     assert r.returncode == 0, r.stderr

@@ -105,8 +105,9 @@ def test_run_records_every_blocks_weights(setup, base_model, tmp_path):
     assert side["lineage"]["params"]["blocks"] == 2
 
 
-def test_cli_blocks(setup, tmp_path):
-    _, base, same, _ = setup
+def compose_cli(base: str, tmp_path: Path):
+    """``lorahive compose --base base --examples <EXAMPLES>`` in a fresh process, with an
+    empty registry home: a function of the remaining arguments."""
     shots = write_examples(tmp_path / "shots.jsonl", EXAMPLES)
     env = {**os.environ, "COLUMNS": "200", "LORAHIVE_HOME": str(tmp_path / "home")}
 
@@ -114,7 +115,12 @@ def test_cli_blocks(setup, tmp_path):
         return subprocess.run([sys.executable, "-m", "lorahive", "compose", "--base", base,
                                "--examples", shots, *map(str, args)], capture_output=True,
                               text=True, env=env, cwd=ROOT)
+    return cli
 
+
+def test_cli_blocks(setup, tmp_path):
+    _, base, same, _ = setup
+    cli = compose_cli(base, tmp_path)
     args = [a for c in same for a in ("-c", c)]
     r = cli(*args, "--blocks", "2", "--budget", "4", "--out", tmp_path / "o", "--json")
     assert r.returncode == 0, r.stderr

@@ -254,26 +254,14 @@ def _print_routed(result: ComposeResult, out: Path | None, published: str | None
         (ref, f"{w:.4f}", f"{sum(1 for b in W if b[ref] > 0)} of {len(W)}")
         for ref, w in sorted(result.weights.items(), key=lambda kv: -kv[1])),
         title="Arrow weights (per module; mean over the modules)")
-    if ranking:
-        kept = [r for r in ranking if r.ref in set(result.weights)]
-        console.print(f"retrieved {len(kept)} of {len(ranking)} candidates by example-prompt "
-                      "similarity: " + ", ".join(f"{r.ref} {r.score:.3f}" for r in kept))
+    _print_retrieved(result, ranking)
     console.print(f"routed without search (training-free: top-k {p['top_k']}, temperature "
                   f"{p['temperature']}, {m['route_seconds']:.2f} s); objective on the shots: "
                   f"zero-shot {result.zero_shot:.4f} -> routed {m['objective']:.4f}")
     if m["objective"] > result.zero_shot:
         console.print("[yellow]warning:[/yellow] the routed mix scores worse than the base "
                       "model on the shots; the candidates may not suit this task")
-    if result.energy:
-        console.print(f"rank {m['rank']}: energy kept min {m['energy_kept_min']:.4f}, "
-                      f"mean {m['energy_kept_mean']:.4f}")
-    if result.accuracy is not None:
-        console.print(f"held-out accuracy ({m['eval_metric']}): {m['eval_accuracy']:.1%} of "
-                      f"{m['eval_n']}")
-    if out is not None:
-        console.print(f"wrote {out}")
-    if published:
-        console.print(f"published {published}")
+    _print_outcome(result, out, published)
 
 
 def _retrieve(sources: list, shots: list, k: int) -> tuple[list, list]:
@@ -376,10 +364,7 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
         for ref, w in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))),
         title="mixing weights" + (f" (mean over {len(blocks)} layer blocks, then each "
                                   "block's)" if blocks else ""))
-    if ranking:
-        kept = [r for r in ranking if r.ref in set(result.weights)]
-        console.print(f"retrieved {len(kept)} of {len(ranking)} candidates by example-prompt "
-                      "similarity: " + ", ".join(f"{r.ref} {r.score:.3f}" for r in kept))
+    _print_retrieved(result, ranking)
     best = result.search.best_trace
     marks = sorted({0, len(best) // 4, len(best) // 2, 3 * len(best) // 4, len(best) - 1})
     console.print("objective trace (best so far): " + "  ".join(
@@ -404,12 +389,26 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
                       f"{cv.base_objective_out_of_fold:.4f} (in fold "
                       f"{cv.objective_in_fold:.4f})" + ("" if cv.beats_base else
                                                         "; written as asked"))
+    _print_outcome(result, out, published)
+
+
+def _print_retrieved(result: ComposeResult, ranking: list | None) -> None:
+    if ranking:
+        kept = [r for r in ranking if r.ref in set(result.weights)]
+        console.print(f"retrieved {len(kept)} of {len(ranking)} candidates by example-prompt "
+                      "similarity: " + ", ".join(f"{r.ref} {r.score:.3f}" for r in kept))
+
+
+def _print_outcome(result: ComposeResult, out: Path | None, published: str | None) -> None:
+    """What every compose prints last: the truncation's energy, held-out accuracy, where the
+    adapter went."""
+    m = result.metrics
     if result.energy:
-        console.print(f"rank {metrics['rank']}: energy kept min "
-                      f"{metrics['energy_kept_min']:.4f}, mean {metrics['energy_kept_mean']:.4f}")
+        console.print(f"rank {m['rank']}: energy kept min {m['energy_kept_min']:.4f}, "
+                      f"mean {m['energy_kept_mean']:.4f}")
     if result.accuracy is not None:
-        console.print(f"held-out accuracy ({metrics['eval_metric']}): "
-                      f"{metrics['eval_accuracy']:.1%} of {metrics['eval_n']}")
+        console.print(f"held-out accuracy ({m['eval_metric']}): {m['eval_accuracy']:.1%} of "
+                      f"{m['eval_n']}")
     if out is not None:
         console.print(f"wrote {out}")
     if published:

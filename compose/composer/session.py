@@ -421,8 +421,7 @@ class Composer:
         used = W.max(0) > 0
         exact = sum(c.adapter.max_rank for c, u in zip(self.candidates, used, strict=True) if u)
         adapter, energy = self.adapter(flat, rank or exact)
-        res = SearchResult(flat, obj, trace=[obj], asked=[flat.tolist()], evaluations=1,
-                           seconds=seconds)
+        res = SearchResult(flat, obj, seconds=seconds)  # nothing searched: no evaluations
         metrics: dict[str, Any] = {"objective": obj, "zero_shot_objective": zero,
                                    "route_seconds": seconds, "evaluations": 0,
                                    "rank": adapter.max_rank}
