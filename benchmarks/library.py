@@ -193,10 +193,11 @@ N_TEST = 100
 
 
 def unseen_split(spec: TaskSpec, n: int = N_TEST) -> list:
-    """``n`` test examples of a library task whose inputs are in neither its training nor its
-    validation split (drawn with another seed, then filtered), for the fusion curve."""
-    train, val, _ = split(spec)
-    seen = {e.input for e in train + val}
+    """``n`` test examples of a library task whose inputs are in none of its training,
+    validation or card examples (drawn with another seed, then filtered), for the fusion
+    curve."""
+    train, val, shown = split(spec)
+    seen = {e.input for e in train + val + shown}
     return [e for e in spec.build(4 * n + len(seen), SEED + 1) if e.input not in seen][:n]
 
 
