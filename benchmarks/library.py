@@ -43,8 +43,9 @@ ADAPTERS = ROOT / "adapters"
 HOME = ROOT / "registry"
 NAMESPACE = "library"
 N_TRAIN, N_VAL, N_CARD = 192, 32, 8
-# 24 steps of 8 keep the whole 43-adapter build within an hour on 2 cores (about 318k
-# training tokens at ~57 tokens/s per core); at 40 steps it took about 85 minutes.
+# 24 steps of 8 keep the whole 43-adapter build within about an hour on 2 cores (318k
+# training tokens at ~48 tokens/s per worker, two side by side); 40 steps over 320 examples
+# (530k tokens) would take about 90 minutes.
 STEPS, BATCH, LR, RANK, SEED = 24, 8, 2e-3, 8, 0
 
 

@@ -377,13 +377,7 @@ class Composer:
                            beats_base_out_of_fold=cv.beats_base, folds=len(cv.folds))
         if self.mode == "delta":
             metrics["rank"] = adapter.max_rank
-        if energy:
-            metrics["energy_kept_min"] = min(energy.values())
-            metrics["energy_kept_mean"] = sum(energy.values()) / len(energy)
-        acc = None
-        if held_out is not None:
-            acc = self.accuracy(res.weights, held_out)
-            metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric, eval_n=acc.n)
+        acc = self._measure(metrics, energy, res.weights, held_out)
         results = {"objective": res.objective, "objective_trace": res.trace, "kept": res.kept,
                    "kept_evaluation": res.kept_evaluation, "prescreen_scores": screened}
         if cv is not None:
@@ -396,6 +390,20 @@ class Composer:
                               parents(self.candidates, list(out.weights.values())),
                               {**params, **results}, recipe)
         return out
+
+    def _measure(self, metrics: dict[str, Any], energy: dict[str, float],
+                 weights: Sequence[float], held_out: Sequence[Example] | None
+                 ) -> Accuracy | None:
+        """Add what every result records of the written mix: the truncation's energy and,
+        with ``held_out``, its accuracy (returned)."""
+        if energy:
+            metrics["energy_kept_min"] = min(energy.values())
+            metrics["energy_kept_mean"] = sum(energy.values()) / len(energy)
+        if held_out is None:
+            return None
+        acc = self.accuracy(weights, held_out)
+        metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric, eval_n=acc.n)
+        return acc
 
     def route(self, top_k: int = TOP_K, temperature: float = TEMPERATURE, *,
               rank: int | None = None, held_out: Sequence[Example] | None = None,
@@ -425,13 +433,7 @@ class Composer:
         metrics: dict[str, Any] = {"objective": obj, "zero_shot_objective": zero,
                                    "route_seconds": seconds, "evaluations": 0,
                                    "rank": adapter.max_rank}
-        if energy:
-            metrics["energy_kept_min"] = min(energy.values())
-            metrics["energy_kept_mean"] = sum(energy.values()) / len(energy)
-        acc = None
-        if held_out is not None:
-            acc = self.accuracy(flat, held_out)
-            metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric, eval_n=acc.n)
+        acc = self._measure(metrics, energy, flat, held_out)
         out = ComposeResult(list(self.candidates), res, zero, adapter, energy, None, acc,
                             metrics, Lineage(""))
         results = {"objective": obj, "modules": list(self.names),
