@@ -128,7 +128,26 @@ def lorahive_folds(task: TaskData, shots, seed: int, ctx: Context):
 def lorahive_label(task: TaskData, shots, seed: int, ctx: Context):
     """Rank classification's cross-entropy over the label set (label tasks; the answer
     loss elsewhere, as the default)."""
-    return _compose(task, shots, seed, ctx, ["--objective", "label"] if task.labels else [])
+    return _compose(task, shots, seed, ctx, _label(task))
+
+
+@row("retrieve_label", f"lorahive --retrieve {RETRIEVE} + label", library=True, quick=False)
+def lorahive_retrieve_label(task: TaskData, shots, seed: int, ctx: Context):
+    """Retrieval, and rank classification on label tasks: LoRAHub's budget, no prescreen."""
+    return _compose(task, shots, seed, ctx, ["--retrieve", str(RETRIEVE), *_label(task)])
+
+
+@row("retrieve_guard", f"lorahive --retrieve {RETRIEVE} + label + --folds 5", library=True,
+     quick=False)
+def lorahive_retrieve_guard(task: TaskData, shots, seed: int, ctx: Context):
+    """Retrieval and the label objective, checked leave-one-out first: where no mix beats the
+    base model out of fold, the base model is what the user keeps and what is scored."""
+    return _compose(task, shots, seed, ctx,
+                    ["--retrieve", str(RETRIEVE), "--folds", "5", *_label(task)])
+
+
+def _label(task: TaskData) -> list[str]:
+    return ["--objective", "label"] if task.labels else []
 
 
 @row("blocks", f"lorahive --blocks {BLOCKS}", library=True, quick=False)
