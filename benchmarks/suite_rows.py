@@ -103,57 +103,60 @@ def lora_ft(task: TaskData, shots, seed: int, ctx: Context):
                      {"train_seconds": info["seconds"], "loss_last5": info["loss_last5"]})
 
 
-@row("default", "lorahive default", library=True)
+@row("default", "lorahive default", library=True, version=2)
 def lorahive_default(task: TaskData, shots, seed: int, ctx: Context):
     """``lorahive compose`` as a user runs it, with its defaults: every library adapter by
     registry reference (``library/<task>``, from the library's own registry), the shots as
-    ``--examples``, ``--seed`` the suite's seed; the adapter it writes is then scored."""
+    ``--examples``, ``--seed`` the suite's seed; the adapter it writes is then scored, or the
+    base model where the out-of-fold check writes nothing. Version 2: the defaults of
+    ``compose.composer.policy`` (retrieval, the label objective on label shots, the check);
+    version 1 was LoRAHub's procedure, now the ``lorahub_ours`` row."""
     return _compose(task, shots, seed, ctx, [])
 
 
-@row("retrieve", f"lorahive --retrieve {RETRIEVE}", library=True, quick=False)
+@row("lorahub_ours", "lorahive --lorahub", library=True)
+def lorahive_lorahub(task: TaskData, shots, seed: int, ctx: Context):
+    """LoRAHub's procedure in lorahive (``--lorahub``: the answer-token loss over every
+    candidate, pre-screened to 20 by evaluation, no check): the options below start here."""
+    return _compose(task, shots, seed, ctx, ["--lorahub"])
+
+
+@row("retrieve", f"lorahive --lorahub --retrieve {RETRIEVE}", library=True, quick=False)
 def lorahive_retrieve(task: TaskData, shots, seed: int, ctx: Context):
     """The library adapters whose stored example prompts are nearest the shots (MiniLM)."""
-    return _compose(task, shots, seed, ctx, ["--retrieve", str(RETRIEVE)])
+    return _compose(task, shots, seed, ctx, ["--lorahub", "--retrieve", str(RETRIEVE)])
 
 
-@row("folds", "lorahive --folds 5", library=True, quick=False)
+@row("folds", "lorahive --lorahub --folds 5", library=True, quick=False)
 def lorahive_folds(task: TaskData, shots, seed: int, ctx: Context):
     """Leave-one-out first: where no mix beats the base model out of fold, nothing is
     written and the user keeps the base model, which is what is scored."""
-    return _compose(task, shots, seed, ctx, ["--folds", "5"])
+    return _compose(task, shots, seed, ctx, ["--lorahub", "--folds", "5"])
 
 
-@row("label", "lorahive --objective label", library=True, quick=False)
+@row("label", "lorahive --lorahub --objective label", library=True, quick=False)
 def lorahive_label(task: TaskData, shots, seed: int, ctx: Context):
     """Rank classification's cross-entropy over the label set (label tasks; the answer
     loss elsewhere, as the default)."""
-    return _compose(task, shots, seed, ctx, _label(task))
+    return _compose(task, shots, seed, ctx, ["--lorahub", *_label(task)])
 
 
-@row("retrieve_label", f"lorahive --retrieve {RETRIEVE} + label", library=True, quick=False)
+@row("retrieve_label", f"lorahive --lorahub --retrieve {RETRIEVE} + label", library=True,
+     quick=False)
 def lorahive_retrieve_label(task: TaskData, shots, seed: int, ctx: Context):
     """Retrieval, and rank classification on label tasks: LoRAHub's budget, no prescreen."""
-    return _compose(task, shots, seed, ctx, ["--retrieve", str(RETRIEVE), *_label(task)])
-
-
-@row("retrieve_guard", f"lorahive --retrieve {RETRIEVE} + label + --folds 5", library=True,
-     quick=False)
-def lorahive_retrieve_guard(task: TaskData, shots, seed: int, ctx: Context):
-    """Retrieval and the label objective, checked leave-one-out first: where no mix beats the
-    base model out of fold, the base model is what the user keeps and what is scored."""
     return _compose(task, shots, seed, ctx,
-                    ["--retrieve", str(RETRIEVE), "--folds", "5", *_label(task)])
+                    ["--lorahub", "--retrieve", str(RETRIEVE), *_label(task)])
 
 
 def _label(task: TaskData) -> list[str]:
     return ["--objective", "label"] if task.labels else []
 
 
-@row("blocks", f"lorahive --blocks {BLOCKS}", library=True, quick=False)
+@row("blocks", f"lorahive --lorahub --blocks {BLOCKS}", library=True, quick=False)
 def lorahive_blocks(task: TaskData, shots, seed: int, ctx: Context):
     """Contiguous blocks of layers, each mixed with its own weights."""
-    return _compose(task, shots, seed, ctx, ["--blocks", str(BLOCKS)])
+    return _compose(task, shots, seed, ctx, ["--lorahub", "--blocks", str(BLOCKS)])
 
 
 @row("arrow", "lorahive --route arrow", library=True)
@@ -188,9 +191,12 @@ def _compose(task: TaskData, shots, seed: int, ctx: Context, extra: list[str]):
         adapter = load_peft(out) if proc.returncode == 0 else None  # None: the base model
     preds = ctx.predict(task, adapter)
     weights = {k.split("/")[-1].split("@")[0]: round(v, 4) for k, v in res["weights"].items()}
-    screened = len(refs) if len(refs) > len(weights) and "--retrieve" not in extra else 0
+    # pre-screening scored every candidate alone where neither retrieval nor the route ran
+    screened = len(refs) if res.get("retrieval") is None and "--route" not in extra \
+        and len(refs) > len(weights) else 0
     return RowOutput(preds, {"weights": weights, "objective": res.get("objective"),
-                             "evaluations": res.get("evaluations", 0) + screened,
+                             "evaluations": res.get("evaluations", 0) + screened
+                             + res.get("evaluations_out_of_fold", 0),
                              "prescreen_evaluations": screened,
                              "written": proc.returncode == 0})
 

@@ -136,6 +136,17 @@ def test_interval_when_every_answer_agrees():
 
 
 # --- caching and resume -------------------------------------------------------------------------
+def test_a_short_evaluation_takes_the_labels_in_turn():
+    from benchmarks.corpora import Item
+    from benchmarks.suite import head
+
+    items = [Item(f"x{i}", " no" if i < 6 or i == 9 else " yes") for i in range(10)]
+    got = head(items, 4, [" no", " yes"])
+    assert [e.input for e in got] == ["x0", "x1", "x6", "x7"]  # in the set's order
+    assert head(items, 10, [" no", " yes"]) == items  # the whole set as it is
+    assert head(items, 3, None) == items[:3]  # no label set: the first n
+
+
 def test_rows_are_cached_per_task_and_seed_and_resume(tmp_path, monkeypatch):
     import argparse
 
@@ -231,7 +242,8 @@ def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch)
         out = r.fn(task, items[:5], 1, ctx)
         preds = out.predictions if isinstance(out, RowOutput) else out
         assert len(preds) == len(task.eval) and set(preds) <= {" no", " yes"}, name
-        if name in ("lorahub", "default", "best_single", "retrieve", "folds", "label", "blocks"):
+        if name in ("lorahub", "default", "lorahub_ours", "best_single", "retrieve", "folds",
+                    "label", "retrieve_label", "blocks"):
             assert out.info["evaluations"] >= 3, name
         if name == "arrow":  # routed, not searched
             assert out.info["evaluations"] == 0 and out.info["written"], name

@@ -65,7 +65,7 @@ def test_results_honour_umask(setup, tmp_path, command, umask):
     args = {
         "fuse": ["fuse", a, b, "--method", "cat"],
         "merge": ["merge", "--base", base, "--adapter", a],
-        "compose": ["compose", "--base", base, "-c", a, "-c", b, "--examples", shots,
+        "compose": ["compose", "--lorahub", "--base", base, "-c", a, "-c", b, "--examples", shots,
                     "--budget", "2"],
     }[command]
     if command == "compose":  # the console entry point in this process, under the umask

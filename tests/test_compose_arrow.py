@@ -139,14 +139,17 @@ def test_cli_route_arrow(setup, tmp_path):
 def test_route_refuses_search_options():
     from lorahive.cli.commands.compose import _check_route
 
-    assert _check_route(None, None, 0, 1, None, None) == "ab"
-    assert _check_route("arrow", None, 0, 1, None, None) == "delta"
-    for args, msg in ((("soup", None, 0, 1, None, None), "unknown route 'soup'"),
-                      (("arrow", "ab", 0, 1, None, None), "mixes the deltas"),
-                      (("arrow", None, 2, 1, None, None), "--folds shapes a search"),
-                      (("arrow", None, 0, 2, None, None), "--blocks shapes a search"),
-                      (("arrow", None, 0, 1, "label", None), "--objective shapes a search"),
-                      (("arrow", None, 0, 1, None, 5), "--prescreen shapes a search")):
+    assert _check_route("arrow", None, None, 1, None, None, [], False) == "delta"
+    for args, msg in ((("soup", None, 0, 1, None, None, [], False), "unknown route 'soup'"),
+                      (("arrow", "ab", 0, 1, None, None, [], False), "mixes the deltas"),
+                      (("arrow", None, 2, 1, None, None, [], False), "--folds shapes a search"),
+                      (("arrow", None, 0, 2, None, None, [], False), "--blocks shapes a search"),
+                      (("arrow", None, 0, 1, "label", None, [], False),
+                       "--objective shapes a search"),
+                      (("arrow", None, 0, 1, None, 5, [], False), "--prescreen shapes a search"),
+                      (("arrow", None, 0, 1, None, None, ["yes"], False),
+                       "--labels shapes a search"),
+                      (("arrow", None, 0, 1, None, None, [], True), "--lorahub shapes a search")):
         with pytest.raises(InvalidRequestError, match=msg):
             _check_route(*args)
 

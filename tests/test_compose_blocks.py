@@ -121,7 +121,7 @@ def compose_cli(base: str, tmp_path: Path):
 def test_cli_blocks(setup, tmp_path):
     _, base, same, _ = setup
     cli = compose_cli(base, tmp_path)
-    args = [a for c in same for a in ("-c", c)]
+    args = ["--lorahub", *(a for c in same for a in ("-c", c))]
     r = cli(*args, "--blocks", "2", "--budget", "4", "--out", tmp_path / "o", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -53,7 +53,7 @@ def task(tiny_llama_dir, tmp_path_factory):
 def test_compose_ab_writes_adapter_and_lineage(task, tmp_path):
     _root, base, cands, _, shots, ev = task
     out = tmp_path / "composed"
-    args = ["compose", "--base", base, "--examples", shots, "--eval", ev, "--out", out,
+    args = ["compose", "--lorahub", "--base", base, "--examples", shots, "--eval", ev, "--out", out,
             "--budget", "8", "--seed", "3", "--json"]
     for c in cands:
         args += ["--candidates", c]
@@ -91,7 +91,7 @@ def test_compose_ab_writes_adapter_and_lineage(task, tmp_path):
 def test_compose_delta_table_output(task, tmp_path):
     _root, base, cands, r2, shots, ev = task
     out = tmp_path / "delta"
-    r = cli(tmp_path / "home", "compose", "--base", base, "-c", cands[0], "-c", r2, "-c",
+    r = cli(tmp_path / "home", "compose", "--lorahub", "--base", base, "-c", cands[0], "-c", r2, "-c",
             cands[1], "--examples", shots, "--eval", ev, "--out", out, "--mode", "delta",
             "--rank", "3", "--budget", "6", "--workers", "3", "--optimizer", "TwoPointsDE",
             "--prescreen", "2")
@@ -107,16 +107,16 @@ def test_compose_delta_table_output(task, tmp_path):
 
 def test_compose_user_errors_are_one_line(task, tmp_path):
     _root, base, cands, r2, shots, _ = task
-    r = run("compose", "--base", base, "-c", cands[0], "-c", r2, "--examples", shots,
+    r = run("compose", "--lorahub", "--base", base, "-c", cands[0], "-c", r2, "--examples", shots,
             "--out", tmp_path / "x", "--budget", "2")
     assert r.returncode == 1
     assert r.stderr.startswith("error: --mode ab needs equal ranks") and "Traceback" not in r.stderr
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "f").write_text("x")
-    r = run("compose", "--base", base, "-c", cands[0], "--examples", shots, "--out", busy)
+    r = run("compose", "--lorahub", "--base", base, "-c", cands[0], "--examples", shots, "--out", busy)
     assert r.returncode == 1 and "not empty" in r.stderr
-    r = run("compose", "--base", base, "-c", "team/adapter", "--examples", shots,
+    r = run("compose", "--lorahub", "--base", base, "-c", "team/adapter", "--examples", shots,
             "--out", tmp_path / "y")
     assert r.returncode == 1 and "not found" in r.stderr and r.stderr.count("\n") == 1
 
@@ -129,11 +129,11 @@ def test_compose_from_registry_refs_and_publish(task, tmp_path):
     for i, c in enumerate(cands):
         run_cli_inprocess(home, "publish", str(c), "--name", f"acme/skill-{i}", "--task",
                           "skills", "--tag", "en")
-    r = cli(home, "compose", "--base", base, "--examples", shots, "--candidates", "acme/skill-0",
+    r = cli(home, "compose", "--lorahub", "--base", base, "--examples", shots, "--candidates", "acme/skill-0",
             "--select", "task=skills,tag=en", "--budget", "4", "--publish", "acme/composed",
             "--task", "new-task", "--json")
     assert r.exit_code == 1 and "listed twice" in r.stderr  # skill-0 by ref and by filter
-    r = cli(home, "compose", "--base", base, "--examples", shots, "--select", "task=skills",
+    r = cli(home, "compose", "--lorahub", "--base", base, "--examples", shots, "--select", "task=skills",
             "--budget", "4", "--publish", "acme/composed", "--task", "new-task", "--json")
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
@@ -146,10 +146,10 @@ def test_compose_from_registry_refs_and_publish(task, tmp_path):
     for i in range(3):
         assert f"acme/skill-{i}@1" in text
     assert shown["version"]["lineage"]["params"]["select"] == "task=skills"
-    r = cli(home, "compose", "--base", base, "--examples", shots, "--select", "task=skills",
+    r = cli(home, "compose", "--lorahub", "--base", base, "--examples", shots, "--select", "task=skills",
             "--budget", "2", "--publish", "acme/composed:prod")
     assert r.exit_code == 1 and "not an alias" in r.stderr
-    r = cli(home, "compose", "--base", base, "--examples", shots, "--candidates", "acme/nope",
+    r = cli(home, "compose", "--lorahub", "--base", base, "--examples", shots, "--candidates", "acme/nope",
             "--budget", "2", "--out", tmp_path / "x")
     assert r.exit_code == 1 and r.stderr.startswith("error:") and not (tmp_path / "x").exists()
 
@@ -165,7 +165,7 @@ def test_compose_with_workers_finishes_and_says_which_point_it_kept(task, tmp_pa
     process hung); the written mix is never worse than a point already scored."""
     _root, base, cands, _, shots, _ = task
     out = tmp_path / "w"
-    r = run(*_cands(["compose", "--base", base, "--examples", shots, "--out", out,
+    r = run(*_cands(["compose", "--lorahub", "--base", base, "--examples", shots, "--out", out,
                      "--budget", "24", "--workers", "2"], cands[:2]), timeout=600)
     assert r.returncode == 0, r.stderr
     side = json.loads((out / "lorahive.json").read_text())
@@ -185,7 +185,7 @@ def test_failing_search_exits_with_one_line_in_bounded_time(task, tmp_path, work
     """A search that fails mid-way (here: a custom objective returning the wrong number of
     values) must print one line and exit, not leave an optimizer thread holding the process."""
     _root, base, cands, _, shots, _ = task
-    r = run(*_cands(["compose", "--base", base, "--examples", shots, "--out", tmp_path / "f",
+    r = run(*_cands(["compose", "--lorahub", "--base", base, "--examples", shots, "--out", tmp_path / "f",
                      "--budget", "24", "--workers", str(workers),
                      "--objective", "tests.compose_fixtures:fails_mid_search"], cands[:2]),
             timeout=300)
@@ -206,7 +206,7 @@ def test_composed_o_proj_adapter_loads_in_peft_with_its_modules(task, tmp_path, 
     cands = [make_peft_adapter(base, tmp_path / f"o{i}", seed=90 + i, target_modules=["o_proj"])
              for i in range(2)]
     out = tmp_path / "composed"
-    args = ["compose", "--base", base, "--examples", shots, "--out", out, "--budget", "4",
+    args = ["compose", "--lorahub", "--base", base, "--examples", shots, "--out", out, "--budget", "4",
             "--mode", mode, "--objective", "tests.compose_fixtures:near_half"]
     r = cli(tmp_path / "home", *_cands(args + (["--rank", "8"] if mode == "delta" else []), cands))
     assert r.exit_code == 0, r.stderr
@@ -237,7 +237,7 @@ def test_fuse_lorahub_and_compose_ab_write_the_same_adapter(task, tmp_path):
     _root, base, cands, _, shots, _ = task
     low = make_peft_adapter(base, tmp_path / "low", seed=77, lora_alpha=2)
     out = tmp_path / "ab"
-    r = cli(tmp_path / "home", *_cands(["compose", "--base", base, "--examples", shots, "--out",
+    r = cli(tmp_path / "home", *_cands(["compose", "--lorahub", "--base", base, "--examples", shots, "--out",
                                         out, "--budget", "6", "--objective",
                                         "tests.compose_fixtures:near_half"], [cands[0], low]))
     assert r.exit_code == 0, r.stderr
@@ -267,7 +267,7 @@ def test_compose_rerun_finishes_an_interrupted_publish(task, tmp_path):
     home = tmp_path / "home"
     assert cli(home, "namespace", "create", "acme").exit_code == 0
     out = tmp_path / "d"
-    args = _cands(["compose", "--base", base, "--examples", shots, "--out", out,
+    args = _cands(["compose", "--lorahub", "--base", base, "--examples", shots, "--out", out,
                    "--budget", "4"], cands[:2])
     r = cli(home, *args)
     assert r.exit_code == 0, r.stderr

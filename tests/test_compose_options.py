@@ -275,11 +275,11 @@ def test_cli_label_objective_with_folds_writes_the_tasks_mix(animals, shot_files
              "label", "--out", out)
     assert r.exit_code == 0, r.stderr
     text = " ".join(r.stdout.split())
-    assert "out of fold (5 folds): composed" in text and "held-out accuracy (rank)" in text
+    assert "out of fold (5 folds, 40 evaluations): composed" in text and "held-out accuracy (rank)" in text
     side = json.loads((out / "lorahive.json").read_text())
     params, metrics = side["lineage"]["params"], side["metrics"]
     assert params["labels"] == ["no", "yes"] and params["objective_fn"] == "label"
-    assert metrics["beats_base_out_of_fold"] is True
+    assert metrics["beats_base_out_of_fold"] is True and metrics["evaluations_out_of_fold"] == 40
     assert metrics["objective_out_of_fold"] < metrics["zero_shot_out_of_fold"]
     card = (out / "README.md").read_text()
     assert "label (cross-entropy over the labels 'no', 'yes')" in card
@@ -292,7 +292,7 @@ def test_cli_label_objective_with_folds_writes_the_tasks_mix(animals, shot_files
     assert r.exit_code == 1 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("error: example output 'no' is not among the --labels (yes, maybe)")
     r = _cli(tmp_path / "home", "compose", "--base", base, "--examples", shots, "-c", good,
-             "--labels", "yes", "--out", tmp_path / "bad")
+             "--labels", "yes", "--objective", "answer", "--out", tmp_path / "bad")
     assert r.exit_code == 1 and "--labels go with --objective label" in r.stderr
 
 
@@ -306,8 +306,8 @@ def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_
     for name, path in [("animals", good), ("arith", noise[0]), ("news", noise[1]),
                        ("bare", noise[2])]:
         assert _cli(home, "publish", str(path), "--name", f"lib/{name}").exit_code == 0
-    r = _cli(home, "compose", "--base", base, "--examples", shots, "--retrieve", "2",
-             "--budget", "4", "--publish", "lib/composed", "--json")
+    r = _cli(home, "compose", "--lorahub", "--base", base, "--examples", shots, "--retrieve",
+             "2", "--budget", "4", "--publish", "lib/composed", "--json")
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert [ref for ref, _ in res["retrieval"]][:1] == ["lib/animals@1"]
@@ -320,6 +320,97 @@ def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_
     assert params["retrieval_scores"] == [score for _, score in res["retrieval"][:2]]
     for ref, _ in res["retrieval"][2:]:  # the pool beyond the kept is never named
         assert ref not in json.dumps(params)
-    r = _cli(home, "compose", "--base", base, "--examples", shots, "--retrieve", "0",
+    r = _cli(home, "compose", "--base", base, "--examples", shots, "--retrieve", "-1",
              "--out", tmp_path / "x")
     assert r.exit_code == 1 and r.stderr.startswith("error: --retrieve must be at least 1")
+    r = _cli(home, "compose", "--base", base, "--examples", shots, "--retrieve", "0",
+             "--out", tmp_path / "x")  # no retrieval, and so no pool of its own
+    assert r.exit_code == 1 and "give candidates with --candidates" in r.stderr
+
+
+# -- what compose does with nothing set (compose/composer/policy.py) ---------------------
+
+def test_defaults_follow_the_shots_and_lorahub_turns_them_off():
+    from lorahive.compose.composer.policy import FOLDS, RETRIEVE, resolve
+
+    labelled = animal_task(5, 99)  # yes/no, each seen at least twice
+    free = [Example(f"word {i}", f"WORD{i}") for i in range(5)]
+    p = resolve(labelled, lorahub=False, mode=None, objective=None, labels=[], folds=None,
+                retrieve=None)
+    assert (p.mode, p.objective, p.labels, p.folds) == ("ab", "label", ["no", "yes"], FOLDS)
+    assert p.retrieve == RETRIEVE and p.auto_retrieve
+    assert any("label set 'no', 'yes'" in n for n in p.notes)
+    p = resolve(free, lorahub=False, mode=None, objective=None, labels=[], folds=None,
+                retrieve=None)
+    assert p.objective is None and p.labels is None and p.folds == FOLDS
+    p = resolve(labelled, lorahub=True, mode=None, objective=None, labels=[], folds=None,
+                retrieve=None)
+    assert (p.objective, p.labels, p.folds, p.retrieve, p.notes) == (None, None, None, None, [])
+    # options given beside --lorahub, or instead of a default, are what they say
+    p = resolve(labelled, lorahub=True, mode="delta", objective=None, labels=[], folds=3,
+                retrieve=4)
+    assert (p.mode, p.folds, p.retrieve, p.auto_retrieve) == ("delta", 3, 4, False)
+    p = resolve(labelled, lorahub=False, mode=None, objective="answer", labels=[], folds=0,
+                retrieve=0)
+    assert (p.objective, p.labels, p.folds, p.retrieve, p.notes) == ("answer", None, None,
+                                                                     None, [])
+    p = resolve(labelled, lorahub=True, mode=None, objective=None, labels=["yes", "no"],
+                folds=None, retrieve=None)
+    assert p.objective == "label" and p.labels == ["yes", "no"]
+    p = resolve(labelled[:1], lorahub=False, mode=None, objective=None, labels=[],
+                folds=None, retrieve=None)
+    assert p.folds is None and any("at least 2 examples" in n for n in p.notes)
+    for kw, msg in (({"folds": -1}, "folds must be"), ({"retrieve": -2}, "retrieve must be"),
+                    ({"labels": ["yes"], "objective": "answer"}, "labels go with")):
+        args = {"lorahub": False, "mode": None, "objective": None, "labels": [],
+                "folds": None, "retrieve": None, **kw}
+        with pytest.raises(InvalidRequestError, match=msg):
+            resolve(labelled, **args)
+
+
+def test_cli_defaults_label_objective_out_of_fold_and_retrieval(animals, library, shot_files,
+                                                                tmp_path, monkeypatch):
+    """``compose`` with no settings: yes/no shots get the label objective, the mix is checked
+    leave-one-out, and a pool larger than the retrieval size is narrowed by example prompts;
+    each choice is said in one line. A candidate without prompts turns retrieval off."""
+    import json
+
+    from lorahive.compose.composer import policy
+
+    _root, base, good, noise = animals
+    shots, _ = shot_files
+    monkeypatch.setattr(policy, "RETRIEVE", 2)
+    out = tmp_path / "default"
+    r = _cli(tmp_path / "home", "compose", "--base", base, "--examples", shots, "--budget", "8",
+             "-c", noise[0], "-c", noise[1], "-c", good, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert "default: objective label: the examples' outputs form the label set 'no', 'yes'" \
+        in said
+    assert "default: checked out of fold (5 folds) before writing" in said
+    assert "default: kept the 2 of 3 candidates whose example prompts read most like" in said
+    text = " ".join(r.stdout.split())
+    assert "retrieved 2 of 3 candidates" in text and "out of fold (5 folds" in text
+    params = json.loads((out / "lorahive.json").read_text())["lineage"]["params"]
+    assert params["objective_fn"] == "label" and params["folds"] == 5
+    assert params["retrieve"] == 2 and params["retrieval_pool"] == 3
+    assert str(good) in {p["ref"] for p in
+                         json.loads((out / "lorahive.json").read_text())["lineage"]["parents"]}
+    # a candidate without example prompts: all are searched, and the note says why
+    r = _cli(tmp_path / "home", "compose", "--base", base, "--examples", shots, "--budget", "4",
+             "--folds", "0", "-c", noise[0], "-c", noise[1], "-c", noise[2], "-c", good,
+             "--out", tmp_path / "all", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "all 4 candidates searched, not retrieved: 1 store no example prompts" in \
+        " ".join(r.stderr.split())
+    res = json.loads(r.stdout)
+    assert res["retrieval"] is None and len(res["weights"]) == 4
+    # --lorahub: none of it
+    r = _cli(tmp_path / "home", "compose", "--lorahub", "--base", base, "--examples", shots,
+             "--budget", "4", "-c", noise[0], "-c", noise[1], "-c", good, "--out",
+             tmp_path / "lh", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "default:" not in r.stderr
+    params = json.loads((tmp_path / "lh" / "lorahive.json").read_text())["lineage"]["params"]
+    assert params["objective_fn"] is None and "folds" not in params
+    assert "retrieve" not in params and "labels" not in params

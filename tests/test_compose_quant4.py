@@ -78,7 +78,7 @@ def test_cli_composes_on_a_4bit_base_without_bitsandbytes(task, tmp_path):
            "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
     shots = write_examples(root / "shots.jsonl", SHOTS)
     out = tmp_path / "composed"
-    args = ["compose", "--base", q4, "--examples", shots, "--out", out, "--budget", "6",
+    args = ["compose", "--lorahub", "--base", q4, "--examples", shots, "--out", out, "--budget", "6",
             "--mode", "delta", "--json"]
     for c in cands:
         args += ["--candidates", c]

@@ -112,7 +112,11 @@ def test_readme_examples_run_as_written(workdir):
             continue
         r = subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True,
                            text=True, timeout=600)
-        assert r.returncode == 0 and "Traceback" not in r.stderr, (cmd, r.stdout, r.stderr)
+        if cmd.startswith("lorahive compose") and r.returncode == 3:  # as the README says
+            assert r.stdout.startswith("no mix beats the base model out of fold"), r.stdout
+        else:
+            assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr, (cmd, r.stdout, r.stderr)
         ran.append((cmd, r))
 
     def out(prefix: str) -> str:

