@@ -49,7 +49,7 @@ def compose(
     select: str | None = typer.Option(
         None, "--select", help="Candidates from the registry: the latest version of each "
         "adapter matching KEY=VALUE pairs separated by commas (keys base_model, task, tag, "
-        "text, namespace, peft_type; at most 20, or all with --retrieve), e.g. "
+        "text, namespace, peft_type; all of them when retrieval runs, else at most 20), e.g. "
         "task=classification,tag=en."),
     retrieve: int | None = typer.Option(
         None, "--retrieve", show_default=False,
