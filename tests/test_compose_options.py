@@ -248,6 +248,10 @@ def test_cli_folds_refuses_noise_and_writes_only_when_asked(animals, shot_files,
     said = r.stdout.strip().splitlines()
     assert len(said) == 1 and said[0].startswith("no mix beats the base model out of fold")
     assert "nothing written" in said[0] and not (tmp_path / "no").exists()
+    r = _cli(tmp_path / "home", *args, "--out", tmp_path / "no", "--json")
+    assert r.exit_code == 3 and not (tmp_path / "no").exists()
+    res = json.loads(r.stdout)
+    assert res["written"] is False and res["retrieval"] is None and res["folds"] == 5
     out = tmp_path / "anyway"
     r = _cli(tmp_path / "home", *args, "--out", out, "--write-anyway", "--json")
     assert r.exit_code == 0, r.stderr

@@ -229,7 +229,7 @@ def compose(
                               on_eval=lambda done, _v, best: bar.update(
                                   bar_id, completed=done, best=f"{best:.4f}"))
     if result.helps is False and not write_anyway:
-        _refuse(result, json_out)
+        _refuse(result, json_out, ranking)
     with output_dir(out) as target:
         result.write(target)
         published = publish_output(target, publish, url, token, task=task,
@@ -262,8 +262,7 @@ def _print_routed(result: ComposeResult, out: Path | None, published: str | None
     p = result.lineage.params
     if json_out:
         print_json({"out": str(out) if out else None, "published": published,
-                    "retrieval": None if ranking is None else
-                    [[r.ref, r.score] for r in ranking], "written": True,
+                    "retrieval": _ranking_json(ranking), "written": True,
                     "weights": result.weights,
                     "module_weights": dict(zip(p["modules"], result.block_weights,
                                                strict=True)), **m})
@@ -336,13 +335,14 @@ def _retrieve(sources: list, shots: list, k: int, policy: Policy) -> tuple[list,
 NOT_HELPING = 3  # exit status: the out-of-fold check found no mix worth writing
 
 
-def _refuse(result: ComposeResult, json_out: bool) -> None:
+def _refuse(result: ComposeResult, json_out: bool, ranking: list | None) -> None:
     """No mix beat the base model out of fold: say so in one line, write nothing."""
     cv = result.cross_validation
     assert cv is not None
     if json_out:
         print_json({"out": None, "published": None, "written": False,
-                    "weights": result.weights, **result.metrics})
+                    "retrieval": _ranking_json(ranking), "weights": result.weights,
+                    **result.metrics})
     else:
         console.print(
             f"no mix beats the base model out of fold (loss {cv.objective_out_of_fold:.4f} "
@@ -376,8 +376,7 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
     metrics = result.metrics
     if json_out:
         print_json({"out": str(out) if out else None, "published": published,
-                    "retrieval": None if ranking is None else
-                    [[r.ref, r.score] for r in ranking],
+                    "retrieval": _ranking_json(ranking),
                     "written": True, "weights": result.weights,
                     **({"block_weights": result.block_weights} if result.blocks > 1 else {}),
                     "trace": result.search.trace, **metrics})
@@ -415,6 +414,11 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
                       f"{cv.objective_in_fold:.4f})" + ("" if cv.beats_base else
                                                         "; written as asked"))
     _print_outcome(result, out, published)
+
+
+def _ranking_json(ranking: list | None) -> list | None:
+    """The retrieval ranking as ``--json`` prints it: ``[[ref, score], ...]``."""
+    return None if ranking is None else [[r.ref, r.score] for r in ranking]
 
 
 def _print_retrieved(result: ComposeResult, ranking: list | None) -> None:
