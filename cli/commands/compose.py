@@ -149,13 +149,13 @@ def compose(
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
     check_outputs(out, publish)
-    if route:
-        policy = Policy(_check_route(route, mode, folds, blocks, objective, prescreen,
-                                     labels, lorahub), None, None, None, retrieve or None)
-    if retrieve is not None and retrieve < (0 if route is None else 1):
-        raise InvalidRequestError("retrieve must be at least 1", params="retrieve")
     shots = load_examples(examples)
-    if not route:
+    if route:  # no search: nothing for the policy to choose
+        if retrieve is not None and retrieve < 1:
+            raise InvalidRequestError("retrieve must be at least 1", params="retrieve")
+        policy = Policy(_check_route(route, mode, folds, blocks, objective, prescreen,
+                                     labels, lorahub), None, None, None, retrieve)
+    else:
         policy = resolve(shots, lorahub=lorahub, mode=mode, objective=objective,
                          labels=labels, folds=folds, retrieve=retrieve)
     mode = policy.mode

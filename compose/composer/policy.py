@@ -49,8 +49,7 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
             retrieve: int | None) -> Policy:
     """The settings of a search from the options given (``None``: not given)."""
     if retrieve is not None and retrieve < 0:
-        raise InvalidRequestError("retrieve must be at least 1 (0: no retrieval)",
-                                  params="retrieve")
+        raise InvalidRequestError("retrieve must be at least 1 (0: none)", params="retrieve")
     if folds is not None and folds < 0:
         raise InvalidRequestError("folds must be at least 2 (0: no check)", params="folds")
     if labels and objective not in (None, "label"):
