@@ -2,8 +2,9 @@
 as a preset.
 
 The defaults are the held-out suite's evidence (docs/benchmarks.md, "Held-out suite"):
-searching LoRAHub's answer-token loss over every candidate fits five shots and loses the
-base model's own skill (a news yes/no task: 74% zero-shot, 34% composed), so by default
+LoRAHub's search writes a mix whether or not five shots support one, retrieval is what found
+the skills a task needed, and only the label objective lets a leave-one-out check tell a mix
+that generalises on a label task from one that fits its shots. So by default
 
 - a pool of more than ``RETRIEVE`` candidates is narrowed to the ``RETRIEVE`` whose example
   prompts read most like the shots (retrieval costs no objective evaluations; pre-screening
