@@ -227,15 +227,17 @@ def save_result(path: Path, data: dict) -> None:
         json.dump(data, fh, indent=1)
 
 
-def run_cell(r: Row, task: TaskData, seed: int | None, ctx: Context, log=print) -> dict:
-    """One (row, task, seed): from the cache when its key matches, else computed and saved."""
+def run_cell(r: Row, task: TaskData, seed: int | None, ctx: Context, log=print,
+             cached_only: bool = False) -> dict | None:
+    """One (row, task, seed): from the cache when its key matches, else computed and saved
+    (``cached_only``: else ``None``)."""
     from benchmarks.suite_eval import correct
 
     shots = draw_shots(task.name, seed) if seed is not None else None
     path = result_path(r, task.name, seed, len(task.eval))
     key = result_key(r, task, shots, ctx)
     cached = load_result(path, key)
-    if cached is not None:
+    if cached is not None or cached_only:
         return cached
     t0 = time.perf_counter()
     out = r.fn(task, shots if shots is not None else draw_shots(task.name, 0), seed or 0, ctx)
@@ -256,16 +258,20 @@ def run_cell(r: Row, task: TaskData, seed: int | None, ctx: Context, log=print) 
 
 
 def run(rows: Sequence[Row], tasks: Sequence[str], seeds: Sequence[int], n_eval: int,
-        ctx: Context, log=print) -> dict[tuple[str, str], list[dict]]:
-    """Every cell, task by task; returns (row, task) -> results per seed."""
+        ctx: Context, log=print, cached_only: bool = False
+        ) -> dict[tuple[str, str], list[dict]]:
+    """Every cell, task by task; returns (row, task) -> results per seed (``cached_only``:
+    the finished cells only, nothing computed)."""
     out: dict[tuple[str, str], list[dict]] = {}
     for name in tasks:
         task = task_data(name, n_eval)
         log(f"{name} ({task.spec.kind}; {len(task.eval)} examples, "
             f"{'rank over ' + str(len(task.labels)) + ' labels' if task.labels else 'exact'})")
         for r in rows:
-            for seed in (seeds if r.seeded else [None]):
-                out.setdefault((r.name, name), []).append(run_cell(r, task, seed, ctx, log))
+            cells = [run_cell(r, task, seed, ctx, log, cached_only)
+                     for seed in (seeds if r.seeded else [None])]
+            if all(c is not None for c in cells):  # a row's seeds are all there, or none
+                out[(r.name, name)] = cells
     return out
 
 
@@ -275,6 +281,7 @@ def table(results: dict[tuple[str, str], list[dict]], rows: Sequence[Row],
     head = "| task | " + " | ".join(r.title for r in rows) + " |"
     lines = [head, "|---|" + "---|" * len(rows)]
     means: dict[str, list[float]] = {r.name: [] for r in rows}
+    complete = [t for t in tasks if all(results.get((r.name, t)) for r in rows)]
     for t in tasks:
         cells = []
         for r in rows:
@@ -283,10 +290,14 @@ def table(results: dict[tuple[str, str], list[dict]], rows: Sequence[Row],
                 cells.append("")
                 continue
             iv = interval([x["correct"] for x in res])
-            means[r.name].append(iv.mean)
+            if t in complete:
+                means[r.name].append(iv.mean)
             cells.append(iv.format())
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    lines.append("| mean over tasks | " + " | ".join(
+    # rows are compared on the same tasks: a partial run averages those every row finished
+    label = "mean over tasks" if len(complete) == len(tasks) else \
+        f"mean over the {len(complete)} tasks every row has"
+    lines.append(f"| {label} | " + " | ".join(
         f"{100 * sum(v) / len(v):.1f}" if v else "" for v in means.values()) + " |")
     return "\n".join(lines)
 
@@ -319,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--eval-batch", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=CACHE / "suite" / "table.md")
+    ap.add_argument("--cached", action="store_true",
+                    help="the table of the finished cells only; compute nothing")
     args = ap.parse_args(argv)
     import torch
 
@@ -334,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     n_eval = args.n_eval or (50 if args.quick else N_EVAL)
     ctx = Context(args)
     t0 = time.time()
-    results = run(rows, tasks, seeds, n_eval, ctx)
+    results = run(rows, tasks, seeds, n_eval, ctx, cached_only=args.cached)
     text = table(results, rows, tasks)
     cost = costs(results, rows)
     print("\n" + text + "\n\n" + cost)

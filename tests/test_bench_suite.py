@@ -191,6 +191,16 @@ def test_rows_are_cached_per_task_and_seed_and_resume(tmp_path, monkeypatch):
     text = suite.table(res, rows, tasks)
     assert "| boolean_xor | 33.3 [" in text and "mean over tasks" in text
     assert "| fixed | 2 |" in suite.costs(res, rows)
+    # --cached: the finished cells only, nothing run; means over the tasks every row has
+    n = len(calls), flaky["n"]
+    rows.append(suite.Row("new", "new", fake))
+    part = suite.run(rows, tasks, [0], 20, ctx, log=lambda *_: None, cached_only=True)
+    assert (len(calls), flaky["n"]) == n and ("new", "boolean_xor") not in part
+    assert ("fake", "word_count_parity") not in part  # version 2 ran on boolean_xor only
+    assert [c["accuracy"] for c in part[("fake", "boolean_xor")]] == [0.5]
+    part[("new", "boolean_xor")] = res[("fake", "boolean_xor")]
+    assert "| mean over the 1 tasks every row has | 50.0 | 0.0 | 33.3 |" in \
+        suite.table(part, rows, tasks)
 
 
 # --- every row, end to end, on a tiny model -----------------------------------------------------
