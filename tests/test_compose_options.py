@@ -361,6 +361,10 @@ def test_defaults_follow_the_shots_and_lorahub_turns_them_off():
     p = resolve(labelled, lorahub=True, mode=None, objective=None, labels=["yes", "no"],
                 folds=None, retrieve=None)
     assert p.objective == "label" and p.labels == ["yes", "no"]
+    same = [Example(f"the {w} is big ?", "yes") for w in ("cat", "dog", "cow")]
+    p = resolve(same, lorahub=False, mode=None, objective=None, labels=[], folds=None,
+                retrieve=None)
+    assert p.objective is None and p.labels is None  # one answer repeated: not a label set
     p = resolve(labelled[:1], lorahub=False, mode=None, objective=None, labels=[],
                 folds=None, retrieve=None)
     assert p.folds is None and any("at least 2 examples" in n for n in p.notes)

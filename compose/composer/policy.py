@@ -61,7 +61,7 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
         objective = "label"
     if objective is None and not lorahub:
         found = label_set(shots)
-        if found:
+        if found and len(found) >= 2:  # one output repeated is no label set to rank
             objective = "label"
             notes.append("objective label: the examples' outputs form the label set "
                          + ", ".join(repr(x) for x in found) + " (--objective answer: "
