@@ -40,6 +40,7 @@ assert not set(SUITE_CHAT + QUESTION_CHAT) & set(LIBRARY_CHAT)
 
 N_EVAL = 100
 POOL = 320  # examples kept for few-shot draws and the upper-bound LoRA
+RESERVE = 8  # examples of each label the evaluation set leaves for the shots, data allowing
 
 
 @dataclass(frozen=True)
@@ -209,16 +210,27 @@ def splits(name: str, n_eval: int = N_EVAL, pool: int = POOL) -> tuple[tuple[Ite
     labels = sorted({e.output for e in rows})
     if len(labels) > 10:
         return tuple(rows[n_eval:n_eval + pool]), tuple(rows[:n_eval])
-    # a label set: the evaluation set takes labels in turn (as balanced as the data allows)
+    # a label set: each label first keeps a few examples back for the shots (a small category
+    # must not go wholly into the evaluation set, leaving every draw of shots one label), then
+    # the evaluation set takes labels in turn (as balanced as the data allows)
+    keep = min(RESERVE, (len(rows) - n_eval) // len(labels))
     groups = {lab: [e for e in rows if e.output == lab] for lab in labels}
+    groups = {lab: g[:len(g) - min(keep, len(g) - 1)] for lab, g in groups.items()}
     chosen: list[Item] = []
     while len(chosen) < n_eval:
+        if not any(groups.values()):
+            raise ValueError(f"{name}: only {len(chosen)} evaluation examples after keeping "
+                             f"{keep} of each label for the shots")
         for lab in labels:
             if groups[lab] and len(chosen) < n_eval:
                 chosen.append(groups[lab].pop(0))
     picked = set(chosen)
     ev = [e for e in rows if e in picked]
-    return tuple(e for e in rows if e not in picked)[:pool], tuple(ev)
+    rest = tuple(e for e in rows if e not in picked)[:pool]
+    short = [lab for lab in labels if sum(e.output == lab for e in rest) < min(keep, 1)]
+    if short:
+        raise ValueError(f"{name}: no example of {short} left for the shots")
+    return rest, tuple(ev)
 
 
 def draw_shots(name: str, seed: int, k: int = 5) -> list[Item]:

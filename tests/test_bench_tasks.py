@@ -52,9 +52,12 @@ def test_suite_splits_are_deterministic_and_disjoint():
         assert shots == draw_shots(name, 0) and len(shots) == 5
         assert draw_shots(name, 1) != shots, name
         assert set(shots) <= set(pool), name
-        labels = {e.output for e in pool}
+        labels = {e.output for e in list(pool) + list(ev)}
+        if len(labels) <= 10:  # a label set: the pool keeps every label for the shots
+            assert {e.output for e in pool} == labels, name
         if len(labels) <= 5:  # every label shown at least once
-            assert {e.output for e in shots} == labels, name
+            for seed in range(3):
+                assert {e.output for e in draw_shots(name, seed)} == labels, (name, seed)
 
 
 def test_no_held_out_text_in_any_training_set(library_sets):
