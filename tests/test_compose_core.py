@@ -291,3 +291,53 @@ def test_packing_check_catches_examples_that_see_each_other(setup, base_model):
     running = torch.arange(good.input_ids.shape[1]).expand_as(good.position_ids)
     leaky = Packed(good.input_ids, running.contiguous(), good.labels, good.example, good.n)
     assert not packing_agrees(base_model.model, enc, leaky)
+
+
+def test_label_rows_share_each_prompt_as_a_tree(setup, base_model):
+    """The label objective's rows (each example with every label) computed as trees, each
+    prompt once: every row's loss equals the padded batch's, for K vectors per pass, with
+    labels of one to several tokens; the trees hold far fewer tokens than the rows."""
+    from lorahive.compose.composer.examples import Tree
+
+    _, _, same, mixed = setup
+    long = "the cat is red and the dog is big and the sun is hot and the moon is cold "
+    shots = [Example(long + "?", "yes"), Example(long + "moon", "no"),
+             Example("add one and two please", "three words")]
+    labels = ["yes", "no", "three words", "maybe not at all"]
+    W = torch.as_tensor(np.random.default_rng(5).uniform(-1.5, 1.5, size=(3, 3)),
+                        dtype=torch.float32)
+    for mode, cands in (("ab", same), ("delta", mixed)):
+        got = {}
+        for tree in (True, False):
+            comp = Composer(base_model, resolve_candidates(cands), shots, mode=mode,
+                            labels=labels, max_rows=8, pack_examples=tree)
+            assert isinstance(comp.scorer.packed, Tree) == tree
+            got[tree] = (comp.scorer.nll(W).numpy(), comp.score(W))
+            if tree:
+                cells = int(comp.scorer.packed.input_ids.numel())
+                assert cells < 0.6 * int(comp.encoded.attention_mask.sum())
+            comp.close()
+        np.testing.assert_allclose(got[True][0], got[False][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[True][1], got[False][1], rtol=1e-6, atol=1e-6)
+
+
+def test_tree_check_catches_branches_that_see_each_other(setup, base_model):
+    """Were a branch to attend to the branch before it, its loss would change; the one-time
+    check must see it and keep the padded rows."""
+    from lorahive.compose.composer.examples import Tree, encode, tree_pack
+    from lorahive.compose.composer.objective import packing_agrees
+    from lorahive.compose.composer.session import label_rows
+
+    rows, _ = label_rows([Example("the cat is red ?", "yes"), Example("moon", "no")],
+                         ["yes", "no", "three words"])
+    enc = encode(base_model.tokenizer, rows, False)
+    good = tree_pack(enc, 3)
+    assert packing_agrees(base_model.model, enc, good)
+    leaky = good.allowed.clone()
+    leaky.copy_(leaky | torch.ones_like(leaky).tril())  # plain causal: branches see branches
+    bad = Tree(good.input_ids, good.position_ids, leaky, good.src, good.target, good.owner,
+               good.n)
+    assert not packing_agrees(base_model.model, enc, bad)
+    assert tree_pack(enc, 4) is None  # groups must divide the rows
+    other = encode(base_model.tokenizer, [Example("a b", "yes"), Example("c d", "no")], False)
+    assert tree_pack(other, 2) is None  # different prompts share nothing

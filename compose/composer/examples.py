@@ -19,6 +19,7 @@ import torch
 from lorahive.hub.errors import InvalidRequestError
 
 IGNORE = -100
+TREE_WIDTH = 512  # tokens per row of label trees, unless one tree is longer
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,7 @@ def pack(enc: Encoded) -> Packed | None:
     if len(bins) >= len(lengths):
         return None
     dev = enc.input_ids.device
-    pad = int(enc.input_ids[enc.attention_mask == 0][0])  # uneven rows: some padding exists
-    ids = torch.full((len(bins), width), pad, dtype=torch.long, device=dev)
+    ids = torch.full((len(bins), width), pad_id_of(enc), dtype=torch.long, device=dev)
     pos = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE)
     example = torch.full_like(ids, -1)
@@ -218,3 +218,111 @@ def pack(enc: Encoded) -> Packed | None:
             at += n
         pos[b, at:] = torch.arange(width - at, device=dev)  # padding: its own segment
     return Packed(ids, pos, labels, example, len(lengths))
+
+
+@dataclass
+class Tree:
+    """Rows that share a prompt, packed as trees: the prompt once, then each row's output as a
+    branch that attends to the prompt and to itself.
+
+    The label objective scores every example once per label; written out, each prompt is
+    computed once per label. As a tree it is computed once, so a pass costs about the prompt
+    plus the labels instead of the number of labels times the prompt. A branch holds its
+    output's tokens but the last (which is only predicted), at the positions the row would
+    give them. Scored tokens are listed flat: ``src`` is the flat index (row * width + column)
+    of the state that predicts ``target``, and ``owner`` the original row it belongs to.
+    ``mask`` is additive (``0`` where a token may attend, the dtype's minimum elsewhere) so
+    that every attention implementation reads it; padding attends to itself only.
+    """
+
+    input_ids: torch.Tensor  # [R, W]
+    position_ids: torch.Tensor  # [R, W]
+    allowed: torch.Tensor  # [R, W, W] bool
+    src: torch.Tensor  # [S]
+    target: torch.Tensor  # [S]
+    owner: torch.Tensor  # [S]
+    n: int  # original rows
+
+    def repeat(self, k: int) -> Tree:
+        """``k`` groups of rows; group ``g``'s original rows are numbered ``g * n ...``."""
+        cells = self.input_ids.numel()
+        g = torch.arange(k, device=self.src.device).repeat_interleave(self.src.shape[0])
+        return Tree(self.input_ids.repeat(k, 1), self.position_ids.repeat(k, 1),
+                    self.allowed.repeat(k, 1, 1), self.src.repeat(k) + g * cells,
+                    self.target.repeat(k), self.owner.repeat(k) + g * self.n, self.n * k)
+
+    def mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """``[R, 1, W, W]`` additive mask in ``dtype``."""
+        m = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+        return m.masked_fill_(~self.allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def tree_pack(enc: Encoded, per: int) -> Tree | None:
+    """Causal rows in groups of ``per`` consecutive rows with one prompt (the label objective's
+    example-major rows) packed as trees; ``None`` where rows of a group differ before their
+    outputs or there is nothing to share."""
+    if enc.is_encoder_decoder or per < 2 or len(enc) % per:
+        return None
+    scored = enc.labels != IGNORE
+    groups: list[tuple[list[int], list[list[int]], list[int]]] = []  # prompt, branches, rows
+    for g in range(0, len(enc), per):
+        rows = list(range(g, g + per))
+        starts = [int(scored[r].nonzero()[0]) for r in rows]
+        if len(set(starts)) != 1 or starts[0] == 0:
+            return None
+        p = starts[0]
+        prompt = enc.input_ids[g, :p]
+        if any(not torch.equal(enc.input_ids[r, :p], prompt) for r in rows):
+            return None
+        branches = [enc.labels[r][scored[r]].tolist() for r in rows]
+        groups.append((prompt.tolist(), branches, rows))
+    sizes = [len(p) + sum(len(b) - 1 for b in bs) for p, bs, _ in groups]
+    # rows wide enough to take several trees: padding costs a token's full compute, while the
+    # attention a wider row adds is small beside the layers' matmuls at these widths
+    width = max(max(sizes), min(sum(sizes), TREE_WIDTH))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(groups)), key=lambda i: -sizes[i]):
+        slot = next((b for b, r in enumerate(room) if r >= sizes[i]), None)
+        if slot is None:
+            bins.append([])
+            room.append(width)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        room[slot] -= sizes[i]
+    dev = enc.input_ids.device
+    ids = torch.full((len(bins), width), pad_id_of(enc), dtype=torch.long)
+    pos = torch.zeros_like(ids)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(bins), 1, 1)
+    src: list[int] = []
+    target: list[int] = []
+    owner: list[int] = []
+    for b, members in enumerate(bins):
+        at = 0
+        for i in members:
+            prompt, branches, rows = groups[i]
+            p = len(prompt)
+            ids[b, at:at + p] = torch.tensor(prompt)
+            pos[b, at:at + p] = torch.arange(p)
+            allowed[b, at:at + p, at:at + p] = torch.ones(p, p, dtype=torch.bool).tril()
+            last = at + p - 1  # the state that predicts each branch's first token
+            at += p
+            for toks, row in zip(branches, rows, strict=True):
+                m = len(toks) - 1
+                ids[b, at:at + m] = torch.tensor(toks[:-1], dtype=torch.long)
+                pos[b, at:at + m] = torch.arange(p, p + m)
+                allowed[b, at:at + m, last - p + 1:last + 1] = True
+                allowed[b, at:at + m, at:at + m] = torch.ones(m, m, dtype=torch.bool).tril()
+                srcs = [last, *range(at, at + m)]
+                src += [b * width + c for c in srcs]
+                target += toks
+                owner += [row] * len(toks)
+                at += m
+    return Tree(ids.to(dev), pos.to(dev), allowed.to(dev), torch.tensor(src, device=dev),
+                torch.tensor(target, device=dev), torch.tensor(owner, device=dev), len(enc))
+
+
+def pad_id_of(enc: Encoded) -> int:
+    """The padding id an encoded batch uses (0 where it has no padding)."""
+    pads = enc.input_ids[enc.attention_mask == 0]
+    return int(pads[0]) if pads.numel() else 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lorahive.compose.composer.examples import IGNORE, Encoded, Packed, pack
+from lorahive.compose.composer.examples import IGNORE, Encoded, Packed, Tree, pack, tree_pack
 from lorahive.compose.composer.mixing import Mixer
 from lorahive.hub.errors import InvalidRequestError
 
@@ -124,20 +124,30 @@ def _head_only_on_scored(model: nn.Module) -> bool:
     return hasattr(model, "get_decoder") and model.get_output_embeddings() is not None
 
 
-def _causal_nll(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                owner: torch.Tensor, n: int) -> torch.Tensor:
-    """Summed loss of the scored tokens per owner (a row, or a packed example): ``[n]``.
-    The vocabulary-wide LM head runs only where a token is scored, when the model allows."""
-    target = labels[:, 1:]
-    sel = target != IGNORE
+def _nll_at(model: nn.Module, inputs: dict[str, torch.Tensor], src: torch.Tensor,
+            target: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Summed loss per owner of the tokens ``target``, each predicted by the state at flat
+    position ``src`` (row * width + column): ``[n]``. The vocabulary-wide LM head runs only
+    where a token is scored, when the model allows."""
     if _head_only_on_scored(model):
         hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[:, :-1][sel])
+        logits = model.get_output_embeddings()(hidden.flatten(0, 1)[src])
     else:
-        logits = model(**inputs, use_cache=False).logits[:, :-1][sel]
-    nll = nn.functional.cross_entropy(logits.float(), target[sel], reduction="none")
+        logits = model(**inputs, use_cache=False).logits.flatten(0, 1)[src]
+    nll = nn.functional.cross_entropy(logits.float(), target, reduction="none")
     total = torch.zeros(n, device=nll.device, dtype=torch.float32)
-    return total.index_add_(0, owner[:, 1:][sel], nll)
+    return total.index_add_(0, owner, nll)
+
+
+def _causal_nll(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Summed loss of the scored tokens per owner (a row, or a packed example): ``[n]``;
+    ``labels[:, t]`` is predicted by the state at ``t - 1``."""
+    sel = torch.zeros_like(labels, dtype=torch.bool)
+    sel[:, :-1] = labels[:, 1:] != IGNORE
+    src = sel.flatten().nonzero().squeeze(1)
+    return _nll_at(model, inputs, src, labels[:, 1:][sel[:, :-1]], owner[:, 1:][sel[:, :-1]],
+                   n)
 
 
 def token_nll(model: nn.Module, batch: Encoded) -> torch.Tensor:
@@ -161,12 +171,26 @@ def packed_nll(model: nn.Module, batch: Packed) -> torch.Tensor:
                        batch.labels, batch.example, batch.n)
 
 
-def packing_agrees(model: nn.Module, examples: Encoded, packed: Packed) -> bool:
-    """Whether this model reads restarted positions as separate sequences: the packed and
-    padded losses must agree (checked once, on the weights installed now)."""
+def tree_nll(model: nn.Module, tree: Tree) -> torch.Tensor:
+    """``token_nll`` over rows packed as trees: ``[tree.n]``, one sum per original row."""
+    dtype = next(model.parameters()).dtype
+    return _nll_at(model, {"input_ids": tree.input_ids, "position_ids": tree.position_ids,
+                           "attention_mask": tree.mask(dtype)},
+                   tree.src, tree.target, tree.owner, tree.n)
+
+
+def layout_nll(model: nn.Module, layout: Packed | Tree) -> torch.Tensor:
+    """The per-example (or per-row) loss over a packed or tree layout."""
+    return packed_nll(model, layout) if isinstance(layout, Packed) else tree_nll(model, layout)
+
+
+def packing_agrees(model: nn.Module, examples: Encoded, packed: Packed | Tree) -> bool:
+    """Whether this model reads the layout as the separate sequences it stands for (restarted
+    positions, or a custom attention mask): its losses and the padded ones must agree
+    (checked once, on the weights installed now)."""
     with torch.inference_mode():
         ref = token_nll(model, examples)
-        got = packed_nll(model, packed)
+        got = layout_nll(model, packed)
     tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
     return bool(torch.allclose(got, ref, rtol=tol, atol=tol))
 
@@ -176,7 +200,9 @@ class Scorer:
 
     ``max_rows`` bounds one forward pass: K vectors go in chunks of ``max_rows // rows``
     groups. Causal examples of uneven lengths are packed several to a row when the model
-    handles it (checked against the padded loss once).
+    handles it; the label objective's rows (one per example and label) are packed as trees,
+    each prompt computed once for all its labels. Either layout is checked against the padded
+    loss once, and the padded rows are used where it disagrees.
     """
 
     def __init__(self, model: nn.Module, mixer: Mixer, examples: Encoded, l1: float = 0.05,
@@ -190,9 +216,13 @@ class Scorer:
         self.l1 = l1
         self.batch_size = batch_size
         self.objective = objective or default_objective
-        self.packed = pack(examples) if pack_examples else None
-        if self.packed is not None and not packing_agrees(model, examples, self.packed):
-            self.packed = None
+        self.packed: Packed | Tree | None = None
+        if pack_examples:
+            per = len(examples) // len(targets) if targets is not None and len(targets) else 1
+            for layout in (tree_pack(examples, per), pack(examples)):
+                if layout is not None and packing_agrees(model, examples, layout):
+                    self.packed = layout
+                    break
         rows = len(examples) if self.packed is None else int(self.packed.input_ids.shape[0])
         self.max_rows = max(max_rows, rows)
         self.rows = rows
@@ -212,7 +242,7 @@ class Scorer:
             k = chunk.shape[0]
             self.mixer.set_weights(chunk)
             if self.packed is not None:
-                rows = packed_nll(self.model, self.packed.repeat(k))
+                rows = layout_nll(self.model, self.packed.repeat(k))
             else:
                 rows = token_nll(self.model, self.examples.repeat(k))
             out.append(rows.view(k, n_ex).cpu())
