@@ -73,8 +73,8 @@ def main() -> None:
     base = load_base(str(smollm2_dir()), "cpu")
     cands = resolve_candidates([str(d) for d in library_dirs()[:args.candidates]])
     rows = [measure(t, base, cands, args.k, args.reps) for t in args.tasks.split(",")]
-    print("| task | labels | tokens written out | tokens as trees | ms / eval written out "
-          "| ms / eval trees | speed-up | max abs. loss difference |")
+    print("| task | labels | tokens a pass, written out (padded) | tokens a pass, trees "
+          "| ms / eval written out | ms / eval trees | speed-up | max abs. loss difference |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['labels']} | {r['rows_tokens']} | {r['tree_tokens']} | "
