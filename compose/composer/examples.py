@@ -184,22 +184,29 @@ class Packed:
                       self.labels.repeat(k, 1), torch.where(ex >= 0, ex + offset, ex), self.n * k)
 
 
+def first_fit(sizes: Sequence[int], width: int) -> list[list[int]]:
+    """Indices of ``sizes`` in rows of ``width``: longest first, each into the first row with
+    room (first-fit decreasing)."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        slot = next((b for b, r in enumerate(room) if r >= sizes[i]), None)
+        if slot is None:
+            bins.append([])
+            room.append(width)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        room[slot] -= sizes[i]
+    return bins
+
+
 def pack(enc: Encoded) -> Packed | None:
     """The causal batch packed, or ``None`` where packing saves no row."""
     if enc.is_encoder_decoder:
         return None
     lengths = enc.attention_mask.sum(1).tolist()
     width = int(enc.input_ids.shape[1])
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        slot = next((b for b, r in enumerate(room) if r >= lengths[i]), None)
-        if slot is None:
-            bins.append([])
-            room.append(width)
-            slot = len(bins) - 1
-        bins[slot].append(i)
-        room[slot] -= lengths[i]
+    bins = first_fit(lengths, width)
     if len(bins) >= len(lengths):
         return None
     dev = enc.input_ids.device
@@ -280,16 +287,7 @@ def tree_pack(enc: Encoded, per: int) -> Tree | None:
     # rows wide enough to take several trees: padding costs a token's full compute, while the
     # attention a wider row adds is small beside the layers' matmuls at these widths
     width = max(max(sizes), min(sum(sizes), TREE_WIDTH))
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(groups)), key=lambda i: -sizes[i]):
-        slot = next((b for b, r in enumerate(room) if r >= sizes[i]), None)
-        if slot is None:
-            bins.append([])
-            room.append(width)
-            slot = len(bins) - 1
-        bins[slot].append(i)
-        room[slot] -= sizes[i]
+    bins = first_fit(sizes, width)
     dev = enc.input_ids.device
     ids = torch.full((len(bins), width), pad_id_of(enc), dtype=torch.long)
     pos = torch.zeros_like(ids)
