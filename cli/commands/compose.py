@@ -103,7 +103,8 @@ def compose(
         help="answer: LoRAHub's loss on the answer tokens; label: cross-entropy over the "
         "label set's sequence log-likelihoods (rank classification); or a custom "
         "module:function (LossInputs -> [K] tensor). Default: label when the examples' "
-        "outputs form a label set (each seen at least twice), else answer."),
+        "outputs form a label set (at least two labels, twice as many examples as "
+        "labels), else answer."),
     labels: list[str] = typer.Option(
         [], "--labels", help="The label set of --objective label, each exactly as an output "
         "is written (repeat the option; default: the examples' distinct outputs)."),

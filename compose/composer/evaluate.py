@@ -26,9 +26,10 @@ def normalise(text: str) -> str:
 
 
 def label_set(examples: Sequence[Example], max_labels: int = MAX_LABELS) -> list[str] | None:
-    """The distinct outputs when they form a small label set (each seen at least twice)."""
+    """The distinct outputs when they form a small label set: at least two labels, and at
+    least twice as many examples as labels (one output repeated has nothing to rank)."""
     labels = sorted({e.output for e in examples})
-    if len(labels) > max_labels or len(labels) * 2 > len(examples):
+    if not 2 <= len(labels) <= max_labels or len(labels) * 2 > len(examples):
         return None
     return labels
 

@@ -9,7 +9,7 @@ that generalises on a label task from one that fits its shots. So by default
 - a pool of more than ``RETRIEVE`` candidates is narrowed to the ``RETRIEVE`` whose example
   prompts read most like the shots (retrieval costs no objective evaluations; pre-screening
   by evaluation remains the fallback when the encoder or the prompts are missing);
-- shots whose outputs form a label set (each seen at least twice) are scored by rank
+- shots whose outputs form a label set (at least two labels, twice as many shots as labels) are scored by rank
   classification over that set, which is what a label task's accuracy measures;
 - the mix is checked leave-one-out (``FOLDS`` folds) and written only when it beats the base
   model on the shots it was not searched on.
@@ -61,7 +61,7 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
         objective = "label"
     if objective is None and not lorahub:
         found = label_set(shots)
-        if found and len(found) >= 2:  # one output repeated is no label set to rank
+        if found:
             objective = "label"
             notes.append("objective label: the examples' outputs form the label set "
                          + ", ".join(repr(x) for x in found) + " (--objective answer: "
