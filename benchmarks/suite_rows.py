@@ -103,14 +103,15 @@ def lora_ft(task: TaskData, shots, seed: int, ctx: Context):
                      {"train_seconds": info["seconds"], "loss_last5": info["loss_last5"]})
 
 
-@row("default", "lorahive default", library=True, version=2)
+@row("default", "lorahive default", library=True, version=3)
 def lorahive_default(task: TaskData, shots, seed: int, ctx: Context):
     """``lorahive compose`` as a user runs it, with its defaults: every library adapter by
     registry reference (``library/<task>``, from the library's own registry), the shots as
     ``--examples``, ``--seed`` the suite's seed; the adapter it writes is then scored, or the
     base model where the out-of-fold check writes nothing. Version 2: the defaults of
     ``compose.composer.policy`` (retrieval, the label objective on label shots, the check);
-    version 1 was LoRAHub's procedure, now the ``lorahub_ours`` row."""
+    version 3: the check never holds out a label's only shot; version 1 was LoRAHub's
+    procedure, now the ``lorahub_ours`` row."""
     return _compose(task, shots, seed, ctx, [])
 
 

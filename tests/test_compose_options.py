@@ -4,6 +4,7 @@ adapter's model card records."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,6 +51,25 @@ def test_split_folds_cover_the_shots_once():
         split_folds(1, 2, seed=0)
 
 
+def test_label_folds_never_hold_out_a_labels_only_shot():
+    labels = ["article", "question", "article", "article", "article"]
+    loo = split_folds(5, 5, seed=0, labels=labels)
+    assert sorted(loo) == [[0], [2], [3], [4]]  # the only question is searched in every fold
+    # without labels nothing changes: the same folds as before, in the same order
+    assert split_folds(5, 5, seed=0) == [[i] for i in np.random.RandomState(0).permutation(5)]
+    assert [f for f in split_folds(5, 5, seed=0) if f != [1]] == loo
+    labels = ["a"] * 4 + ["b"] * 3 + ["c"] * 2 + ["d"]
+    folds = split_folds(10, 3, seed=4, labels=labels)
+    assert sorted(i for f in folds for i in f) == list(range(9))  # all but d's one shot
+    for held in folds:  # each fold leaves every label in the search
+        kept = [labels[i] for i in range(10) if i not in held]
+        assert set(kept) == set(labels)
+        counts = [sum(labels[i] == lab for i in held) for lab in "abc"]
+        assert max(counts) <= 2 and sum(counts) == len(held)  # spread, not grouped
+    with pytest.raises(InvalidRequestError, match="a label with at least 2 examples"):
+        split_folds(3, 3, seed=0, labels=["x", "y", "z"])
+
+
 @pytest.mark.parametrize("seed", [99, 7])
 def test_guard_refuses_noise_and_accepts_the_tasks_adapter(animals, animal_base, seed):
     _root, _base, good, noise = animals
@@ -88,6 +108,20 @@ def test_out_of_fold_scores_each_fold_with_weights_searched_without_it(animals, 
             want = comp.scorer.value(x.select(held))
             assert got == pytest.approx(float(want[0]), rel=1e-6)
             assert base == pytest.approx(float(want[1]), rel=1e-6)
+
+
+def test_label_check_searches_a_labels_only_shot_in_every_fold(animals, animal_base):
+    _root, _base, good, noise = animals
+    shots = [Example(f"the {w} is big ?", "yes") for w in ("cat", "dog", "cow", "owl")]
+    shots.insert(2, Example("the sun is big ?", "no"))
+    with Composer(animal_base, resolve_candidates([str(noise[0]), str(good)]), shots,
+                  labels=["yes", "no"]) as comp:
+        result = comp.run(SearchConfig(budget=4), folds=5)
+    cv = result.cross_validation
+    assert sorted(cv.folds) == [[0], [1], [3], [4]] and cv.evaluations == 4 * 4
+    assert (cv.always_searched, cv.lone_labels) == ([2], ["no"])
+    assert result.lineage.params["cross_validation"]["lone_labels"] == ["no"]
+    assert "never held out, as its label's only example: 'no'" in result.card("x")
 
 
 def _loglik(model, tok, prompt: str, answer: str) -> float:
@@ -368,6 +402,14 @@ def test_defaults_follow_the_shots_and_lorahub_turns_them_off():
     p = resolve(labelled[:1], lorahub=False, mode=None, objective=None, labels=[],
                 folds=None, retrieve=None)
     assert p.folds is None and any("at least 2 examples" in n for n in p.notes)
+    lone = [Example(f"the {w} is big ?", "yes") for w in ("cat", "dog", "cow", "owl")]
+    p = resolve([*lone, Example("the sun is big ?", "no")], lorahub=False, mode=None,
+                objective=None, labels=[], folds=None, retrieve=None)
+    assert p.objective == "label" and p.folds == FOLDS
+    assert any("(4 folds)" in n and "its label: 'no'" in n for n in p.notes)
+    p = resolve([lone[0], Example("the sun is big ?", "no")], lorahub=False, mode=None,
+                objective=None, labels=["yes", "no"], folds=None, retrieve=None)
+    assert p.folds is None and any("every label has one example" in n for n in p.notes)
     for kw, msg in (({"folds": -1}, "folds must be"), ({"retrieve": -2}, "retrieve must be"),
                     ({"labels": ["yes"], "objective": "answer"}, "labels go with")):
         args = {"lorahub": False, "mode": None, "objective": None, "labels": [],

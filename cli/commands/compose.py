@@ -111,8 +111,10 @@ def compose(
     folds: int | None = typer.Option(
         None, "--folds", show_default=False,
         help="Check out of fold first: search on all shots but one fold, score on that fold, "
-        "K times (K >= the number of shots: leave-one-out); nothing is written when no mix "
-        "beats the base model there (exit status 3). Default: 5; 0: no check."),
+        "K times (K >= the number of shots: leave-one-out; with a label objective the folds "
+        "are stratified by label and a label's only example is never held out); nothing is "
+        "written when no mix beats the base model there (exit status 3). Default: 5; 0: no "
+        "check."),
     write_anyway: bool = typer.Option(
         False, "--write-anyway", help="Write (and publish) the mix even when it does not beat "
         "the base model out of fold."),
@@ -140,7 +142,7 @@ def compose(
         load_candidates,
         load_examples,
     )
-    from lorahive.compose.composer.folds import split_folds
+    from lorahive.compose.composer.folds import fold_labels, split_folds
     from lorahive.compose.composer.mixing import layer_blocks
     from lorahive.compose.composer.model import load_base
     from lorahive.compose.composer.objective import load_objective
@@ -177,8 +179,9 @@ def compose(
     obj = load_objective(policy.objective)
     label_list = policy.labels
     folds = policy.folds
-    if folds:
-        split_folds(len(shots), folds, seed)  # refuse bad --folds before the model loads
+    # refuse bad --folds before the model loads
+    n_folds = len(split_folds(len(shots), folds, seed, fold_labels(shots, label_list))
+                  ) if folds else 0
     # before the model loads: fail fast on mismatched candidates and impossible blocks
     layer_blocks(check_candidates(cands, mode), blocks)
     record = {"base": str(base), "dtype": dtype, "device": device,
@@ -223,7 +226,7 @@ def compose(
         with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
                       console=err_console, transient=json_out) as bar:
-            total = cfg.budget * (1 + (min(folds, len(shots)) if folds else 0))
+            total = cfg.budget * (1 + n_folds)
             bar_id = bar.add_task("search", total=total, best="-")
             result = comp.run(cfg, rank=rank, prescreen=prescreen, held_out=held_out,
                               record=record, folds=folds or None,
@@ -404,7 +407,10 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
         console.print("kept the optimizer's recommendation")
     cv = result.cross_validation
     if cv is not None:
-        console.print(f"out of fold ({len(cv.folds)} folds, {cv.evaluations} evaluations): "
+        lone = ("; never held out: the only " + ", ".join(repr(x) for x in cv.lone_labels)
+                if cv.lone_labels else "")
+        console.print(f"out of fold ({len(cv.folds)} folds{lone}, {cv.evaluations} "
+                      "evaluations): "
                       f"composed {cv.objective_out_of_fold:.4f} against the base model's "
                       f"{cv.base_objective_out_of_fold:.4f} (in fold "
                       f"{cv.objective_in_fold:.4f})" + ("" if cv.beats_base else

@@ -8,19 +8,27 @@ search, with the base model's all-zero point as a candidate) and then scored on 
 itself. The base model is scored the same way. A mix is worth writing only when its
 out-of-fold loss is lower than the base model's.
 
+For a label task the folds are stratified by label, and a label's only shot is never held
+out: a search that never saw a label would learn to avoid it, and the check would then refuse
+every mix because of a label the shots cannot test (five shots with one "question" among
+four "article"s). Such shots stay in every fold's search; when every label has one shot there
+is no fold to hold out, which ``split_folds`` says.
+
 Out of fold the weight penalty is left out (``l1 = 0``): it is a device of the search, and the
 base model, whose weights are all zero, would never pay it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from lorahive.compose.composer.examples import Example
 from lorahive.compose.composer.objective import Scorer
 from lorahive.compose.composer.search import SearchConfig, search
 from lorahive.hub.errors import InvalidRequestError
@@ -33,6 +41,8 @@ class CrossValidation:
     of the base model (out of fold)."""
 
     folds: list[list[int]]
+    always_searched: list[int] = field(default_factory=list)  # a label's only shot...
+    lone_labels: list[str] = field(default_factory=list)  # ...and its label
     weights: list[list[float]] = field(default_factory=list)
     in_fold: list[float] = field(default_factory=list)
     out_of_fold: list[float] = field(default_factory=list)
@@ -57,7 +67,9 @@ class CrossValidation:
         return self.objective_out_of_fold < self.base_objective_out_of_fold
 
     def as_dict(self) -> dict[str, Any]:
-        return {"folds": self.folds, "weights": self.weights, "in_fold": self.in_fold,
+        return {"folds": self.folds, "always_searched": self.always_searched,
+                "lone_labels": self.lone_labels,
+                "weights": self.weights, "in_fold": self.in_fold,
                 "out_of_fold": self.out_of_fold, "base_out_of_fold": self.base_out_of_fold,
                 "objective_in_fold": self.objective_in_fold,
                 "objective_out_of_fold": self.objective_out_of_fold,
@@ -65,26 +77,56 @@ class CrossValidation:
                 "beats_base": self.beats_base, "evaluations": self.evaluations}
 
 
-def split_folds(n: int, folds: int, seed: int) -> list[list[int]]:
-    """``folds`` disjoint groups of example indices (``n`` folds of one when ``folds >= n``),
-    shuffled by ``seed`` so that examples listed by class are not held out together."""
+def fold_labels(examples: Sequence[Example], labels: Sequence[str] | None
+                ) -> list[str] | None:
+    """What the folds are stratified by: each example's output under a label objective
+    (``labels``: its label set), else nothing."""
+    return None if labels is None else [e.output for e in examples]
+
+
+def split_folds(n: int, folds: int, seed: int, labels: Sequence[str] | None = None
+                ) -> list[list[int]]:
+    """``folds`` disjoint groups of example indices (one per shot when ``folds`` is at least
+    the number of shots), shuffled by ``seed`` so that examples listed by class are not held
+    out together. With ``labels`` (each example's label) the folds are dealt label by label
+    and a label's only shot is in no fold (see the module's docstring)."""
     if folds < 2:
         raise InvalidRequestError("folds must be at least 2 (0 turns the check off)",
                                   params="folds")
     if n < 2:
         raise InvalidRequestError("out-of-fold checking needs at least 2 examples",
                                   params="folds")
-    k = min(folds, n)
-    order = np.random.RandomState(seed).permutation(n)
-    return [sorted(int(i) for i in order[f::k]) for f in range(k)]
+    order = [int(i) for i in np.random.RandomState(seed).permutation(n)]
+    if labels is not None:
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} examples")
+        seen = Counter(labels)
+        order = [i for i in order if seen[labels[i]] > 1]
+        if not order:
+            raise InvalidRequestError("out-of-fold checking needs a label with at least 2 "
+                                      "examples: a label's only example is never held out",
+                                      params="folds")
+        k = min(folds, len(order))
+        if k < len(order):  # a fold holds several shots: spread each label over the folds
+            first: dict[str, int] = {}
+            for pos, i in enumerate(order):
+                first.setdefault(labels[i], pos)
+            order.sort(key=lambda i: first[labels[i]])
+    else:
+        k = min(folds, n)
+    return [sorted(order[f::k]) for f in range(k)]
 
 
 def cross_validate(scorer: Scorer, n_weights: int, n_examples: int, cfg: SearchConfig,
-                   folds: int, on_eval: Callable[[int, float, float], None] | None = None
-                   ) -> CrossValidation:
+                   folds: int, on_eval: Callable[[int, float, float], None] | None = None,
+                   labels: Sequence[str] | None = None) -> CrossValidation:
     """Search on each fold's complement, score on the fold; ``on_eval(done, value, best)``
-    counts evaluations across all folds."""
-    cv = CrossValidation(split_folds(n_examples, folds, cfg.seed))
+    counts evaluations across all folds. ``labels``: each example's label, for a label
+    objective (stratified folds)."""
+    split = split_folds(n_examples, folds, cfg.seed, labels)
+    held_somewhere = {i for f in split for i in f}
+    lone = [i for i in range(n_examples) if i not in held_somewhere]
+    cv = CrossValidation(split, lone, [labels[i] for i in lone] if labels else [])
     zero = torch.zeros(1, n_weights)
     base = replace(scorer.inputs(zero), l1=0.0)
     zero_allowed = cfg.lower <= 0.0 <= cfg.upper

@@ -11,8 +11,8 @@ that generalises on a label task from one that fits its shots. So by default
   by evaluation remains the fallback when the encoder or the prompts are missing);
 - shots whose outputs form a label set (at least two labels, twice as many shots as labels) are scored by rank
   classification over that set, which is what a label task's accuracy measures;
-- the mix is checked leave-one-out (``FOLDS`` folds) and written only when it beats the base
-  model on the shots it was not searched on.
+- the mix is checked leave-one-out (``FOLDS`` folds; a label's only shot is never held out)
+  and written only when it beats the base model on the shots it was not searched on.
 
 ``--lorahub`` starts from LoRAHub's procedure instead (all of the above off, mode ``ab``);
 options given beside it still apply. Each choice made for the user is explained in one line.
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from lorahive.compose.composer.evaluate import label_set
 from lorahive.compose.composer.examples import Example
+from lorahive.compose.composer.folds import fold_labels, split_folds
 from lorahive.hub.errors import InvalidRequestError
 
 RETRIEVE = 8  # candidates kept by retrieval when the pool is larger
@@ -70,12 +71,22 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
     if objective == "label":
         label_list = list(labels) or sorted({e.output for e in shots})
     if folds is None and not lorahub:
-        if len(shots) >= 2:
-            folds = FOLDS
-            notes.append(f"checked out of fold ({min(FOLDS, len(shots))} folds) before "
-                         "writing (--folds 0: no check)")
-        else:
+        if len(shots) < 2:
             notes.append("no out-of-fold check: it needs at least 2 examples")
+        else:
+            by = fold_labels(shots, label_list)
+            try:
+                split = split_folds(len(shots), FOLDS, 0, by)
+            except InvalidRequestError:
+                notes.append("no out-of-fold check: every label has one example, and a "
+                             "label's only example is never held out")
+            else:
+                folds = FOLDS
+                lone = sorted({lab for lab in by or () if by.count(lab) == 1})
+                notes.append(f"checked out of fold ({len(split)} folds) before writing"
+                             + ("; never held out, as the only example of its label: "
+                                + ", ".join(repr(x) for x in lone) if lone else "")
+                             + " (--folds 0: no check)")
     auto = retrieve is None and not lorahub
     if auto:
         retrieve = RETRIEVE

@@ -24,7 +24,7 @@ from lorahive.compose.composer.arrow import TEMPERATURE, TOP_K, check_routing, r
 from lorahive.compose.composer.candidates import Candidate, ab_scales_differ, check_candidates
 from lorahive.compose.composer.evaluate import Accuracy, accuracy, label_set
 from lorahive.compose.composer.examples import Example, encode, examples_sha256
-from lorahive.compose.composer.folds import CrossValidation, cross_validate
+from lorahive.compose.composer.folds import CrossValidation, cross_validate, fold_labels
 from lorahive.compose.composer.mixing import Mixer, install
 from lorahive.compose.composer.model import BaseModel
 from lorahive.compose.composer.objective import ObjectiveFn, Scorer, label_objective
@@ -190,7 +190,10 @@ class ComposeResult:
             rows.append(("kept point", m["kept"]))
         cv = self.cross_validation
         if cv is not None:
-            rows += [("folds", len(cv.folds)), ("objective in fold", cv.objective_in_fold),
+            rows.append(("folds", f"{len(cv.folds)}" + (
+                "; never held out, as its label's only example: "
+                + ", ".join(repr(x) for x in cv.lone_labels) if cv.lone_labels else "")))
+            rows += [("objective in fold", cv.objective_in_fold),
                      ("loss out of fold", cv.objective_out_of_fold),
                      ("base model's loss out of fold", cv.base_objective_out_of_fold),
                      ("beats the base model out of fold", "yes" if cv.beats_base else "no")]
@@ -278,8 +281,16 @@ class Composer:
     def cross_validate(self, cfg: SearchConfig, folds: int,
                        on_eval: Callable[[int, float, float], None] | None = None
                        ) -> CrossValidation:
-        """Search on all shots but one fold, score the mix and the base model on that fold."""
-        return cross_validate(self.scorer, self.dim, len(self.examples), cfg, folds, on_eval)
+        """Search on all shots but one fold, score the mix and the base model on that fold
+        (folds stratified by label under the label objective)."""
+        return cross_validate(self.scorer, self.dim, len(self.examples), cfg, folds, on_eval,
+                              self.fold_labels)
+
+    @property
+    def fold_labels(self) -> list[str] | None:
+        """Each shot's label when the objective ranks a label set (the folds are stratified
+        by it), else ``None``."""
+        return fold_labels(self.examples, self.labels)
 
     def adapter(self, weights: Sequence[float], rank: int | None = None
                 ) -> tuple[Adapter, dict[str, float]]:
