@@ -71,8 +71,8 @@ def nf4_dir() -> Path:
 
 def _loss(model, tok, examples, batch: int = 8) -> float:
     """Mean output-token loss of ``model`` on ``examples``."""
-    from benchmarks.train_task_adapters import output_token_loss
     from lorahive.compose.composer.examples import encode_causal
+    from lorahive.compose.composer.finetune import output_token_loss
 
     total, n = 0.0, 0
     with torch.no_grad():
@@ -96,7 +96,7 @@ def train_adapter(base: Path, steps: int, batch: int, lr: float, seed: int = 0) 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from benchmarks.tasks import build
-    from benchmarks.train_task_adapters import fit
+    from lorahive.compose.composer.finetune import fit
 
     tok = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(seed)
@@ -106,8 +106,9 @@ def train_adapter(base: Path, steps: int, batch: int, lr: float, seed: int = 0) 
     model.train()
     examples = build(TASK, steps * batch, seed)
     random.Random(seed).shuffle(examples)
-    losses, seconds = fit(model, tok, examples, batch, lr, on_step=lambda i, n, loss: print(
-        f"  step {i}/{n} loss {loss:.3f}", flush=True))
+    losses, seconds = fit(model, tok, examples, batch, lr, max_length=96,
+                          on_step=lambda i, n, loss: print(f"  step {i}/{n} loss {loss:.3f}",
+                                                           flush=True))
     model.peft_config["default"].base_model_name_or_path = MODEL_ID
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -115,6 +115,15 @@ def lorahive_default(task: TaskData, shots, seed: int, ctx: Context):
     return _compose(task, shots, seed, ctx, [])
 
 
+@row("default_ft", f"lorahive default + --fine-tune {FT_STEPS}", library=True, quick=False)
+def lorahive_default_ft(task: TaskData, shots, seed: int, ctx: Context):
+    """The default, then ``FT_STEPS`` gradient steps on the shots at ``FT_LR`` (the
+    ``lora_ft`` row's recipe) from the mix, or from the base model where the check refused
+    the mix: not gradient-free."""
+    return _compose(task, shots, seed, ctx, ["--fine-tune", str(FT_STEPS), "--fine-tune-lr",
+                                             str(FT_LR)])
+
+
 @row("lorahub_ours", "lorahive --lorahub", library=True)
 def lorahive_lorahub(task: TaskData, shots, seed: int, ctx: Context):
     """LoRAHub's procedure in lorahive (``--lorahub``: the answer-token loss over every
@@ -199,7 +208,9 @@ def _compose(task: TaskData, shots, seed: int, ctx: Context, extra: list[str]):
                              "evaluations": res.get("evaluations", 0) + screened
                              + res.get("evaluations_out_of_fold", 0),
                              "prescreen_evaluations": screened,
-                             "written": proc.returncode == 0})
+                             "written": proc.returncode == 0,
+                             **({"fine_tune_start": res["fine_tune_start"]}
+                                if "fine_tune_start" in res else {})})
 
 
 @row("upper", "upper bound (full-data LoRA)", seeded=False, quick=False)

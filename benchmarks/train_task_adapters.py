@@ -15,8 +15,6 @@ import json
 import os
 import random
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,47 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.smollm2 import CACHE, MODEL_ID, smollm2_dir
 from benchmarks.tasks import TRAIN_TASKS, build
-from lorahive.compose.composer.examples import IGNORE, encode_causal
+from lorahive.compose.composer.finetune import fit
 
 ADAPTERS = CACHE / "adapters"
-
-
-def output_token_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
-    """Mean cross-entropy over the output tokens; the LM head runs only where it is scored."""
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    target = labels[:, 1:]
-    sel = target != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][sel])
-    return torch.nn.functional.cross_entropy(logits.float(), target[sel])
-
-
-def fit(model, tok, examples: list, batch: int, lr: float, steps: int | None = None,
-        max_length: int = 96, on_step: Callable[[int, int, float], None] | None = None
-        ) -> tuple[list[float], float]:
-    """AdamW over ``examples`` in batches, a 3-step warm-up, linear decay to 10%, gradient
-    clipping at 1. ``steps`` defaults to one epoch; more steps cycle through the examples
-    again. Returns the losses per step and the seconds taken."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    per_epoch = (len(examples) + batch - 1) // batch
-    steps = steps or per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 3) * max(0.1, 1 - s / steps))
-    losses: list[float] = []
-    t0 = time.time()
-    for s in range(steps):
-        i = s % per_epoch
-        enc = encode_causal(tok, examples[i * batch:(i + 1) * batch], max_length=max_length)
-        loss = output_token_loss(model, enc.input_ids, enc.attention_mask, enc.labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        losses.append(round(float(loss.detach()), 4))
-        if on_step is not None:
-            on_step(s + 1, steps, losses[-1])
-    return losses, time.time() - t0
 
 
 def train_lora(base: Path, examples: list, out: Path, *, steps: int | None = None,

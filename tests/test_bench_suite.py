@@ -252,9 +252,11 @@ def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch)
         out = r.fn(task, items[:5], 1, ctx)
         preds = out.predictions if isinstance(out, RowOutput) else out
         assert len(preds) == len(task.eval) and set(preds) <= {" no", " yes"}, name
-        if name in ("lorahub", "default", "lorahub_ours", "best_single", "retrieve", "folds",
+        if name in ("lorahub", "default", "default_ft", "lorahub_ours", "best_single", "retrieve", "folds",
                     "label", "retrieve_label", "blocks"):
             assert out.info["evaluations"] >= 3, name
+        if name == "default_ft":  # written either way: fine-tuned from the mix or the base
+            assert out.info["written"] and out.info["fine_tune_start"] in ("mix", "base")
         if name == "arrow":  # routed, not searched
             assert out.info["evaluations"] == 0 and out.info["written"], name
     assert (tmp_path / "work" / "lora_ft" / "tiny-seed1" / "adapter_model.safetensors").exists()

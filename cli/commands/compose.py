@@ -118,6 +118,14 @@ def compose(
     write_anyway: bool = typer.Option(
         False, "--write-anyway", help="Write (and publish) the mix even when it does not beat "
         "the base model out of fold."),
+    fine_tune: int = typer.Option(
+        0, "--fine-tune", metavar="STEPS", help="After the search, train the composed "
+        "adapter on the examples for STEPS full-batch AdamW steps (not gradient-free; the "
+        "card and lineage say so; 30 is the 5-example fine-tune of docs/benchmarks.md). "
+        "Causal models in float32. Default 0: none."),
+    fine_tune_lr: float | None = typer.Option(
+        None, "--fine-tune-lr", show_default=False,
+        help="Learning rate of --fine-tune (default 1e-3)."),
     blocks: int = typer.Option(
         1, "--blocks", help="Layer blocks with weights of their own: 1 is one weight per "
         "candidate (LoRAHub); N splits the adapted layers into N contiguous blocks, each "
@@ -142,6 +150,7 @@ def compose(
         load_candidates,
         load_examples,
     )
+    from lorahive.compose.composer.finetune import LR, check_fine_tune, fine_tune_recipe
     from lorahive.compose.composer.folds import fold_labels, split_folds
     from lorahive.compose.composer.mixing import layer_blocks
     from lorahive.compose.composer.model import load_base
@@ -149,6 +158,16 @@ def compose(
     from lorahive.compose.composer.policy import Policy, can_embed, resolve
     from lorahive.compose.composer.session import route_params
 
+    if route and fine_tune:
+        raise InvalidRequestError("--fine-tune trains a searched mix; --route arrow does not "
+                                  "search", params=("route", "fine_tune"))
+    if fine_tune_lr is not None and not fine_tune:
+        raise InvalidRequestError("--fine-tune-lr goes with --fine-tune STEPS",
+                                  params="fine_tune_lr")
+    fine_tune_lr = LR if fine_tune_lr is None else fine_tune_lr
+    if fine_tune < 0 or fine_tune_lr <= 0:
+        raise InvalidRequestError("--fine-tune takes a number of steps (0: none) and "
+                                  "--fine-tune-lr a positive rate", params="fine_tune")
     cfg = SearchConfig(optimizer=optimizer, budget=budget, workers=workers, lower=lower,
                        upper=upper, init=init, seed=seed)
     check_outputs(out, publish)
@@ -200,11 +219,16 @@ def compose(
                                 prescreen=prescreen, examples=shots, held_out=held_out,
                                 record=record, folds=folds or None, labels=label_list,
                                 blocks=blocks)
-    if reuse_output(out, compose_recipe(route or mode, cands, params)):
+    recipe = compose_recipe(route or mode, cands, params)
+    if fine_tune:
+        recipe = fine_tune_recipe(recipe, fine_tune, fine_tune_lr)
+    if reuse_output(out, recipe):
         _finish_earlier_run(out, publish, url, token, task, private, json_out)
         return
     _quiet_transformers()
     bm = load_base(base, device, dtype)
+    if fine_tune:
+        check_fine_tune(bm.model, fine_tune)
     if route:
         with Composer(bm, cands, shots, mode="delta", max_rows=max_rows,
                       per_module=True) as comp, err_console.status("routing"):
@@ -232,8 +256,18 @@ def compose(
                               record=record, folds=folds or None,
                               on_eval=lambda done, _v, best: bar.update(
                                   bar_id, completed=done, best=f"{best:.4f}"))
-    if result.helps is False and not write_anyway:
-        _refuse(result, json_out, ranking)
+        refused = result.helps is False and not write_anyway
+        if refused and not fine_tune:
+            _refuse(result, json_out, ranking)
+        if fine_tune:
+            with Progress(TextColumn("[bold]fine-tune"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                          console=err_console, transient=json_out) as bar:
+                bar_id = bar.add_task("fine-tune", total=fine_tune, loss="-")
+                result = comp.fine_tune(result, fine_tune, fine_tune_lr, held_out=held_out,
+                                        from_base=refused,
+                                        on_step=lambda i, _n, loss: bar.update(
+                                            bar_id, completed=i, loss=f"{loss:.4f}"))
     with output_dir(out) as target:
         result.write(target)
         published = publish_output(target, publish, url, token, task=task,
@@ -396,13 +430,15 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
     console.print(f"zero-shot objective {result.zero_shot:.4f} -> composed {search.objective:.4f} "
                   f"({search.evaluations} evaluations, {search.seconds_per_eval * 1000:.0f} ms "
                   f"each, {cfg.optimizer}, mode {result.lineage.params['mode']})")
+    ft = result.lineage.params.get("fine_tune")
     if search.kept == KEPT_BEST:
         console.print(f"kept the best evaluated point (#{search.kept_evaluation}); the "
                       f"optimizer's recommendation scored {search.recommendation_objective:.4f}")
     elif search.kept == KEPT_ZERO:
         console.print("no mix beat the base model alone on the examples (best mix "
-                      f"{min(search.trace):.4f}): kept all weights 0, so the adapter written "
-                      "changes nothing; the candidates may not suit this task")
+                      f"{min(search.trace):.4f}): kept all weights 0" + (
+                          "" if ft else ", so the adapter written changes nothing; the "
+                          "candidates may not suit this task"))
     else:
         console.print("kept the optimizer's recommendation")
     cv = result.cross_validation
@@ -413,8 +449,16 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
                       "evaluations): "
                       f"composed {cv.objective_out_of_fold:.4f} against the base model's "
                       f"{cv.base_objective_out_of_fold:.4f} (in fold "
-                      f"{cv.objective_in_fold:.4f})" + ("" if cv.beats_base else
-                                                        "; written as asked"))
+                      f"{cv.objective_in_fold:.4f})" + (
+                          "" if cv.beats_base else "; the mix was not used"
+                          if ft and ft["start"] == "base" else "; written as asked"))
+    if ft:
+        start = "the mix"
+        if ft["start"] == "base":
+            start = "the base model, as no mix beat it out of fold"
+        console.print(f"fine-tuned from {start} (not gradient-free): {ft['steps']} steps, "
+                      f"loss {ft['loss_first']:.4f} -> {ft['loss_last']:.4f}; objective "
+                      f"{ft['objective_mix']:.4f} -> {ft['objective']:.4f}")
     _print_outcome(result, out, published)
 
 

@@ -24,6 +24,9 @@ from lorahive.compose.composer.arrow import TEMPERATURE, TOP_K, check_routing, r
 from lorahive.compose.composer.candidates import Candidate, ab_scales_differ, check_candidates
 from lorahive.compose.composer.evaluate import Accuracy, accuracy, label_set
 from lorahive.compose.composer.examples import Example, encode, examples_sha256
+from lorahive.compose.composer.finetune import LR as FT_LR
+from lorahive.compose.composer.finetune import SUFFIX as FT_SUFFIX
+from lorahive.compose.composer.finetune import fine_tune, fine_tune_recipe
 from lorahive.compose.composer.folds import CrossValidation, cross_validate, fold_labels
 from lorahive.compose.composer.mixing import Mixer, install
 from lorahive.compose.composer.model import BaseModel
@@ -188,6 +191,17 @@ class ComposeResult:
                  ("objective (all shots)", m["objective"])]
         if "kept" in m:
             rows.append(("kept point", m["kept"]))
+        ft = p.get("fine_tune")
+        if ft:
+            start = ("the base model, as the mix did not beat it out of fold (the "
+                     "parents' weights are 0)" if ft.get("start") == "base" else
+                     "the mix above" + (" (all zero: A drawn afresh)"
+                                        if ft.get("redrawn_A") else ""))
+            rows += [("fine-tune", f"not gradient-free: {ft['steps']} full-batch AdamW steps "
+                                   f"(lr {ft['lr']}) on the examples' answer tokens, starting "
+                                   f"from {start}; loss {ft['loss_first']:.4f} -> "
+                                   f"{ft['loss_last']:.4f}"),
+                     ("objective after the fine-tune", ft["objective"])]
         cv = self.cross_validation
         if cv is not None:
             rows.append(("folds", f"{len(cv.folds)}" + (
@@ -454,6 +468,56 @@ class Composer:
                               parents(self.candidates, list(out.weights.values())),
                               {**params, **results}, recipe)
         return out
+
+    def fine_tune(self, result: ComposeResult, steps: int, lr: float = FT_LR, *,
+                  held_out: Sequence[Example] | None = None, from_base: bool = False,
+                  on_step: Callable[[int, int, float], None] | None = None) -> ComposeResult:
+        """Train ``result``'s adapter on the shots for ``steps`` full-batch steps
+        (``compose.composer.finetune``); the mixer is removed first and the composer is
+        closed afterwards. The objective on the shots and ``held_out``'s accuracy are
+        measured again on the trained adapter; the mix's own figures stay in the record.
+
+        ``from_base``: start from the base model instead (all weights 0: a plain LoRA
+        fine-tune), for a mix that did not beat the base model out of fold; the parents'
+        weights become 0 and the refused mix's weights stay in the record."""
+        start = result.adapter
+        lineage = result.lineage
+        if from_base:
+            start, _ = self.adapter(np.zeros(self.dim))
+            lineage = replace(lineage, parents=parents(result.candidates,
+                                                       [0.0] * len(result.candidates)))
+        self.close()
+        trained, record = fine_tune(self.base.model, self.base.tokenizer, start,
+                                    self.examples, steps, lr,
+                                    seed=int(lineage.params.get("seed", 0)), on_step=on_step)
+        record["start"] = "base" if from_base else "mix"
+        if from_base:
+            record["refused_weights"] = [float(w) for w in result.search.weights]
+        metrics = dict(result.metrics)
+        metrics.update(fine_tune_steps=steps, fine_tune_start=record["start"],
+                       fine_tune_loss_first=record["loss_first"],
+                       fine_tune_loss_last=record["loss_last"])
+        with Composer(self.base, [Candidate("fine-tuned", trained)], self.examples,
+                      mode="ab", l1=0.0, batch_size=self.batch_size, objective=self.objective,
+                      max_rows=self.max_rows, labels=self.labels) as one:
+            record["objective_mix"] = result.objective
+            record["objective"] = float(one.score(np.ones((1, 1)))[0])
+            metrics["objective_fine_tuned"] = record["objective"]
+            acc = result.accuracy
+            if held_out is not None:
+                if acc is not None:
+                    metrics["eval_accuracy_mix"] = acc.accuracy
+                acc = one.accuracy([1.0], held_out)
+                metrics.update(eval_accuracy=acc.accuracy, eval_metric=acc.metric,
+                               eval_n=acc.n)
+        lineage = replace(lineage, method=lineage.method + FT_SUFFIX,
+                          params={**lineage.params, "fine_tune": record},
+                          recipe=fine_tune_recipe(lineage.recipe, steps, lr))
+        search = result.search
+        if from_base:
+            search = replace(search, weights=np.zeros_like(search.weights))
+        return replace(result, search=search, adapter=trained, energy={}, accuracy=acc,
+                       metrics=metrics, lineage=lineage)
 
     def __enter__(self) -> Composer:
         return self
