@@ -453,7 +453,7 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
                           "" if cv.beats_base else "; the mix was not used"
                           if ft and ft["start"] == "base" else "; written as asked"))
     if ft:
-        start = "the mix"
+        start = "the mix" + (", all zero (A drawn afresh)," if ft["redrawn_A"] else "")
         if ft["start"] == "base":
             start = "the base model, as no mix beat it out of fold"
         console.print(f"fine-tuned from {start} (not gradient-free): {ft['steps']} steps, "

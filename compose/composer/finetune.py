@@ -17,6 +17,7 @@ import hashlib
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,7 +111,8 @@ def fine_tune(model: Any, tokenizer: Any, adapter: Adapter, examples: Sequence[E
 
     check_fine_tune(model, steps)
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notes
         save_peft(adapter, tmp)
         peft_model = PeftModel.from_pretrained(model, tmp, is_trainable=True)
     redrawn = 0
@@ -126,7 +128,9 @@ def fine_tune(model: Any, tokenizer: Any, adapter: Adapter, examples: Sequence[E
         peft_model.train()
         losses, seconds = fit(peft_model, tokenizer, list(examples), len(examples), lr,
                               steps=steps, on_step=on_step)
-        state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+        # no embedding layers to save: PEFT would otherwise look the base model up online
+        state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(
+            peft_model, save_embedding_layers=False).items()}
     finally:
         peft_model.unload()  # the base model as it was: the LoRA layers go, weights unmerged
         model.eval()

@@ -173,7 +173,9 @@ class ComposeResult:
                 ("method", f"{self.lineage.method}: gradient-free search of one weight per "
                            f"candidate{per_block} ({p['optimizer']}, {self.search.evaluations} "
                            f"evaluations, seed {p['seed']}), written by the fusion engine's "
-                           f"`{FUSION_METHOD[mode]}`"),
+                           f"`{FUSION_METHOD[mode]}`" + ("; then fine-tuned with gradients "
+                                                         "(below)" if "fine_tune" in p
+                                                         else "")),
                 ("objective", _objective_name(p) + f", l1 {p['l1']}"),
             ]
         rows.append(("examples", f"{p['num_examples']} (sha256 {p['examples_sha256'][:12]})"))
