@@ -85,7 +85,7 @@ def test_compose_fine_tune_from_the_cli(task, tmp_path):
     ft = lin["params"]["fine_tune"]
     assert (ft["steps"], ft["lr"], ft["batch"]) == (10, 0.01, len(SHOTS))
     assert res["fine_tune_steps"] == 10 and res["objective_fine_tuned"] == ft["objective"]
-    assert ft["objective"] < ft["objective_mix"]
+    assert ft["objective"] < ft["objective_start"]
     assert res["eval_n"] == len(EVAL) and "eval_accuracy" in res
     card = (out / "README.md").read_text()
     assert "not gradient-free: 10 full-batch AdamW steps (lr 0.01)" in card

@@ -458,7 +458,7 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
             start = "the base model, as no mix beat it out of fold"
         console.print(f"fine-tuned from {start} (not gradient-free): {ft['steps']} steps, "
                       f"loss {ft['loss_first']:.4f} -> {ft['loss_last']:.4f}; objective "
-                      f"{ft['objective_mix']:.4f} -> {ft['objective']:.4f}")
+                      f"{ft['objective_start']:.4f} -> {ft['objective']:.4f}")
     _print_outcome(result, out, published)
 
 

@@ -484,10 +484,15 @@ class Composer:
         weights become 0 and the refused mix's weights stay in the record."""
         start = result.adapter
         lineage = result.lineage
+        w = np.asarray(result.search.weights, dtype=np.float32)
         if from_base:
-            start, _ = self.adapter(np.zeros(self.dim))
+            w = np.zeros_like(w)
+            start, _ = self.adapter(w)
             lineage = replace(lineage, parents=parents(result.candidates,
                                                        [0.0] * len(result.candidates)))
+        # the starting point's objective without the weight penalty, as the trained one's
+        before = float(self.scorer.value(replace(self.scorer.inputs(torch.as_tensor(w[None])),
+                                                 l1=0.0))[0])
         self.close()
         trained, record = fine_tune(self.base.model, self.base.tokenizer, start,
                                     self.examples, steps, lr,
@@ -502,7 +507,7 @@ class Composer:
         with Composer(self.base, [Candidate("fine-tuned", trained)], self.examples,
                       mode="ab", l1=0.0, batch_size=self.batch_size, objective=self.objective,
                       max_rows=self.max_rows, labels=self.labels) as one:
-            record["objective_mix"] = result.objective
+            record["objective_start"] = before
             record["objective"] = float(one.score(np.ones((1, 1)))[0])
             metrics["objective_fine_tuned"] = record["objective"]
             acc = result.accuracy
