@@ -14,7 +14,6 @@ token layout.
 from __future__ import annotations
 
 import hashlib
-import math
 import tempfile
 import time
 import warnings
@@ -105,6 +104,7 @@ def fine_tune(model: Any, tokenizer: Any, adapter: Adapter, examples: Sequence[E
     its A is then drawn as PEFT draws a new LoRA's (seeded), so the steps are a plain LoRA
     fine-tune from the base model."""
     from peft import PeftModel
+    from peft.tuners.lora.layer import LoraLayer
     from peft.utils import get_peft_model_state_dict
 
     from lorahive.hub.peft_format import from_state_dict, save_peft
@@ -118,13 +118,11 @@ def fine_tune(model: Any, tokenizer: Any, adapter: Adapter, examples: Sequence[E
     redrawn = 0
     try:
         for mod in peft_model.modules():
-            a = getattr(mod, "lora_A", None)
-            if isinstance(a, torch.nn.ModuleDict) and "default" in a:
-                weight = a["default"].weight
-                if not torch.any(weight):
-                    with torch.no_grad():
-                        torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-                    redrawn += 1
+            if isinstance(mod, LoraLayer) and "default" in mod.lora_A \
+                    and not torch.any(mod.lora_A["default"].weight):
+                with torch.no_grad():  # PEFT's own draw of a new LoRA (A random, B zero)
+                    mod.reset_lora_parameters("default", True)
+                redrawn += 1
         peft_model.train()
         losses, seconds = fit(peft_model, tokenizer, list(examples), len(examples), lr,
                               steps=steps, on_step=on_step)

@@ -117,6 +117,12 @@ def split_folds(n: int, folds: int, seed: int, labels: Sequence[str] | None = No
     return [sorted(order[f::k]) for f in range(k)]
 
 
+def never_held(n: int, split: Sequence[Sequence[int]]) -> list[int]:
+    """The examples in no fold (a label's only shot): searched in every fold."""
+    held = {i for f in split for i in f}
+    return [i for i in range(n) if i not in held]
+
+
 def cross_validate(scorer: Scorer, n_weights: int, n_examples: int, cfg: SearchConfig,
                    folds: int, on_eval: Callable[[int, float, float], None] | None = None,
                    labels: Sequence[str] | None = None) -> CrossValidation:
@@ -124,8 +130,7 @@ def cross_validate(scorer: Scorer, n_weights: int, n_examples: int, cfg: SearchC
     counts evaluations across all folds. ``labels``: each example's label, for a label
     objective (stratified folds)."""
     split = split_folds(n_examples, folds, cfg.seed, labels)
-    held_somewhere = {i for f in split for i in f}
-    lone = [i for i in range(n_examples) if i not in held_somewhere]
+    lone = never_held(n_examples, split)
     cv = CrossValidation(split, lone, [labels[i] for i in lone] if labels else [])
     zero = torch.zeros(1, n_weights)
     base = replace(scorer.inputs(zero), l1=0.0)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from lorahive.compose.composer.evaluate import label_set
 from lorahive.compose.composer.examples import Example
-from lorahive.compose.composer.folds import fold_labels, split_folds
+from lorahive.compose.composer.folds import fold_labels, never_held, split_folds
 from lorahive.hub.errors import InvalidRequestError
 
 RETRIEVE = 8  # candidates kept by retrieval when the pool is larger
@@ -82,7 +82,7 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
                              "label's only example is never held out")
             else:
                 folds = FOLDS
-                lone = sorted({lab for lab in by or () if by.count(lab) == 1})
+                lone = sorted({by[i] for i in never_held(len(shots), split)} if by else ())
                 notes.append(f"checked out of fold ({len(split)} folds) before writing"
                              + ("; never held out, as the only example of its label: "
                                 + ", ".join(repr(x) for x in lone) if lone else "")
