@@ -38,6 +38,13 @@ def lora_dir(tiny_llama_dir, tmp_path_factory):
     return make_peft_adapter(tiny_llama_dir, tmp_path_factory.mktemp("lora") / "a", seed=1)
 
 
+@pytest.fixture(autouse=True)
+def _own_searches(tmp_path, monkeypatch):
+    """Each test remembers its own compose searches: a search left by another test with the
+    same tiny inputs would otherwise be reused."""
+    monkeypatch.setenv("LORAHIVE_SEARCHES", str(tmp_path / "searches"))
+
+
 @pytest.fixture()
 def home(tmp_path, monkeypatch):
     """An isolated LORAHIVE_HOME for registry and cache state."""

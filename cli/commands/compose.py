@@ -126,6 +126,10 @@ def compose(
     fine_tune_lr: float | None = typer.Option(
         None, "--fine-tune-lr", show_default=False,
         help="Learning rate of --fine-tune (default 1e-3)."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Search again even when an earlier run with the same "
+        "candidates, examples and search settings left its search in the cache (reruns that "
+        "only add --write-anyway, --fine-tune, --eval or another --out reuse it)."),
     blocks: int = typer.Option(
         1, "--blocks", help="Layer blocks with weights of their own: 1 is one weight per "
         "candidate (LoRAHub); N splits the adapted layers into N contiguous blocks, each "
@@ -152,11 +156,12 @@ def compose(
     )
     from lorahive.compose.composer.finetune import LR, check_fine_tune, fine_tune_recipe
     from lorahive.compose.composer.folds import fold_labels, split_folds
+    from lorahive.compose.composer.memo import SearchMemo
     from lorahive.compose.composer.mixing import layer_blocks
     from lorahive.compose.composer.model import load_base
     from lorahive.compose.composer.objective import load_objective
     from lorahive.compose.composer.policy import Policy, can_embed, resolve
-    from lorahive.compose.composer.session import route_params
+    from lorahive.compose.composer.session import route_params, search_key
 
     if route and fine_tune:
         raise InvalidRequestError("--fine-tune trains a searched mix; --route arrow does not "
@@ -225,6 +230,8 @@ def compose(
     if reuse_output(out, recipe):
         _finish_earlier_run(out, publish, url, token, task, private, json_out)
         return
+    memo = None if route else SearchMemo()
+    earlier = None if memo is None or fresh else memo.load(search_key(mode, cands, params))
     _quiet_transformers()
     bm = load_base(base, device, dtype)
     if fine_tune:
@@ -247,15 +254,23 @@ def compose(
             err_console.print(f"[yellow]warning:[/yellow] {w}")
         for note in policy.notes:  # the settings chosen for the user, once the inputs passed
             err_console.print(f"[dim]default:[/dim] {note}", soft_wrap=True)
-        with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
-                      console=err_console, transient=json_out) as bar:
-            total = cfg.budget * (1 + n_folds)
-            bar_id = bar.add_task("search", total=total, best="-")
-            result = comp.run(cfg, rank=rank, prescreen=prescreen, held_out=held_out,
-                              record=record, folds=folds or None,
-                              on_eval=lambda done, _v, best: bar.update(
-                                  bar_id, completed=done, best=f"{best:.4f}"))
+        def run(on_eval=None) -> ComposeResult:
+            return comp.run(cfg, rank=rank, prescreen=prescreen, held_out=held_out,
+                            record=record, folds=folds or None, on_eval=on_eval, memo=memo,
+                            reuse=not fresh)
+
+        if earlier is not None:
+            err_console.print(f"[dim]search:[/dim] reusing an earlier run's ({earlier.saved}; "
+                              "same candidates, examples and settings); --fresh searches "
+                              "again", soft_wrap=True)
+            result = run()
+        else:
+            with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                          console=err_console, transient=json_out) as bar:
+                bar_id = bar.add_task("search", total=cfg.budget * (1 + n_folds), best="-")
+                result = run(lambda done, _v, best: bar.update(bar_id, completed=done,
+                                                               best=f"{best:.4f}"))
         refused = result.helps is False and not write_anyway
         if refused and not fine_tune:
             _refuse(result, json_out, ranking)

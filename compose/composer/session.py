@@ -28,6 +28,7 @@ from lorahive.compose.composer.finetune import LR as FT_LR
 from lorahive.compose.composer.finetune import SUFFIX as FT_SUFFIX
 from lorahive.compose.composer.finetune import fine_tune, fine_tune_recipe
 from lorahive.compose.composer.folds import CrossValidation, cross_validate, fold_labels
+from lorahive.compose.composer.memo import RememberedSearch, SearchMemo
 from lorahive.compose.composer.mixing import Mixer, install
 from lorahive.compose.composer.model import BaseModel
 from lorahive.compose.composer.objective import ObjectiveFn, Scorer, label_objective
@@ -80,6 +81,13 @@ def compose_recipe(mode: str, candidates: Sequence[Candidate], params: dict[str,
     """The recipe of a composition: its inputs (every candidate given, before pre-screening)
     and settings; computable before the base model loads."""
     return recipe_digest(f"compose:{mode}", candidates, params)
+
+
+def search_key(mode: str, candidates: Sequence[Candidate], params: dict[str, Any]) -> str:
+    """The recipe of the search alone (what ``SearchMemo`` files it under): the
+    composition's, less ``--eval``'s examples, which only score the result."""
+    return compose_recipe(mode, candidates,
+                          {k: v for k, v in params.items() if k != "eval_sha256"})
 
 
 ROUTE = "arrow"  # the lineage's method is ``compose:arrow``
@@ -365,7 +373,8 @@ class Composer:
     def run(self, cfg: SearchConfig, *, rank: int | None = None, prescreen: int | None = None,
             held_out: Sequence[Example] | None = None, record: dict[str, Any] | None = None,
             folds: int | None = None,
-            on_eval: Callable[[int, float, float], None] | None = None) -> ComposeResult:
+            on_eval: Callable[[int, float, float], None] | None = None,
+            memo: SearchMemo | None = None, reuse: bool = True) -> ComposeResult:
         """Pre-screen (``prescreen`` candidates, or 20 when there are more), score the base
         model alone (zero-shot), check out of fold (``folds``: searches on all shots but one
         fold, ``folds`` times; ``on_eval`` counts them before the final search), search,
@@ -375,28 +384,35 @@ class Composer:
 
         The kept point is the best of the optimizer's recommendation, every point the search
         evaluated and the zero-shot point (all weights 0, when the bounds hold it): a mix
-        worse than one already scored is never written."""
+        worse than one already scored is never written.
+
+        ``memo``: the search (with pre-screening and the check) is looked up there first
+        (unless ``reuse`` is false) and remembered there after; a remembered one is not
+        repeated (``metrics["search_reused"]``)."""
         params = compose_params(self.mode, cfg, l1=self.l1, batch_size=self.batch_size,
                                 rank=rank, prescreen=prescreen, examples=self.examples,
                                 held_out=held_out, record=record, folds=folds,
                                 labels=self.labels, blocks=self.blocks)
         recipe = compose_recipe(self.mode, self.candidates, params)
-        keep = prescreen or (MAX_CANDIDATES if len(self.candidates) > MAX_CANDIDATES else None)
-        screened = self.prescreen(keep) if keep is not None else None
-        zero = float(self.score(np.zeros((1, len(self.candidates))))[0])
-        cv = self.cross_validate(cfg, folds, on_eval) if folds else None
-        done = 0 if cv is None else cv.evaluations
-        res = self.search(cfg, None if on_eval is None else
-                          lambda i, v, best: on_eval(done + i, v, best))
-        if zero < res.objective and cfg.lower <= 0.0 <= cfg.upper:
-            # the base model alone beat every mix: keep all weights 0 rather than a worse mix
-            res.weights, res.objective, res.kept = np.zeros(self.dim), zero, KEPT_ZERO
+        key = search_key(self.mode, self.candidates, params)
+        found = self._remembered(memo.load(key)) if memo is not None and reuse else None
+        if found is None:
+            found = self._search(cfg, prescreen, folds, on_eval)
+            if memo is not None:
+                memo.save(key, found)
+            reused = False
+        else:
+            reused = True
+        screened, zero, cv, res = (found.prescreen, found.zero_shot, found.cross_validation,
+                                   found.search)
         adapter, energy = self.adapter(res.weights, rank)
         metrics: dict[str, Any] = {
             "objective": res.objective, "zero_shot_objective": zero, "kept": res.kept,
             "recommendation_objective": res.recommendation_objective,
             "seconds_per_eval": res.seconds_per_eval, "evaluations": res.evaluations,
         }
+        if reused:
+            metrics.update(search_reused=True, search_saved=found.saved)
         if cv is not None:
             metrics.update(objective_in_fold=cv.objective_in_fold,
                            objective_out_of_fold=cv.objective_out_of_fold,
@@ -418,6 +434,35 @@ class Composer:
                               parents(self.candidates, list(out.weights.values())),
                               {**params, **results}, recipe)
         return out
+
+    def _search(self, cfg: SearchConfig, prescreen: int | None, folds: int | None,
+                on_eval: Callable[[int, float, float], None] | None) -> RememberedSearch:
+        """Pre-screen, score the base model, check out of fold, search: everything of
+        ``run`` that costs forward passes."""
+        keep = prescreen or (MAX_CANDIDATES if len(self.candidates) > MAX_CANDIDATES else None)
+        screened = self.prescreen(keep) if keep is not None else None
+        zero = float(self.score(np.zeros((1, len(self.candidates))))[0])
+        cv = self.cross_validate(cfg, folds, on_eval) if folds else None
+        done = 0 if cv is None else cv.evaluations
+        res = self.search(cfg, None if on_eval is None else
+                          lambda i, v, best: on_eval(done + i, v, best))
+        if zero < res.objective and cfg.lower <= 0.0 <= cfg.upper:
+            # the base model alone beat every mix: keep all weights 0 rather than a worse mix
+            res.weights, res.objective, res.kept = np.zeros(self.dim), zero, KEPT_ZERO
+        return RememberedSearch([c.ref for c in self.candidates], screened, zero, cv, res)
+
+    def _remembered(self, found: RememberedSearch | None) -> RememberedSearch | None:
+        """``found`` with its candidates installed as the search left them (pre-screening's
+        choice), or ``None`` when it does not fit these candidates."""
+        if found is None:
+            return None
+        kept = [c for c in self.candidates if c.ref in set(found.kept)]
+        if [c.ref for c in kept] != found.kept or \
+                len(found.search.weights) != len(kept) * self.blocks:
+            return None
+        if len(kept) < len(self.candidates):
+            self._install(kept)
+        return found
 
     def _measure(self, metrics: dict[str, Any], energy: dict[str, float],
                  weights: Sequence[float], held_out: Sequence[Example] | None
