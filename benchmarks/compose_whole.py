@@ -8,6 +8,11 @@ The reference runs ``lorahub_learning``'s body (``benchmarks.lorahub_ref``: its 
 objective; with the same search they must agree.
 
     python -m benchmarks.compose_whole [--tasks a,b] [--candidates 8] [--budget 40]
+    python -m benchmarks.compose_whole --traces --tasks last_word_upper
+
+``--traces`` runs both searches in this process instead, untimed, and prints their objective
+values side by side up to where they part: where the final objectives differ, it shows
+whether the two evaluators disagreed or the optimizer went elsewhere on equal values.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 DEFAULT_TASKS = "news_sport_yesno,last_word_upper,bracket_depth"
+NOISE = 3e-7  # relative: the size of the two evaluators' float32 disagreement
 
 
 def reference_child(dirs: list[str], base: str, shots: Path, budget: int, seed: int) -> None:
@@ -42,6 +50,44 @@ def reference_child(dirs: list[str], base: str, shots: Path, budget: int, seed: 
     print(json.dumps({"objective": run.objective}))
 
 
+def traces(task: str, dirs: list[str], base: str, budget: int, seed: int) -> None:
+    """Both searches' objective values, evaluation by evaluation, with their relative
+    difference; the first evaluation past float32 rounding (1e-5) is marked."""
+    from benchmarks.lorahub_ref import run_reference
+    from benchmarks.suite_tasks import draw_shots
+    from lorahive.compose.composer import Composer, SearchConfig, resolve_candidates
+    from lorahive.compose.composer.model import load_base
+    from lorahive.compose.composer.search import search
+
+    shots = draw_shots(task, 0)
+    ref = run_reference(dirs, base, [e.input for e in shots], [e.output for e in shots],
+                        budget, seed)
+    cfg = SearchConfig(budget=budget, seed=seed)
+    rng = np.random.default_rng(0)
+    with Composer(load_base(base, "cpu"), resolve_candidates(dirs), list(shots),
+                  mode="ab") as comp:
+        ours = comp.run(cfg).search
+        # the control: our own search again, each value moved by float32-sized noise
+        noisy = search(lambda W: (v := comp.score(W)) * (1 + NOISE * rng.choice([-1, 1],
+                                                                               v.shape)),
+                       comp.dim, cfg)
+    diffs = [abs(a - b) / max(abs(a), 1e-12)
+             for a, b in zip(ref.trace, ours.trace, strict=True)]
+    parted = next((i for i, d in enumerate(diffs) if d > 1e-5), None)
+    print(f"{task}:\n| evaluation | LoRAHub | lorahive | relative difference |\n|---|---|---|---|")
+    for i, (a, b, d) in enumerate(zip(ref.trace, ours.trace, diffs, strict=True)):
+        print(f"| {i + 1} | {a:.6f} | {b:.6f} | {d:.1e} |" + (" parted" if i == parted else ""))
+    agree = ("the traces agree throughout" if parted is None else
+             "the first evaluation already differs" if parted == 0 else
+             f"the first {parted} evaluations agree to {max(diffs[:parted]):.1e}")
+    print(f"final: LoRAHub {ref.objective:.6f}, lorahive {ours.objective:.6f}; {agree}")
+    own = next((i + 1 for i, (a, b) in enumerate(zip(ours.trace, noisy.trace, strict=True))
+                if abs(a - b) / abs(a) > 1e-5), None)
+    print(f"control: lorahive's search with its values moved by +-{NOISE:.0e} (relative) "
+          + ("never parts from itself" if own is None else f"parts from itself at evaluation "
+             f"{own} and ends at {noisy.objective:.6f}"))
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -59,6 +105,9 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--reps", type=int, default=2, help="interleaved rounds; the best counts")
+    ap.add_argument("--traces", action="store_true",
+                    help="both searches in this process, untimed: their objective values "
+                    "side by side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reference-child", nargs=3, metavar=("CANDIDATES", "BASE", "SHOTS"),
                     help=argparse.SUPPRESS)
@@ -77,6 +126,13 @@ def main() -> None:
 
     base = str(smollm2_dir())
     dirs = [str(d) for d in library_dirs()[:args.candidates]]
+    if args.traces:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        for task in args.tasks.split(","):
+            traces(task, dirs, base, args.budget, args.seed)
+        return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()),
                                                        os.environ.get("PYTHONPATH")]))}
