@@ -311,8 +311,11 @@ def costs(results: dict[tuple[str, str], list[dict]], rows: Sequence[Row]) -> st
             continue
         total = sum(x["seconds"] for x in cells)
         evals = sorted({x["info"].get("evaluations") for x in cells} - {None})
+        reused = sum(1 for x in cells if x["info"].get("search_reused"))
         lines.append(f"| {r.title} | {len(cells)} | {total:.0f} | {total / len(cells):.0f} | "
-                     f"{', '.join(map(str, evals))} |")
+                     f"{', '.join(map(str, evals))}"
+                     + (f" ({reused} cells reused an earlier cell's search)" if reused else "")
+                     + " |")
     return "\n".join(lines)
 
 

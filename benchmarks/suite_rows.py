@@ -209,6 +209,8 @@ def _compose(task: TaskData, shots, seed: int, ctx: Context, extra: list[str]):
                              + res.get("evaluations_out_of_fold", 0),
                              "prescreen_evaluations": screened,
                              "written": proc.returncode == 0,
+                             # a cell after the same search (default_ft after default) reuses it
+                             "search_reused": bool(res.get("search_reused")),
                              **({"fine_tune_start": res["fine_tune_start"]}
                                 if "fine_tune_start" in res else {})})
 
