@@ -131,3 +131,17 @@ def answer_format_base(raw: Path, out: Path, work: Path) -> Path:
         if f.name.startswith(("token", "special")):
             shutil.copy(f, out / f.name)
     return out
+
+
+def yes_no_task(tiny_llama_dir: Path, root: Path, seeds: range) -> tuple:
+    """The tiny yes/no task of the CLI tests on disk: a base with a tokenizer, one adapter per
+    seed, the shots and the held-out examples as JSONL files."""
+    from lorahive.compose.composer.examples import write_examples
+    from tests.models import make_peft_adapter
+    from tests.test_compose_cli import EVAL, SHOTS
+
+    base = add_tokenizer(tiny_llama_dir, root / "base")
+    cands = [make_peft_adapter(base, root / f"c{i}", seed=s) for i, s in enumerate(seeds)]
+    return base, cands, write_examples(root / "shots.jsonl", SHOTS), \
+        write_examples(root / "eval.jsonl", EVAL)
+

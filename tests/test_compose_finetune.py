@@ -13,23 +13,18 @@ import torch
 from peft import PeftModel
 
 from lorahive.compose.composer import Composer, SearchConfig, resolve_candidates
-from lorahive.compose.composer.examples import encode_causal, write_examples
+from lorahive.compose.composer.examples import encode_causal
 from lorahive.compose.composer.finetune import fine_tune, output_token_loss
 from lorahive.compose.composer.model import load_base
 from lorahive.hub.peft_format import load_peft
-from tests.compose_fixtures import add_tokenizer
-from tests.models import make_peft_adapter
+from tests.compose_fixtures import yes_no_task
 from tests.registry_helpers import run_cli_inprocess
 from tests.test_compose_cli import EVAL, SHOTS
 
 
 @pytest.fixture(scope="module")
 def task(tiny_llama_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compose-ft")
-    base = add_tokenizer(tiny_llama_dir, root / "base")
-    cands = [make_peft_adapter(base, root / f"c{i}", seed=80 + i) for i in range(2)]
-    return base, cands, write_examples(root / "shots.jsonl", SHOTS), \
-        write_examples(root / "eval.jsonl", EVAL)
+    return yes_no_task(tiny_llama_dir, tmp_path_factory.mktemp("compose-ft"), range(80, 82))
 
 
 def _loss(model, tok) -> float:

@@ -10,22 +10,16 @@ import pytest
 
 import lorahive.compose.composer.session as session
 from lorahive.compose.composer import Composer, SearchConfig, resolve_candidates
-from lorahive.compose.composer.examples import write_examples
 from lorahive.compose.composer.memo import RememberedSearch, SearchMemo
 from lorahive.compose.composer.model import load_base
-from tests.compose_fixtures import add_tokenizer
-from tests.models import make_peft_adapter
+from tests.compose_fixtures import yes_no_task
 from tests.registry_helpers import run_cli_inprocess
 from tests.test_compose_cli import EVAL, SHOTS
 
 
 @pytest.fixture(scope="module")
 def task(tiny_llama_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compose-memo")
-    base = add_tokenizer(tiny_llama_dir, root / "base")
-    cands = [make_peft_adapter(base, root / f"c{i}", seed=90 + i) for i in range(3)]
-    return base, cands, write_examples(root / "shots.jsonl", SHOTS), \
-        write_examples(root / "eval.jsonl", EVAL)
+    return yes_no_task(tiny_llama_dir, tmp_path_factory.mktemp("compose-memo"), range(90, 93))
 
 
 @pytest.fixture()
