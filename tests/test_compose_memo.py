@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -66,22 +67,30 @@ def test_a_rerun_reuses_the_search_and_what_it_depends_on_searches_again(task, t
     assert side["lineage"]["params"]["objective_trace"] == a["trace"]
 
     # what the search depends on: another seed, another budget, another candidate set
-    for i, extra in enumerate((["--seed", "7"], ["--budget", "5"],
-                               ["-c", task[1][2]])):
+    for i, extra in enumerate((["--seed", "7"], ["--budget", "5"], ["-c", task[1][2]])):
         r = _compose(task, home, tmp_path / f"o{i}", "--lorahub", *extra)
         assert r.exit_code == 0, r.stderr
         assert searches["n"] == 2 + i and "search_reused" not in json.loads(r.stdout)
+    # a base model replaced in place (same path, other files) is another search
+    cfg = task[0] / "config.json"
+    st = cfg.stat()
+    os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        r = _compose(task, home, tmp_path / "m", "--lorahub")
+        assert r.exit_code == 0 and searches["n"] == 5, r.stderr
+    finally:
+        os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     # --fresh searches again and replaces the entry; a damaged entry is searched over
     r = _compose(task, home, tmp_path / "f", "--lorahub", "--fresh")
-    assert r.exit_code == 0 and searches["n"] == 5
+    assert r.exit_code == 0 and searches["n"] == 6
     assert json.loads(r.stdout)["trace"] == a["trace"]  # the same search, run again
     entry.write_text("{not json")
     r = _compose(task, home, tmp_path / "g", "--lorahub")
-    assert r.exit_code == 0 and searches["n"] == 6
+    assert r.exit_code == 0 and searches["n"] == 7
     assert json.loads(entry.read_text())["format"] == 1  # rewritten whole
     r = _compose(task, home, tmp_path / "h", "--lorahub")
-    assert r.exit_code == 0 and searches["n"] == 6
+    assert r.exit_code == 0 and searches["n"] == 7
 
 
 def test_write_anyway_after_the_check_reuses_the_check(task, tmp_path, searches):

@@ -40,6 +40,16 @@ def searches_dir() -> Path:
     return default_cache_dir() / "searches"
 
 
+def files_fingerprint(path: str | os.PathLike[str]) -> list[list[Any]] | None:
+    """Name, size and modification time of each file directly in ``path`` (a base model's
+    directory): a model replaced in place gets a new key without hashing gigabytes."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    return [[f.name, st.st_size, st.st_mtime_ns] for f in sorted(p.iterdir())
+            if f.is_file() and (st := f.stat())]
+
+
 @dataclass
 class RememberedSearch:
     """What ``Composer.run`` computed before building the adapter."""

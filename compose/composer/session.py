@@ -28,7 +28,7 @@ from lorahive.compose.composer.finetune import LR as FT_LR
 from lorahive.compose.composer.finetune import SUFFIX as FT_SUFFIX
 from lorahive.compose.composer.finetune import fine_tune, fine_tune_recipe
 from lorahive.compose.composer.folds import CrossValidation, cross_validate, fold_labels
-from lorahive.compose.composer.memo import RememberedSearch, SearchMemo
+from lorahive.compose.composer.memo import RememberedSearch, SearchMemo, files_fingerprint
 from lorahive.compose.composer.mixing import Mixer, install
 from lorahive.compose.composer.model import BaseModel
 from lorahive.compose.composer.objective import ObjectiveFn, Scorer, label_objective
@@ -85,9 +85,12 @@ def compose_recipe(mode: str, candidates: Sequence[Candidate], params: dict[str,
 
 def search_key(mode: str, candidates: Sequence[Candidate], params: dict[str, Any]) -> str:
     """The recipe of the search alone (what ``SearchMemo`` files it under): the
-    composition's, less ``--eval``'s examples, which only score the result."""
-    return compose_recipe(mode, candidates,
-                          {k: v for k, v in params.items() if k != "eval_sha256"})
+    composition's, less ``--eval``'s examples, which only score the result, plus the base
+    model's files (recorded by path in the recipe) by size and modification time."""
+    key = {k: v for k, v in params.items() if k != "eval_sha256"}
+    if key.get("base"):
+        key["base_files"] = files_fingerprint(key["base"])
+    return compose_recipe(mode, candidates, key)
 
 
 ROUTE = "arrow"  # the lineage's method is ``compose:arrow``
