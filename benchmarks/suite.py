@@ -314,7 +314,8 @@ def costs(results: dict[tuple[str, str], list[dict]], rows: Sequence[Row]) -> st
         reused = sum(1 for x in cells if x["info"].get("search_reused"))
         lines.append(f"| {r.title} | {len(cells)} | {total:.0f} | {total / len(cells):.0f} | "
                      f"{', '.join(map(str, evals))}"
-                     + (f" ({reused} cells reused an earlier cell's search)" if reused else "")
+                     + (f" ({reused} {'cell' if reused == 1 else 'cells'} reused an earlier "
+                        "cell's search)" if reused else "")
                      + " |")
     return "\n".join(lines)
 
