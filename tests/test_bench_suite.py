@@ -257,6 +257,7 @@ def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch)
             assert out.info["evaluations"] >= 3, name
         if name == "default_ft":  # written either way: fine-tuned from the mix or the base
             assert out.info["written"] and out.info["fine_tune_start"] in ("mix", "base")
+            assert out.info["search_reused"]  # the default row's search, not a second one
         if name == "arrow":  # routed, not searched
             assert out.info["evaluations"] == 0 and out.info["written"], name
     assert (tmp_path / "work" / "lora_ft" / "tiny-seed1" / "adapter_model.safetensors").exists()
