@@ -62,14 +62,12 @@ class RememberedSearch:
     saved: str = ""  # when the search ran (UTC, ISO 8601)
 
     def to_json(self) -> dict[str, Any]:
-        s = self.search
+        """The entry as JSON-ready data (numpy values are converted by ``_plain``)."""
         return {"format": FORMAT, "saved": self.saved, "kept": self.kept,
                 "prescreen": self.prescreen, "zero_shot": self.zero_shot,
                 "cross_validation": (None if self.cross_validation is None
                                      else asdict(self.cross_validation)),
-                "search": {**asdict(s), "weights": _floats(s.weights),
-                           "recommendation": (None if s.recommendation is None
-                                              else _floats(s.recommendation))}}
+                "search": asdict(self.search)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RememberedSearch:
@@ -91,10 +89,6 @@ def _plain(x: Any) -> Any:
     if isinstance(x, np.ndarray | np.generic):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def _floats(a: Any) -> list[float]:
-    return [float(x) for x in np.asarray(a, dtype=np.float64).reshape(-1)]
 
 
 class SearchMemo:
