@@ -298,8 +298,55 @@ def table(results: dict[tuple[str, str], list[dict]], rows: Sequence[Row],
     label = "mean over tasks" if len(complete) == len(tasks) else \
         f"mean over the {len(complete)} tasks every row has"
     lines.append(f"| {label} | " + " | ".join(
-        f"{100 * sum(v) / len(v):.1f}" if v else "" for v in means.values()) + " |")
+        f"{100 * (sum(v) / len(v)):.1f}" if v else "" for v in means.values()) + " |")
     return "\n".join(lines)
+
+
+# the issue's part-4 targets, and the rows they are measured against
+TARGET_BEATS, TARGET_APART, TARGET_GAIN, TARGET_SHARE = 10 / 12, 6 / 12, 0.05, 0.90
+REFERENCES = ("zero_shot", "lorahub", "lora_ft")
+
+
+def targets(results: dict[tuple[str, str], list[dict]], rows: Sequence[Row],
+            tasks: Sequence[str]) -> str:
+    """Each row against the targets, on the tasks where it and the three reference rows
+    (zero-shot, LoRAHub, the 5-shot LoRA fine-tune) all finished; "" when a reference is
+    missing. Beating zero-shot counts means; "apart" counts intervals that do not overlap;
+    "worse" counts tasks where the row's interval lies wholly below zero-shot's."""
+    names = [r.name for r in rows]
+    if not set(REFERENCES) <= set(names):
+        return ""
+    lines = ["| row | tasks | beats zero-shot | intervals apart | worse beyond the interval | "
+             "mean | mean - LoRAHub | share of the LoRA fine-tune | targets met |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.name in REFERENCES or r.name == "upper":
+            continue
+        done = [t for t in tasks if all(results.get((n, t)) for n in (*REFERENCES, r.name))]
+        if not done:
+            continue
+        iv = {(n, t): interval([x["correct"] for x in results[(n, t)]])
+              for t in done for n in (*REFERENCES, r.name)}
+        z = [iv[("zero_shot", t)] for t in done]
+        x = [iv[(r.name, t)] for t in done]
+        beats = sum(a.mean > b.mean for a, b in zip(x, z, strict=True))
+        apart = sum(a.low > b.high for a, b in zip(x, z, strict=True))
+        worse = [t for t, a, b in zip(done, x, z, strict=True) if a.high < b.low]
+        mean = {n: sum(iv[(n, t)].mean for t in done) / len(done)
+                for n in (*REFERENCES, r.name)}
+        m, gain = mean[r.name], mean[r.name] - mean["lorahub"]
+        share = m / mean["lora_ft"] if mean["lora_ft"] else float("nan")
+        met = [beats >= TARGET_BEATS * len(done), apart >= TARGET_APART * len(done),
+               gain >= TARGET_GAIN, share >= TARGET_SHARE, not worse]
+        lines.append(
+            f"| {r.title} | {len(done)} | {beats} | {apart} | "
+            f"{len(worse)}{' (' + ', '.join(worse) + ')' if worse else ''} | {100 * m:.1f} | "
+            f"{100 * gain:+.1f} | {100 * share:.0f}% | {sum(met)} of 5 |")
+    head = (f"Targets: beats zero-shot on at least {TARGET_BEATS:.0%} of the tasks (10 of 12), "
+            f"intervals apart on at least {TARGET_APART:.0%} (6 of 12), mean at least "
+            f"{100 * TARGET_GAIN:.0f} points above LoRAHub and at least {TARGET_SHARE:.0%} of "
+            "the 5-shot LoRA fine-tune, never below zero-shot beyond the interval.")
+    return head + "\n\n" + "\n".join(lines) if len(lines) > 2 else ""
 
 
 def costs(results: dict[tuple[str, str], list[dict]], rows: Sequence[Row]) -> str:
@@ -353,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.time()
     results = run(rows, tasks, seeds, n_eval, ctx, cached_only=args.cached)
     text = table(results, rows, tasks)
+    goal = targets(results, rows, tasks)
     cost = costs(results, rows)
+    text = text + ("\n\n" + goal if goal else "")
     print("\n" + text + "\n\n" + cost)
     meta = (f"{len(tasks)} tasks, seeds {','.join(map(str, seeds))}, {n_eval} evaluation "
             f"examples, budget {args.budget}; {platform.machine()} CPU, {os.cpu_count()} cores, "

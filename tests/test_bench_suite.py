@@ -203,6 +203,29 @@ def test_rows_are_cached_per_task_and_seed_and_resume(tmp_path, monkeypatch):
         suite.table(part, rows, tasks)
 
 
+def test_targets_count_each_row_against_the_references():
+    """Worked by hand on two tasks of 100 examples, one seed each: zero-shot 50% and 20%,
+    LoRAHub 40% and 20%, the LoRA fine-tune 60% and 40%; the row 70% (70 [60.9, 79.1]: apart
+    from 50 [40.0, 60.0]) and 5% (5 [0.7, 9.3]: wholly below 20 [12.0, 28.0])."""
+    import benchmarks.suite as suite
+
+    def cell(k: int) -> list[dict]:
+        return [{"correct": [1] * k + [0] * (100 - k)}]
+
+    rows = [suite.Row(n, n, lambda *_: []) for n in ("zero_shot", "lorahub", "lora_ft", "mine")]
+    acc = {"zero_shot": (50, 20), "lorahub": (40, 20), "lora_ft": (60, 40), "mine": (70, 5)}
+    res = {(n, t): cell(a[i]) for n, a in acc.items() for i, t in enumerate(("t1", "t2"))}
+    line = next(x for x in suite.targets(res, rows, ["t1", "t2"]).splitlines()
+                if x.startswith("| mine"))
+    # beats 1 of 2 (10 of 12 needed: no), apart on 1 (half: yes), worse on t2 (no), mean
+    # 37.5 = +7.5 over LoRAHub's 30 (yes), 37.5 / 50 = 75% of the fine-tune (no)
+    assert line == "| mine | 2 | 1 | 1 | 1 (t2) | 37.5 | +7.5 | 75% | 2 of 5 |"
+    assert suite.targets(res, rows[1:], ["t1", "t2"]) == ""  # no zero-shot: no targets
+    del res[("lora_ft", "t2")]  # the rows are compared on the tasks the references have
+    assert "| mine | 1 | 1 | 1 | 0 | 70.0 | +30.0 | 117% | 5 of 5 |" in \
+        suite.targets(res, rows, ["t1", "t2"])
+
+
 # --- every row, end to end, on a tiny model -----------------------------------------------------
 @pytest.mark.slow
 def test_every_row_runs_on_a_tiny_library(tiny_llama_dir, tmp_path, monkeypatch):
