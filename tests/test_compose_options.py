@@ -121,7 +121,56 @@ def test_label_check_searches_a_labels_only_shot_in_every_fold(animals, animal_b
     assert sorted(cv.folds) == [[0], [1], [3], [4]] and cv.evaluations == 4 * 4
     assert (cv.always_searched, cv.lone_labels) == ([2], ["no"])
     assert result.lineage.params["cross_validation"]["lone_labels"] == ["no"]
-    assert "never held out, as its label's only example: 'no'" in result.card("x")
+    card = result.card("x")
+    assert "never held out, as its label's only example: 'no'" in card
+    # every held-out shot says "yes": whatever the losses, the check passes no mix
+    assert cv.blind_to == "yes" and result.helps is False and not cv.passes
+    assert result.metrics["check_blind_to"] == "yes"
+    assert "| check passes the mix | no: every example it can hold out is 'yes'" in card
+
+
+def test_cli_refuses_before_searching_where_the_check_could_pass_no_mix(animals, tmp_path):
+    """Four "yes" and one "no" under the defaults: the check could hold out only "yes", so
+    nothing is searched or written (exit 3, before the model loads); --write-anyway
+    searches without a check and the card says why there was none."""
+    import json
+
+    from lorahive.compose.composer.examples import write_examples
+
+    _root, base, good, noise = animals
+    shots = [Example(f"the {w} is big ?", "yes") for w in ("cat", "dog", "cow", "owl")]
+    shots.insert(2, Example("the sun is big ?", "no"))
+    ex = write_examples(tmp_path / "lopsided.jsonl", shots)
+    args = ["compose", "--base", base, "--examples", ex, "--budget", "4", "-c", noise[0],
+            "-c", good]
+    r = _cli(tmp_path / "home", *args, "--out", tmp_path / "no")
+    assert r.exit_code == 3, r.stderr
+    said = r.stdout.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("nothing searched or written: no mix could "
+                                                 "pass the out-of-fold check")
+    assert "every example it can hold out is 'yes'" in said[0]
+    assert "default: no out-of-fold check" in " ".join(r.stderr.split())
+    assert not (tmp_path / "no").exists()
+    r = _cli(tmp_path / "home", *args, "--out", tmp_path / "no", "--json")
+    assert r.exit_code == 3 and not (tmp_path / "no").exists()
+    res = json.loads(r.stdout)
+    assert (res["written"], res["evaluations"], res["check_blind_to"]) == (False, 0, "yes")
+    out = tmp_path / "anyway"
+    r = _cli(tmp_path / "home", *args, "--out", out, "--write-anyway", "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["written"] is True and res["check_blind_to"] == "yes"
+    assert "folds" not in res and res["evaluations"] == 4  # one search, no check
+    card = (out / "README.md").read_text()
+    assert "| out-of-fold check | not run: every example it can hold out is 'yes'" in card
+    # --fine-tune: from the base model, as for a mix the check refused
+    r = _cli(tmp_path / "home", *args, "--out", tmp_path / "ft", "--fine-tune", "2")
+    assert r.exit_code == 0, r.stderr
+    assert "fine-tuned from the base model, as no mix could pass the out-of-fold check" in \
+        " ".join(r.stdout.split())
+    side = json.loads((tmp_path / "ft" / "lorahive.json").read_text())
+    assert side["metrics"]["fine_tune_start"] == "base"
+    assert {p["weight"] for p in side["lineage"]["parents"]} == {0.0}
 
 
 def _loglik(model, tok, prompt: str, answer: str) -> float:
@@ -403,10 +452,19 @@ def test_defaults_follow_the_shots_and_lorahub_turns_them_off():
                 folds=None, retrieve=None)
     assert p.folds is None and any("at least 2 examples" in n for n in p.notes)
     lone = [Example(f"the {w} is big ?", "yes") for w in ("cat", "dog", "cow", "owl")]
+    # four "yes" and one "no": the check could hold out only "yes", so it could pass no mix;
+    # none is run, and nothing will be written unless asked
     p = resolve([*lone, Example("the sun is big ?", "no")], lorahub=False, mode=None,
                 objective=None, labels=[], folds=None, retrieve=None)
-    assert p.objective == "label" and p.folds == FOLDS
-    assert any("(4 folds)" in n and "its label: 'no'" in n for n in p.notes)
+    assert p.objective == "label" and p.folds is None and p.blind_to == "yes"
+    assert any("no out-of-fold check: every example it can hold out is 'yes'" in n
+               for n in p.notes)
+    two = [*lone[:2], Example("the sun is big ?", "no"), Example("the sea is big ?", "no"),
+           Example("the cat is odd ?", "maybe")]  # yes, no held out; "maybe" never
+    p = resolve(two, lorahub=False, mode=None, objective=None, labels=["yes", "no", "maybe"],
+                folds=None, retrieve=None)
+    assert p.folds == FOLDS and p.blind_to is None
+    assert any("(4 folds)" in n and "its label: 'maybe'" in n for n in p.notes)
     p = resolve([lone[0], Example("the sun is big ?", "no")], lorahub=False, mode=None,
                 objective=None, labels=["yes", "no"], folds=None, retrieve=None)
     assert p.folds is None and any("every label has one example" in n for n in p.notes)

@@ -113,8 +113,9 @@ def compose(
         help="Check out of fold first: search on all shots but one fold, score on that fold, "
         "K times (K >= the number of shots: leave-one-out; with a label objective the folds "
         "are stratified by label and a label's only example is never held out); nothing is "
-        "written when no mix beats the base model there (exit status 3). Default: 5; 0: no "
-        "check."),
+        "written when no mix beats the base model there, or when every example it holds out "
+        "has one label (exit status 3). Default: 5, unless that one-label case (then no "
+        "check, and nothing written); 0: no check."),
     write_anyway: bool = typer.Option(
         False, "--write-anyway", help="Write (and publish) the mix even when it does not beat "
         "the base model out of fold."),
@@ -230,6 +231,8 @@ def compose(
     if reuse_output(out, recipe):
         _finish_earlier_run(out, publish, url, token, task, private, json_out)
         return
+    if policy.blind_to is not None and not write_anyway and not fine_tune:
+        _refuse_untested(policy, json_out, ranking)  # before the model loads: nothing to do
     memo = None if route else SearchMemo()
     earlier = None if memo is None or fresh else memo.load(search_key(mode, cands, params))
     _quiet_transformers()
@@ -271,7 +274,9 @@ def compose(
                 bar_id = bar.add_task("search", total=cfg.budget * (1 + n_folds), best="-")
                 result = run(lambda done, _v, best: bar.update(bar_id, completed=done,
                                                                best=f"{best:.4f}"))
-        refused = result.helps is False and not write_anyway
+        if policy.blind_to is not None:  # recorded on the card: why there is no check
+            result.metrics["check_blind_to"] = policy.blind_to
+        refused = (result.helps is False or policy.blind_to is not None) and not write_anyway
         if refused and not fine_tune:
             _refuse(result, json_out, ranking)
         if fine_tune:
@@ -384,18 +389,43 @@ NOT_HELPING = 3  # exit status: the out-of-fold check found no mix worth writing
 
 
 def _refuse(result: ComposeResult, json_out: bool, ranking: list | None) -> None:
-    """No mix beat the base model out of fold: say so in one line, write nothing."""
+    """The check did not pass the mix: say why in one line, write nothing."""
+    from lorahive.compose.composer.folds import blind_reason
+
     cv = result.cross_validation
     assert cv is not None
     if json_out:
         print_json({"out": None, "published": None, "written": False,
                     "retrieval": _ranking_json(ranking), "weights": result.weights,
                     **result.metrics})
+    elif cv.blind_to is not None:
+        console.print(f"the out-of-fold check cannot pass a mix: {blind_reason(cv.blind_to)}; "
+                      "nothing written; --write-anyway writes the mix", soft_wrap=True)
     else:
         console.print(
             f"no mix beats the base model out of fold (loss {cv.objective_out_of_fold:.4f} "
             f"against the base model's {cv.base_objective_out_of_fold:.4f}, {len(cv.folds)} "
             "folds): nothing written; --write-anyway writes the mix", soft_wrap=True)
+    raise typer.Exit(NOT_HELPING)
+
+
+def _refuse_untested(policy: Policy, json_out: bool, ranking: list | None) -> None:
+    """The default check could hold out one label only, so no mix could pass it: say so
+    before searching, write nothing."""
+    from lorahive.compose.composer.folds import blind_reason
+
+    assert policy.blind_to is not None
+    if json_out:
+        print_json({"out": None, "published": None, "written": False,
+                    "retrieval": _ranking_json(ranking), "weights": {}, "evaluations": 0,
+                    "check_blind_to": policy.blind_to})
+    else:
+        for note in policy.notes:
+            err_console.print(f"[dim]default:[/dim] {note}", soft_wrap=True)
+        console.print("nothing searched or written: no mix could pass the out-of-fold check, "
+                      "as " + blind_reason(policy.blind_to) + "; add an example of another "
+                      "label, or --write-anyway searches and writes the mix unchecked",
+                      soft_wrap=True)
     raise typer.Exit(NOT_HELPING)
 
 
@@ -465,12 +495,16 @@ def _print_result(result: ComposeResult, cfg: SearchConfig, out: Path | None,
                       f"composed {cv.objective_out_of_fold:.4f} against the base model's "
                       f"{cv.base_objective_out_of_fold:.4f} (in fold "
                       f"{cv.objective_in_fold:.4f})" + (
-                          "" if cv.beats_base else "; the mix was not used"
-                          if ft and ft["start"] == "base" else "; written as asked"))
+                          ("" if cv.blind_to is None else
+                           f"; every held-out example is {cv.blind_to!r}, so it passes no mix")
+                          + ("" if cv.passes else "; the mix was not used"
+                             if ft and ft["start"] == "base" else "; written as asked")))
     if ft:
         start = "the mix" + (", all zero (A drawn afresh)," if ft["redrawn_A"] else "")
         if ft["start"] == "base":
-            start = "the base model, as no mix beat it out of fold"
+            start = "the base model, as " + (
+                "no mix could pass the out-of-fold check" if metrics.get("check_blind_to")
+                else "no mix beat it out of fold")
         console.print(f"fine-tuned from {start} (not gradient-free): {ft['steps']} steps, "
                       f"loss {ft['loss_first']:.4f} -> {ft['loss_last']:.4f}; objective "
                       f"{ft['objective_start']:.4f} -> {ft['objective']:.4f}")

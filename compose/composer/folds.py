@@ -14,6 +14,12 @@ every mix because of a label the shots cannot test (five shots with one "questio
 four "article"s). Such shots stay in every fold's search; when every label has one shot there
 is no fold to hold out, which ``split_folds`` says.
 
+A check whose held-out shots all have one label (four "yes" and one "no": the "no" is never
+held out) cannot pass a mix: a mix that answers "yes" to everything lowers every held-out
+shot's loss as much as one that learned the task, so its passing says nothing
+(``blind_label``). ``CrossValidation.passes`` is false then, and the default policy does not
+run such a check at all (``compose.composer.policy``).
+
 Out of fold the weight penalty is left out (``l1 = 0``): it is a device of the search, and the
 base model, whose weights are all zero, would never pay it.
 """
@@ -48,6 +54,7 @@ class CrossValidation:
     out_of_fold: list[float] = field(default_factory=list)
     base_out_of_fold: list[float] = field(default_factory=list)
     evaluations: int = 0
+    blind_to: str | None = None  # every held-out shot's one label (``blind_label``)
 
     @property
     def objective_in_fold(self) -> float:
@@ -66,6 +73,12 @@ class CrossValidation:
         """Whether the mixes beat the base model on the shots they were not searched on."""
         return self.objective_out_of_fold < self.base_objective_out_of_fold
 
+    @property
+    def passes(self) -> bool:
+        """Whether the check passes the mix: it beats the base model out of fold, and the
+        held-out shots have more than one label (see ``blind_label``)."""
+        return self.beats_base and self.blind_to is None
+
     def as_dict(self) -> dict[str, Any]:
         return {"folds": self.folds, "always_searched": self.always_searched,
                 "lone_labels": self.lone_labels,
@@ -74,7 +87,8 @@ class CrossValidation:
                 "objective_in_fold": self.objective_in_fold,
                 "objective_out_of_fold": self.objective_out_of_fold,
                 "base_objective_out_of_fold": self.base_objective_out_of_fold,
-                "beats_base": self.beats_base, "evaluations": self.evaluations}
+                "beats_base": self.beats_base, "blind_to": self.blind_to,
+                "passes": self.passes, "evaluations": self.evaluations}
 
 
 def fold_labels(examples: Sequence[Example], labels: Sequence[str] | None
@@ -123,6 +137,23 @@ def never_held(n: int, split: Sequence[Sequence[int]]) -> list[int]:
     return [i for i in range(n) if i not in held]
 
 
+def blind_label(split: Sequence[Sequence[int]], labels: Sequence[str] | None) -> str | None:
+    """The one label of every shot ``split`` holds out, when the shots have other labels too
+    (only as lone shots, never held out): a check that can only see that label cannot tell
+    a mix that learned the task from one that leans to the label. ``None``: no labels, or
+    the held-out shots have two or more."""
+    if labels is None:
+        return None
+    held = {labels[i] for f in split for i in f}
+    return held.pop() if len(held) == 1 and len(set(labels)) > 1 else None
+
+
+def blind_reason(label: str) -> str:
+    """Why a check that holds out only ``label`` cannot pass a mix, in one clause."""
+    return (f"every example it can hold out is {label!r} (another label's only example is "
+            f"never held out), so a mix that answers {label!r} to everything would pass it")
+
+
 def cross_validate(scorer: Scorer, n_weights: int, n_examples: int, cfg: SearchConfig,
                    folds: int, on_eval: Callable[[int, float, float], None] | None = None,
                    labels: Sequence[str] | None = None) -> CrossValidation:
@@ -131,7 +162,8 @@ def cross_validate(scorer: Scorer, n_weights: int, n_examples: int, cfg: SearchC
     objective (stratified folds)."""
     split = split_folds(n_examples, folds, cfg.seed, labels)
     lone = never_held(n_examples, split)
-    cv = CrossValidation(split, lone, [labels[i] for i in lone] if labels else [])
+    cv = CrossValidation(split, lone, [labels[i] for i in lone] if labels else [],
+                         blind_to=blind_label(split, labels))
     zero = torch.zeros(1, n_weights)
     base = replace(scorer.inputs(zero), l1=0.0)
     zero_allowed = cfg.lower <= 0.0 <= cfg.upper

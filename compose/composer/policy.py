@@ -12,7 +12,9 @@ that generalises on a label task from one that fits its shots. So by default
 - shots whose outputs form a label set (at least two labels, twice as many shots as labels) are scored by rank
   classification over that set, which is what a label task's accuracy measures;
 - the mix is checked leave-one-out (``FOLDS`` folds; a label's only shot is never held out)
-  and written only when it beats the base model on the shots it was not searched on.
+  and written only when it beats the base model on the shots it was not searched on. Where
+  every shot the check could hold out has one label, the check could not pass a mix
+  (``folds.blind_label``), so none is run and nothing is written unless asked.
 
 ``--lorahub`` starts from LoRAHub's procedure instead (all of the above off, mode ``ab``);
 options given beside it still apply. Each choice made for the user is explained in one line.
@@ -26,7 +28,13 @@ from dataclasses import dataclass, field
 
 from lorahive.compose.composer.evaluate import label_set
 from lorahive.compose.composer.examples import Example
-from lorahive.compose.composer.folds import fold_labels, never_held, split_folds
+from lorahive.compose.composer.folds import (
+    blind_label,
+    blind_reason,
+    fold_labels,
+    never_held,
+    split_folds,
+)
 from lorahive.hub.errors import InvalidRequestError
 
 RETRIEVE = 8  # candidates kept by retrieval when the pool is larger
@@ -43,6 +51,7 @@ class Policy:
     folds: int | None
     retrieve: int | None  # None: no retrieval (pre-screening caps the pool at 20)
     auto_retrieve: bool = False  # retrieval chosen by default: skipped, not refused, if it can't run
+    blind_to: str | None = None  # the check was not run: it could hold out only this label
     notes: list[str] = field(default_factory=list)
 
 
@@ -68,6 +77,7 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
                          + ", ".join(repr(x) for x in found) + " (--objective answer: "
                          "LoRAHub's answer-token loss)")
     label_list = None
+    blind = None
     if objective == "label":
         label_list = list(labels) or sorted({e.output for e in shots})
     if folds is None and not lorahub:
@@ -81,18 +91,24 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
                 notes.append("no out-of-fold check: every label has one example, and a "
                              "label's only example is never held out")
             else:
-                folds = FOLDS
-                lone = sorted({by[i] for i in never_held(len(shots), split)} if by else ())
-                notes.append(f"checked out of fold ({len(split)} folds) before writing"
-                             + ("; never held out, as the only example of its label: "
-                                + ", ".join(repr(x) for x in lone) if lone else "")
-                             + " (--folds 0: no check)")
+                blind = blind_label(split, by)
+                if blind is not None:
+                    notes.append("no out-of-fold check: " + blind_reason(blind) + "; nothing "
+                                 "is written unless asked (--write-anyway): give a second "
+                                 "example of another label")
+                else:
+                    folds = FOLDS
+                    lone = sorted({by[i] for i in never_held(len(shots), split)} if by else ())
+                    notes.append(f"checked out of fold ({len(split)} folds) before writing"
+                                 + ("; never held out, as the only example of its label: "
+                                    + ", ".join(repr(x) for x in lone) if lone else "")
+                                 + " (--folds 0: no check)")
     auto = retrieve is None and not lorahub
     if auto:
         retrieve = RETRIEVE
     return Policy(mode=mode or "ab", objective=objective,
                   labels=label_list, folds=folds or None, retrieve=retrieve or None,
-                  auto_retrieve=auto, notes=notes)
+                  auto_retrieve=auto, notes=notes, blind_to=blind)
 
 
 def can_embed() -> bool:

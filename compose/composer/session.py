@@ -27,7 +27,13 @@ from lorahive.compose.composer.examples import Example, encode, examples_sha256
 from lorahive.compose.composer.finetune import LR as FT_LR
 from lorahive.compose.composer.finetune import SUFFIX as FT_SUFFIX
 from lorahive.compose.composer.finetune import fine_tune, fine_tune_recipe
-from lorahive.compose.composer.folds import CrossValidation, cross_validate, fold_labels
+from lorahive.compose.composer.folds import (
+    CrossValidation,
+    blind_label,
+    blind_reason,
+    cross_validate,
+    fold_labels,
+)
 from lorahive.compose.composer.memo import RememberedSearch, SearchMemo, files_fingerprint
 from lorahive.compose.composer.mixing import Mixer, install
 from lorahive.compose.composer.model import BaseModel
@@ -150,8 +156,8 @@ class ComposeResult:
 
     @property
     def helps(self) -> bool | None:
-        """Whether a mix beat the base model out of fold (``None``: not checked)."""
-        return None if self.cross_validation is None else self.cross_validation.beats_base
+        """Whether the out-of-fold check passed the mix (``None``: not checked)."""
+        return None if self.cross_validation is None else self.cross_validation.passes
 
     def write(self, out: str | os.PathLike[str]) -> Path:
         """Save the composed adapter (PEFT format) with its lineage sidecar and a model card
@@ -224,6 +230,10 @@ class ComposeResult:
                      ("loss out of fold", cv.objective_out_of_fold),
                      ("base model's loss out of fold", cv.base_objective_out_of_fold),
                      ("beats the base model out of fold", "yes" if cv.beats_base else "no")]
+            if cv.blind_to is not None:
+                rows.append(("check passes the mix", "no: " + blind_reason(cv.blind_to)))
+        elif m.get("check_blind_to") is not None:
+            rows.append(("out-of-fold check", "not run: " + blind_reason(m["check_blind_to"])))
         if self.accuracy is not None:
             rows.append((f"held-out accuracy ({self.accuracy.metric})",
                          f"{self.accuracy.accuracy:.1%} of {self.accuracy.n}"))
@@ -421,6 +431,7 @@ class Composer:
                            objective_out_of_fold=cv.objective_out_of_fold,
                            zero_shot_out_of_fold=cv.base_objective_out_of_fold,
                            beats_base_out_of_fold=cv.beats_base, folds=len(cv.folds),
+                           check_blind_to=cv.blind_to,
                            evaluations_out_of_fold=cv.evaluations)
         if self.mode == "delta":
             metrics["rank"] = adapter.max_rank
@@ -465,6 +476,9 @@ class Composer:
             return None
         if len(kept) < len(self.candidates):
             self._install(kept)
+        cv = found.cross_validation
+        if cv is not None:  # derived, not stored: entries older than the rule have it too
+            cv.blind_to = blind_label(cv.folds, self.fold_labels)
         return found
 
     def _measure(self, metrics: dict[str, Any], energy: dict[str, float],
