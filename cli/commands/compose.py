@@ -118,7 +118,7 @@ def compose(
         "check, and nothing written); 0: no check."),
     write_anyway: bool = typer.Option(
         False, "--write-anyway", help="Write (and publish) the mix even when it does not beat "
-        "the base model out of fold."),
+        "the base model out of fold, or when the check could pass no mix."),
     fine_tune: int = typer.Option(
         0, "--fine-tune", metavar="STEPS", help="After the search, train the composed "
         "adapter on the examples for STEPS full-batch AdamW steps (not gradient-free; the "
