@@ -448,6 +448,15 @@ def test_defaults_follow_the_shots_and_lorahub_turns_them_off():
     p = resolve(same, lorahub=False, mode=None, objective=None, labels=[], folds=None,
                 retrieve=None)
     assert p.objective is None and p.labels is None  # one answer repeated: not a label set
+    assert not any(n.startswith("objective answer") for n in p.notes)
+    topics = [Example(f"q{i}", t) for i, t in enumerate(("film", "book", "film", "cash", "joy"))]
+    p = resolve(topics, lorahub=False, mode=None, objective=None, labels=[], folds=None,
+                retrieve=None)  # four topics among five shots: maybe labels, only a hint
+    assert p.objective is None and p.folds == FOLDS
+    assert p.notes[0] == ("objective answer: the outputs repeat ('film' twice), but 4 "
+                          "distinct outputs among 5 examples are too few to take for a label "
+                          "set; if they are labels, --labels with the whole set scores them "
+                          "as labels")
     p = resolve(labelled[:1], lorahub=False, mode=None, objective=None, labels=[],
                 folds=None, retrieve=None)
     assert p.folds is None and any("at least 2 examples" in n for n in p.notes)

@@ -23,6 +23,7 @@ options given beside it still apply. Each choice made for the user is explained 
 from __future__ import annotations
 
 import importlib.util
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +77,10 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
             notes.append("objective label: the examples' outputs form the label set "
                          + ", ".join(repr(x) for x in found) + " (--objective answer: "
                          "LoRAHub's answer-token loss)")
+        else:
+            hint = label_hint(shots)
+            if hint:
+                notes.append(hint)
     label_list = None
     blind = None
     if objective == "label":
@@ -109,6 +114,22 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
     return Policy(mode=mode or "ab", objective=objective,
                   labels=label_list, folds=folds or None, retrieve=retrieve or None,
                   auto_retrieve=auto, notes=notes, blind_to=blind)
+
+
+def label_hint(shots: Sequence[Example]) -> str | None:
+    """A line for outputs that repeat but are too few to be taken for a label set (four
+    topics among five shots): they may be labels, and only the user can say so. Under the
+    answer objective the check passes a mix that gives every input the repeated answer
+    (docs/compose.md)."""
+    counts = Counter(e.output for e in shots)
+    repeated = sorted(o for o, n in counts.items() if n > 1)
+    if len(counts) < 2 or not repeated:
+        return None
+    times = ", ".join(f"{o!r} {'twice' if counts[o] == 2 else f'{counts[o]} times'}"
+                      for o in repeated)
+    return (f"objective answer: the outputs repeat ({times}), but {len(counts)} distinct "
+            f"outputs among {len(shots)} examples are too few to take for a label set; if "
+            "they are labels, --labels with the whole set scores them as labels")
 
 
 def can_embed() -> bool:
