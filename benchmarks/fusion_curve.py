@@ -36,7 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.smollm2 import CACHE
+
 SIZES = (4, 8, 14, 20)
+# every scored row, kept beside the library it scores so a rerun resumes from any directory
+ROWS = CACHE / "fusion-curve" / "rows.json"
 WEIGHT = "weight"  # pseudo-parameter: the uniform weight given to every adapter
 
 # Default settings: the method's own defaults; a required density is set to 0.5, the value
@@ -209,11 +213,15 @@ class Subset:
                 out[task.name] = x
         return out
 
-    def run(self, method: Any, grid: Sequence[dict[str, Any]] | None) -> list[Scored]:
-        """The default setting and (with a grid) the one tuned on validation, both on test."""
+    def run(self, method: Any, grid: Sequence[dict[str, Any]] | None,
+            default: bool = True) -> list[Scored]:
+        """The default setting (unless ``default`` is false: an earlier run scored it) and,
+        with a grid, the one tuned on validation, both on test."""
         params = default_params(method)
-        ad, secs = self.fused(method.name, params)
-        rows = [Scored(method.name, "default", params, self.score(ad, "test"), secs)]
+        rows = []
+        if default:
+            ad, secs = self.fused(method.name, params)
+            rows.append(Scored(method.name, "default", params, self.score(ad, "test"), secs))
         if grid:
             def validate(p: dict[str, Any]) -> float:
                 scores = self.score(self.fused(method.name, {**params, **p})[0], "validation")
@@ -234,9 +242,10 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
               ) -> list[dict[str, Any]]:
     """Every (size, subset, method, setting) with its per-task normalised test scores.
 
-    ``done``: rows of an earlier run; a (size, subset, method) they hold for the same tasks
-    is not run again. ``on_rows`` gets every row so far after each method (to save them),
-    so an interrupted run resumes."""
+    ``done``: rows of an earlier run; a (size, subset, method, setting) they hold for the
+    same tasks is not run again, so a run with ``tune=False`` can be extended by one that
+    tunes. ``on_rows`` gets every row so far after each method (to save them), so an
+    interrupted run resumes."""
     from lorahive.compose.fusion import all_methods, get_method
 
     ms = [get_method(m) for m in methods] if methods else all_methods()
@@ -244,14 +253,18 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
     own: dict[tuple[str, str], float] = {}
     adapters: dict[str, Any] = {}
     rows: list[dict[str, Any]] = list(done)
-    have = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"]) for r in done}
+    have = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"], r["setting"])
+            for r in done}
     for size in sizes:
         for i, names in enumerate(sample_subsets(list(by_name), size, subsets, seed)):
             sub = Subset([by_name[n] for n in names], own, adapters)
             for m in ms:
-                if (size, i, tuple(names), m.name) in have:
+                key = (size, i, tuple(names), m.name)
+                grid = GRIDS.get(m.name) if tune else None
+                default = (*key, "default") not in have
+                if not default and (not grid or (*key, "tuned") in have):
                     continue
-                for r in sub.run(m, GRIDS.get(m.name) if tune else None):
+                for r in sub.run(m, None if (*key, "tuned") in have else grid, default):
                     rows.append({"size": size, "subset": i, "tasks": list(names), **r.__dict__})
                     mean = statistics.fmean(r.normalised.values()) if r.normalised else math.nan
                     log(f"size {size} subset {i} {m.name} {r.setting} {r.params}: "
@@ -363,8 +376,8 @@ def main() -> None:
     p.add_argument("--methods", default="", help="comma-separated (default: every method)")
     p.add_argument("--no-tune", action="store_true", help="default settings only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rows", type=Path, default=Path("fusion_curve_rows.json"),
-                   help="where every scored row is written")
+    p.add_argument("--rows", type=Path, default=ROWS,
+                   help=f"where every scored row is written (default {ROWS})")
     p.add_argument("--fresh", action="store_true", help="ignore the rows of an earlier run")
     p.add_argument("--write-standings", action="store_true",
                    help="replace compose/fusion/standings.json with this run's standings")

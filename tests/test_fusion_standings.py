@@ -151,3 +151,33 @@ def test_an_interrupted_curve_resumes(tiny_llama_dir, tmp_path):
     assert [r["method"] for r in again] == ["task_arithmetic", "ties"]
     assert again[1]["normalised"] == full[1]["normalised"]
     assert calls == [3, 3, 3, 3]  # two own-adapter scores, then the fused one per task
+
+
+def test_a_default_only_curve_is_extended_by_a_tuned_run(tiny_llama_dir, tmp_path):
+    """Rows of a ``tune=False`` run are kept; a tuned rerun adds each method's tuned row
+    without fusing or scoring the default setting again."""
+    from benchmarks.fusion_curve import GRIDS, CurveTask, run_curve
+
+    fused = []
+
+    def scorer(adapter, examples):
+        if adapter is not None:
+            fused.append(len(examples))
+        return 0.5 if adapter is None else 0.6
+
+    tasks = [CurveTask(f"t{i}", make_peft_adapter(tiny_llama_dir, tmp_path / f"t{i}",
+                                                  seed=90 + i), [1, 2], [1, 2, 3], scorer)
+             for i in range(2)]
+    plain = run_curve(tasks, [2], 1, ["task_arithmetic"], tune=False, log=lambda _: None)
+    assert [r["setting"] for r in plain] == ["default"]
+    fused.clear()
+    both = run_curve(tasks, [2], 1, ["task_arithmetic"], tune=True, log=lambda _: None,
+                     done=plain)
+    assert [r["setting"] for r in both] == ["default", "tuned"] and both[0] == plain[0]
+    grid = len(GRIDS["task_arithmetic"])
+    # each task's own adapter on validation (2 examples) and test (3), a validation score
+    # per grid point, the tuned setting on test; the default setting would add two 3s
+    assert fused.count(2) == 2 + 2 * grid and fused.count(3) == 2 + 2
+    again = run_curve(tasks, [2], 1, ["task_arithmetic"], tune=True, log=lambda _: None,
+                      done=both)
+    assert again == both
