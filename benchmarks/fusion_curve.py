@@ -360,6 +360,7 @@ def standings_path() -> Path:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(rows, indent=1))
     tmp.replace(path)

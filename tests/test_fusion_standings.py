@@ -181,3 +181,13 @@ def test_a_default_only_curve_is_extended_by_a_tuned_run(tiny_llama_dir, tmp_pat
     again = run_curve(tasks, [2], 1, ["task_arithmetic"], tune=True, log=lambda _: None,
                       done=both)
     assert again == both
+
+
+def test_curve_rows_are_written_where_no_folder_exists_yet(tmp_path):
+    """The first run on a fresh machine saves its rows under a cache folder it creates."""
+    from benchmarks.fusion_curve import _write_rows
+
+    path = tmp_path / "cache" / "fusion-curve" / "rows.json"
+    _write_rows(path, [{"size": 4}])
+    assert json.loads(path.read_text()) == [{"size": 4}]
+    assert [p.name for p in path.parent.iterdir()] == ["rows.json"]
