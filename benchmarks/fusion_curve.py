@@ -309,6 +309,18 @@ def standings_from(aggregates: Sequence[dict[str, Any]], evidence: str):
     return Standings(rows, evidence, seed_table=False)
 
 
+def measured(rows: Sequence[dict[str, Any]]) -> str:
+    """What the rows cover, for the standings' evidence line: sizes and subsets per size,
+    and whether any setting was tuned (a resumed run may hold more than its arguments)."""
+    per: dict[int, set[int]] = {}
+    for r in rows:
+        per.setdefault(r["size"], set()).add(r["subset"])
+    sizes = ", ".join(f"{k} ({len(v)} subset{'s' * (len(v) != 1)})"
+                      for k, v in sorted(per.items()))
+    tuned = any(r["setting"] == "tuned" for r in rows)
+    return f"sizes {sizes}, {'default and tuned settings' if tuned else 'default settings'}"
+
+
 def print_table(aggregates: Sequence[dict[str, Any]]) -> None:
     print("| inputs | method | setting | params | mean normalised | 95% interval | n | "
           "fuse (s) |")
@@ -402,10 +414,9 @@ def main() -> None:
     agg = aggregate(rows)
     print_table(agg)
     examples = {len(t.test) for t in tasks}
-    evidence = (f"benchmarks/fusion_curve.py: {len(tasks)} task adapters, sizes "
-                f"{a.sizes}, {a.subsets} random subsets per size, "
-                f"{min(examples)}-{max(examples)} test examples per task; n counts "
-                "normalised task scores")
+    evidence = (f"benchmarks/fusion_curve.py: {len(tasks)} task adapters; "
+                f"{measured(rows)}; {min(examples)}-{max(examples)} test examples per task; "
+                "n counts normalised task scores")
     if a.write_standings:
         st.write(standings_from([x for x in agg if x["setting"] == "default"]
                                 + [x for x in agg if x["setting"] == "tuned"], evidence),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.fusion_curve import aggregate, select_setting, standings_from
+from benchmarks.fusion_curve import aggregate, measured, select_setting, standings_from
 from lorahive.compose.fusion import METHODS, standings
 from lorahive.compose.fusion.standings import FALLBACK, Standing, Standings, parse
 from lorahive.hub.errors import InvalidRequestError
@@ -97,6 +97,7 @@ def test_aggregate_and_standings_from_curve_rows(tmp_path):
     assert tsv["n"] == 4 and tsv["subsets"] == 2
     assert tsv["mean"] == pytest.approx((0.85 + 0.9) / 2)  # the subset means' mean
     assert tsv["ci95"][0] < tsv["mean"] < tsv["ci95"][1]
+    assert measured(rows) == "sizes 4 (2 subsets), default settings"
     st = standings_from(agg, "unit rows")
     standings.write(st, tmp_path / "s.json")
     again = parse(json.loads((tmp_path / "s.json").read_text()))
