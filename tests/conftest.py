@@ -21,6 +21,15 @@ import pytest  # noqa: E402
 from tests.models import make_peft_adapter, save_tiny_llama, save_tiny_t5  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _bnb_reference_kernels():
+    """bitsandbytes' generic 4-bit code where its native CPU kernels are wrong (AVX-512;
+    tests/bnb_reference.py)."""
+    from tests.bnb_reference import use_generic_kernels_where_native_ones_are_wrong
+
+    use_generic_kernels_where_native_ones_are_wrong()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     """A saved Llama-style checkpoint (safetensors + config), fixed seed."""
