@@ -261,10 +261,11 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
             for m in ms:
                 key = (size, i, tuple(names), m.name)
                 grid = GRIDS.get(m.name) if tune else None
-                default = (*key, "default") not in have
-                if not default and (not grid or (*key, "tuned") in have):
+                want_default = (*key, "default") not in have
+                want_tuned = bool(grid) and (*key, "tuned") not in have
+                if not (want_default or want_tuned):
                     continue
-                for r in sub.run(m, None if (*key, "tuned") in have else grid, default):
+                for r in sub.run(m, grid if want_tuned else None, want_default):
                     rows.append({"size": size, "subset": i, "tasks": list(names), **r.__dict__})
                     mean = statistics.fmean(r.normalised.values()) if r.normalised else math.nan
                     log(f"size {size} subset {i} {m.name} {r.setting} {r.params}: "
