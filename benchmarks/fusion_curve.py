@@ -15,6 +15,7 @@ function ``module:function`` returns that list:
 
     python -m benchmarks.fusion_curve run --tasks benchmarks.library:curve_tasks \\
         [--sizes 4,8,14,20] [--subsets 3] [--methods ...] [--write-standings]
+    python -m benchmarks.fusion_curve table    # the saved rows as a method x size table
     python -m benchmarks.fusion_curve seed     # the seed standings from the 4-adapter table
 
 Statistics: the interval is a Student-t interval over the subset means (the subset, fused into
@@ -24,6 +25,7 @@ one adapter, is the unit that repeats), or over the task scores when a size has 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import itertools
 import json
@@ -170,6 +172,24 @@ def select_setting(grid: Sequence[dict[str, Any]],
     return best
 
 
+def adapter_digest(adapter: Any) -> str:
+    """A fused adapter's identity: a hash of its modules' factors and scales. A tuned setting
+    that is the default's (the grids hold the defaults) fuses the same factors again, and
+    its test scores are the default row's."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(adapter.modules):
+        m = adapter.modules[name]
+        h.update(f"{name}|{m.scale!r}|{m.kind}|{m.fan_in_fan_out}|".encode())
+        for t in (m.A, m.B, m.magnitude):
+            if t is not None:
+                t = t.detach().cpu().contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 @dataclass
 class Subset:
     """Fuses and scores one task subset; own-adapter scores are shared across subsets."""
@@ -177,6 +197,7 @@ class Subset:
     tasks: list[CurveTask]
     own: dict[tuple[str, str], float]  # (task, split) -> own adapter accuracy
     adapters: dict[str, Any] = field(default_factory=dict)
+    scored: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 
     def load(self) -> list[Any]:
         from lorahive.hub.peft_format import load_peft
@@ -204,6 +225,14 @@ class Subset:
         return res.adapter, time.perf_counter() - t
 
     def score(self, adapter: Any, split: str) -> dict[str, float]:
+        """Each task's normalised accuracy; an adapter already scored on ``split`` (the same
+        factors from another method or setting) is not scored again."""
+        key = (adapter_digest(adapter), split)
+        if key not in self.scored:
+            self.scored[key] = self._score(adapter, split)
+        return dict(self.scored[key])
+
+    def _score(self, adapter: Any, split: str) -> dict[str, float]:
         out = {}
         for task in self.tasks:
             own = self.own_score(task, split)
@@ -333,6 +362,36 @@ def print_table(aggregates: Sequence[dict[str, Any]]) -> None:
               f"{a['fuse_seconds']:.2f} |")
 
 
+def print_curve(aggregates: Sequence[dict[str, Any]], setting: str = "default") -> None:
+    """One row a method, one column a size (mean normalised accuracy [95% interval]), sorted
+    by the mean at the largest size; the last column is the fuse time there."""
+    ags = [a for a in aggregates if a["setting"] == setting]
+    if not ags:
+        print(f"no rows with the {setting} setting")
+        return
+    sizes = sorted({a["inputs"] for a in ags}, reverse=True)
+    cell = {(a["method"], a["inputs"]): a for a in ags}
+    subsets = {k: max(a["subsets"] for a in ags if a["inputs"] == k) for k in sizes}
+    top = sizes[0]
+
+    def rank(method: str) -> tuple[float, ...]:  # by the largest size, then the next
+        return tuple(-cell[method, k]["mean"] if (method, k) in cell else math.inf
+                     for k in sizes)
+
+    heads = [f"{k} inputs ({subsets[k]} subset{'s' * (subsets[k] != 1)})" for k in sizes]
+    print("| method | " + " | ".join(heads) + f" | fuse at {top} (s) |")
+    print("|---|" + "---|" * len(sizes) + "---:|")
+    for m in sorted({a["method"] for a in ags}, key=lambda m: (rank(m), m)):
+        cells = []
+        for k in sizes:
+            a = cell.get((m, k))
+            ci = (f" [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]" if a and a["ci95"] else "")
+            cells.append(f"{a['mean']:.2f}{ci}" if a else "-")
+        t = cell.get((m, top))
+        secs = f"{t['fuse_seconds']:.2f}" if t else "-"
+        print(f"| {m} | " + " | ".join(cells) + f" | {secs} |")
+
+
 # the seed table ----------------------------------------------------------------------------
 # Per-task normalised scores of the one quality run recorded in docs/benchmarks.md (Fusion,
 # 2026-11-23: `python -m benchmarks.fusion quality --threads 1 --n-eval 30`): 4 SmolLM2-135M
@@ -383,7 +442,7 @@ def main() -> None:
     from lorahive.compose.fusion import standings as st
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["run", "seed"])
+    p.add_argument("part", choices=["run", "table", "seed"])
     p.add_argument("--tasks", help="module:function returning a list of CurveTask")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--subsets", type=int, default=3)
@@ -395,7 +454,16 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="ignore the rows of an earlier run")
     p.add_argument("--write-standings", action="store_true",
                    help="replace compose/fusion/standings.json with this run's standings")
+    p.add_argument("--setting", choices=["default", "tuned"], default="default",
+                   help="table: which setting's scores")
     a = p.parse_args()
+    if a.part == "table":
+        if not a.rows.exists():
+            raise SystemExit(f"no rows at {a.rows}: run the curve first")
+        rows = json.loads(a.rows.read_text())
+        print(f"{a.rows}: {measured(rows)}")
+        print_curve(aggregate(rows), a.setting)
+        return
     if a.part == "seed":
         st.write(seed_standings(), standings_path())
         print(f"wrote {standings_path()}")

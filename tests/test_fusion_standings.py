@@ -192,3 +192,53 @@ def test_curve_rows_are_written_where_no_folder_exists_yet(tmp_path):
     _write_rows(path, [{"size": 4}])
     assert json.loads(path.read_text()) == [{"size": 4}]
     assert [p.name for p in path.parent.iterdir()] == ["rows.json"]
+
+
+def test_an_adapter_fused_twice_is_scored_once(tiny_llama_dir, tmp_path):
+    """A tuned setting that is the default's fuses the same factors again: its test scores
+    are reused, not recomputed; other factors are scored."""
+    from benchmarks.fusion_curve import CurveTask, Subset, adapter_digest
+
+    fused = []
+
+    def scorer(adapter, examples):
+        if adapter is None:
+            return 0.5
+        fused.append(adapter_digest(adapter))
+        return 0.5 + 0.1 * float(sum(m.B.abs().sum() for m in adapter.modules.values()) % 1)
+
+    tasks = [CurveTask(f"t{i}", make_peft_adapter(tiny_llama_dir, tmp_path / f"t{i}",
+                                                  seed=70 + i), [1], [1, 2], scorer)
+             for i in range(2)]
+    sub = Subset(list(tasks), {})
+    for t in tasks:  # each task's own adapter, scored once per split
+        sub.own_score(t, "test"), sub.own_score(t, "validation")
+    fused.clear()
+    half = sub.score(sub.fused("ties", {"density": 0.5})[0], "test")
+    assert len(fused) == 2
+    assert sub.score(sub.fused("ties", {"density": 0.5})[0], "test") == half
+    assert len(fused) == 2  # the same factors: not scored again
+    assert sub.score(sub.fused("ties", {"density": 0.5})[0], "validation") != {}
+    assert sub.score(sub.fused("ties", {"density": 0.8})[0], "test") != half
+    assert len(fused) == 6 and len(set(fused)) == 2
+    # the digest is of the factors: linear and lorahub compute close deltas from other factors
+    lin, hub = (adapter_digest(sub.fused(m, {})[0]) for m in ("linear", "lorahub"))
+    assert lin != hub and lin == adapter_digest(sub.fused("linear", {})[0])
+
+
+def test_curve_table_has_a_column_per_size_sorted_by_the_largest(capsys):
+    from benchmarks.fusion_curve import aggregate, print_curve
+
+    def row(size, method, scores, setting="default"):
+        return {"size": size, "subset": 0, "method": method, "setting": setting, "params": {},
+                "normalised": dict(enumerate(scores)), "fuse_seconds": 0.25}
+
+    print_curve(aggregate([row(4, "tsv", [0.9, 0.8]), row(8, "tsv", [0.5, 0.6]),
+                           row(4, "ties", [0.7, 0.7]), row(8, "ties", [0.6, 0.7]),
+                           row(4, "cart", [1.0, 1.0]), row(8, "cart", [0.1, 0.2], "tuned")]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| method | 8 inputs (1 subset) | 4 inputs (1 subset) "
+                        "| fuse at 8 (s) |")
+    assert [x.split(" | ")[0] for x in lines[2:]] == ["| ties", "| tsv", "| cart"]
+    assert lines[2] == "| ties | 0.65 [0.01, 1.29] | 0.70 [0.70, 0.70] | 0.25 |"
+    assert lines[4] == "| cart | - | 1.00 [1.00, 1.00] | - |"  # its 8-input row is tuned
