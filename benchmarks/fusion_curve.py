@@ -5,7 +5,11 @@ with every method in ``lorahive methods``, once with default parameters and once
 setting tuned on the validation split (never the test split); every task of the subset is then
 scored on its test examples with the fused adapter, and the accuracy is divided by that task's
 own adapter's test accuracy. Per size and method: the mean normalised accuracy with a 95%
-interval, the number of scores and the fuse time. The default-parameter standings are written
+interval, the number of scores and the fuse time. The mean is over the tasks whose own adapter
+is an expert (``MIN_GAIN`` above the base model on the test split): the papers normalise by
+fine-tuned models that learned their task, and a ratio to an adapter near zero (a library
+adapter that did not learn its format) is noise that can swamp the mean. Every adapter of a
+subset is fused whatever its standing; ``--all-tasks`` shows the mean over every task. The default-parameter standings are written
 as ``compose/fusion/standings.json`` (what ``lorahive fuse`` picks its default method from).
 
 The library is given as a list of ``CurveTask``: a name, the task's own adapter directory, its
@@ -33,7 +37,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,10 @@ from benchmarks.smollm2 import CACHE
 SIZES = (4, 8, 14, 20)
 # every scored row, kept beside the library it scores so a rerun resumes from any directory
 ROWS = CACHE / "fusion-curve" / "rows.json"
+# each task's test accuracy with its own adapter and with the base model alone
+EXPERTS = CACHE / "fusion-curve" / "experts.json"
+# how far a task's own adapter must be above the base model to normalise by it
+MIN_GAIN = 0.10
 WEIGHT = "weight"  # pseudo-parameter: the uniform weight given to every adapter
 
 # Default settings: the method's own defaults; a required density is set to 0.5, the value
@@ -108,6 +116,28 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, tuple[float, float] | Non
 def normalise(accuracy: float, own: float) -> float | None:
     """Accuracy relative to the task's own adapter; ``None`` when the own adapter scores 0."""
     return accuracy / own if own > 0 else None
+
+
+def expert_scores(tasks: Sequence[CurveTask], path: Path,
+                  log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+    """Per task, test accuracy with its own adapter and with the base model alone; cached in
+    ``path`` (a task is scored again when its test split changed size)."""
+    from lorahive.hub.peft_format import load_peft
+
+    have = json.loads(path.read_text()) if path.exists() else {}
+    for t in tasks:
+        if have.get(t.name, {}).get("examples") == len(t.test):
+            continue
+        own = t.scorer(load_peft(t.adapter_dir), t.test)
+        have[t.name] = {"own": own, "base": t.scorer(None, t.test), "examples": len(t.test)}
+        _write_json(path, have)
+        log(f"{t.name}: own adapter {own:.2f}, base model {have[t.name]['base']:.2f}")
+    return {t.name: have[t.name] for t in tasks}
+
+
+def experts(scores: dict[str, dict[str, float]], min_gain: float = MIN_GAIN) -> set[str]:
+    """The tasks whose own adapter is at least ``min_gain`` above the base model."""
+    return {n for n, s in scores.items() if s["own"] - s["base"] >= min_gain - 1e-9}
 
 
 def sample_subsets(names: Sequence[str], size: int, count: int, seed: int
@@ -267,19 +297,20 @@ class Subset:
 def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
               methods: Sequence[str] | None = None, seed: int = 0, tune: bool = True,
               log: Callable[[str], None] = print, done: Sequence[dict[str, Any]] = (),
-              on_rows: Callable[[list[dict[str, Any]]], None] | None = None
-              ) -> list[dict[str, Any]]:
+              on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+              own_test: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Every (size, subset, method, setting) with its per-task normalised test scores.
 
     ``done``: rows of an earlier run; a (size, subset, method, setting) they hold for the
     same tasks is not run again, so a run with ``tune=False`` can be extended by one that
     tunes. ``on_rows`` gets every row so far after each method (to save them), so an
-    interrupted run resumes."""
+    interrupted run resumes. ``own_test``: each task's own-adapter test accuracy, when known
+    (``expert_scores``), so it is not scored again."""
     from lorahive.compose.fusion import all_methods, get_method
 
     ms = [get_method(m) for m in methods] if methods else all_methods()
     by_name = {t.name: t for t in tasks}
-    own: dict[tuple[str, str], float] = {}
+    own = {(n, "test"): acc for n, acc in (own_test or {}).items()}
     adapters: dict[str, Any] = {}
     rows: list[dict[str, Any]] = list(done)
     have = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"], r["setting"])
@@ -304,14 +335,19 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
     return rows
 
 
-def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (size, method, setting): mean normalised score, 95% interval, n, fuse time."""
+def aggregate(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None
+              ) -> list[dict[str, Any]]:
+    """Per (size, method, setting): mean normalised score, 95% interval, n, fuse time; with
+    ``keep``, only those tasks' scores count (a row with none of them is left out)."""
     groups: dict[tuple[int, str, str], dict[int, list[float]]] = {}
     times: dict[tuple[int, str, str], list[float]] = {}
     params: dict[tuple[int, str, str], list[str]] = {}
     for r in rows:
         key = (r["size"], r["method"], r["setting"])
-        groups.setdefault(key, {}).setdefault(r["subset"], []).extend(r["normalised"].values())
+        vals = [v for k, v in r["normalised"].items() if keep is None or k in keep]
+        if not vals:
+            continue
+        groups.setdefault(key, {}).setdefault(r["subset"], []).extend(vals)
         times.setdefault(key, []).append(r["fuse_seconds"])
         params.setdefault(key, []).append(json.dumps(r["params"], sort_keys=True))
     out = []
@@ -349,6 +385,14 @@ def measured(rows: Sequence[dict[str, Any]]) -> str:
                       for k, v in sorted(per.items()))
     tuned = any(r["setting"] == "tuned" for r in rows)
     return f"sizes {sizes}, {'default and tuned settings' if tuned else 'default settings'}"
+
+
+def scope(keep: Container[str] | None, min_gain: float) -> str:
+    """Which tasks the means are over, in words."""
+    if keep is None:
+        return "means over every task"
+    return (f"means over the {len(keep)} tasks whose own adapter is at least "
+            f"{min_gain * 100:.0f} points above the base model")
 
 
 def print_table(aggregates: Sequence[dict[str, Any]]) -> None:
@@ -431,10 +475,10 @@ def standings_path() -> Path:
     return Path(__file__).resolve().parents[1] / "compose" / "fusion" / "standings.json"
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.write_text(json.dumps(obj, indent=1))
     tmp.replace(path)
 
 
@@ -456,13 +500,25 @@ def main() -> None:
                    help="replace compose/fusion/standings.json with this run's standings")
     p.add_argument("--setting", choices=["default", "tuned"], default="default",
                    help="table: which setting's scores")
+    p.add_argument("--experts", type=Path, default=EXPERTS,
+                   help=f"each task's own-adapter and base-model test accuracy (default {EXPERTS})")
+    p.add_argument("--min-gain", type=float, default=MIN_GAIN,
+                   help="a task counts when its own adapter is this far above the base model")
+    p.add_argument("--all-tasks", action="store_true",
+                   help="average over every task, experts or not")
     a = p.parse_args()
     if a.part == "table":
         if not a.rows.exists():
             raise SystemExit(f"no rows at {a.rows}: run the curve first")
         rows = json.loads(a.rows.read_text())
-        print(f"{a.rows}: {measured(rows)}")
-        print_curve(aggregate(rows), a.setting)
+        keep = None
+        if not a.all_tasks:
+            if not a.experts.exists():
+                raise SystemExit(f"no expert scores at {a.experts}: run the curve (or pass "
+                                 "--all-tasks)")
+            keep = experts(json.loads(a.experts.read_text()), a.min_gain)
+        print(f"{a.rows}: {measured(rows)}; {scope(keep, a.min_gain)}")
+        print_curve(aggregate(rows, keep), a.setting)
         return
     if a.part == "seed":
         st.write(seed_standings(), standings_path())
@@ -474,18 +530,25 @@ def main() -> None:
     tasks = getattr(importlib.import_module(mod), fn)()
     sizes = [int(x) for x in a.sizes.split(",")]
     t0 = time.perf_counter()
+    scores = expert_scores(tasks, a.experts)
+    keep = None if a.all_tasks else experts(scores, a.min_gain)
+    if keep is not None:
+        print(f"experts: {len(keep)} of {len(tasks)} tasks; the others (own adapter less than "
+              f"{a.min_gain * 100:.0f} points above the base model): "
+              + ", ".join(sorted(set(scores) - keep)))
     done = json.loads(a.rows.read_text()) if a.rows.exists() and not a.fresh else []
     if done:
         print(f"resuming: {len(done)} rows from {a.rows} are kept (--fresh starts over)")
     rows = run_curve(tasks, sizes, a.subsets, [m for m in a.methods.split(",") if m],
                      a.seed, not a.no_tune, done=done,
-                     on_rows=lambda rs: _write_rows(a.rows, rs))
-    agg = aggregate(rows)
+                     on_rows=lambda rs: _write_json(a.rows, rs),
+                     own_test={n: s["own"] for n, s in scores.items()})
+    agg = aggregate(rows, keep)
     print_table(agg)
     examples = {len(t.test) for t in tasks}
     evidence = (f"benchmarks/fusion_curve.py: {len(tasks)} task adapters; "
                 f"{measured(rows)}; {min(examples)}-{max(examples)} test examples per task; "
-                "n counts normalised task scores")
+                f"{scope(keep, a.min_gain)}; n counts normalised task scores")
     if a.write_standings:
         st.write(standings_from([x for x in agg if x["setting"] == "default"]
                                 + [x for x in agg if x["setting"] == "tuned"], evidence),

@@ -186,10 +186,10 @@ def test_a_default_only_curve_is_extended_by_a_tuned_run(tiny_llama_dir, tmp_pat
 
 def test_curve_rows_are_written_where_no_folder_exists_yet(tmp_path):
     """The first run on a fresh machine saves its rows under a cache folder it creates."""
-    from benchmarks.fusion_curve import _write_rows
+    from benchmarks.fusion_curve import _write_json
 
     path = tmp_path / "cache" / "fusion-curve" / "rows.json"
-    _write_rows(path, [{"size": 4}])
+    _write_json(path, [{"size": 4}])
     assert json.loads(path.read_text()) == [{"size": 4}]
     assert [p.name for p in path.parent.iterdir()] == ["rows.json"]
 
@@ -242,3 +242,34 @@ def test_curve_table_has_a_column_per_size_sorted_by_the_largest(capsys):
     assert [x.split(" | ")[0] for x in lines[2:]] == ["| ties", "| tsv", "| cart"]
     assert lines[2] == "| ties | 0.65 [0.01, 1.29] | 0.70 [0.70, 0.70] | 0.25 |"
     assert lines[4] == "| cart | - | 1.00 [1.00, 1.00] | - |"  # its 8-input row is tuned
+
+
+def test_means_count_only_tasks_whose_own_adapter_learned_them(tiny_llama_dir, tmp_path):
+    """Own-adapter and base-model test accuracies are scored once and cached; a task whose
+    adapter is not ``min_gain`` above the base model is left out of the means."""
+    from benchmarks.fusion_curve import CurveTask, aggregate, expert_scores, experts
+
+    calls = []
+    acc = {"good": (0.9, 0.3), "weak": (0.05, 0.0), "flat": (0.55, 0.5)}  # (own, base)
+
+    def scorer_of(name):
+        def scorer(adapter, examples):
+            calls.append(name)
+            return acc[name][adapter is None]
+        return scorer
+
+    tasks = [CurveTask(n, make_peft_adapter(tiny_llama_dir, tmp_path / n, seed=60 + i),
+                       [1], [1, 2], scorer_of(n)) for i, n in enumerate(acc)]
+    path = tmp_path / "cache" / "experts.json"
+    got = expert_scores(tasks, path, log=lambda _: None)
+    assert got["good"] == {"own": 0.9, "base": 0.3, "examples": 2} and len(calls) == 6
+    assert expert_scores(tasks, path, log=lambda _: None) == got and len(calls) == 6
+    assert experts(got) == {"good"} and experts(got, 0.05) == {"good", "flat", "weak"}
+    rows = [{"size": 3, "subset": 0, "method": "tsv", "setting": "default", "params": {},
+             "normalised": {"good": 0.8, "weak": 6.0, "flat": 0.9}, "fuse_seconds": 0.1},
+            {"size": 3, "subset": 1, "method": "tsv", "setting": "default", "params": {},
+             "normalised": {"weak": 2.0}, "fuse_seconds": 0.1}]
+    everything, = aggregate(rows)
+    only, = aggregate(rows, experts(got))
+    assert everything["n"] == 4 and only["n"] == 1 and only["subsets"] == 1
+    assert only["mean"] == pytest.approx(0.8)
