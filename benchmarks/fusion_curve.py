@@ -360,6 +360,16 @@ def aggregate(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None
     return out
 
 
+def complete_sizes(aggregates: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[int]:
+    """The sizes at which every method has a default-setting score: only those choose
+    ``fuse``'s method (a size half run would pick among the methods it reached)."""
+    have: dict[int, set[str]] = {}
+    for a in aggregates:
+        if a["setting"] == "default":
+            have.setdefault(a["inputs"], set()).add(a["method"])
+    return sorted(k for k, v in have.items() if v >= set(methods))
+
+
 def standings_from(aggregates: Sequence[dict[str, Any]], evidence: str):
     from lorahive.compose.fusion.standings import Standing, Standings
 
@@ -550,10 +560,16 @@ def main() -> None:
                 f"{measured(rows)}; {min(examples)}-{max(examples)} test examples per task; "
                 f"{scope(keep, a.min_gain)}; n counts normalised task scores")
     if a.write_standings:
+        from lorahive.compose.fusion import all_methods
+
+        sizes = complete_sizes(agg, [m.name for m in all_methods()])
+        if not sizes:
+            raise SystemExit("no size has every method scored: the standings are unchanged")
+        agg = [x for x in agg if x["inputs"] in sizes]
         st.write(standings_from([x for x in agg if x["setting"] == "default"]
                                 + [x for x in agg if x["setting"] == "tuned"], evidence),
                  standings_path())
-        print(f"wrote {standings_path()}")
+        print(f"wrote {standings_path()} from sizes {', '.join(map(str, sizes))}")
     print(f"({time.perf_counter() - t0:.0f} s)")
 
 

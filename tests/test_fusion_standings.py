@@ -104,6 +104,17 @@ def test_aggregate_and_standings_from_curve_rows(tmp_path):
     assert standings.choose(4, again).method == "tsv"
 
 
+def test_only_sizes_with_every_method_scored_choose():
+    from benchmarks.fusion_curve import complete_sizes
+
+    def agg(size, method, setting="default"):
+        return {"inputs": size, "method": method, "setting": setting}
+
+    rows = [agg(4, "tsv"), agg(4, "ties"), agg(8, "ties"), agg(8, "tsv", "tuned"),
+            agg(14, "tsv"), agg(14, "ties"), agg(14, "cart")]
+    assert complete_sizes(rows, ["tsv", "ties"]) == [4, 14]
+
+
 def lorahive(*args, cwd):
     return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
