@@ -9,8 +9,9 @@ interval, the number of scores and the fuse time. The mean is over the tasks who
 is an expert (``MIN_GAIN`` above the base model on the test split): the papers normalise by
 fine-tuned models that learned their task, and a ratio to an adapter near zero (a library
 adapter that did not learn its format) is noise that can swamp the mean. Every adapter of a
-subset is fused whatever its standing; ``--all-tasks`` shows the mean over every task. The default-parameter standings are written
-as ``compose/fusion/standings.json`` (what ``lorahive fuse`` picks its default method from).
+subset is fused whatever its standing; ``--all-tasks`` shows the mean over every task. The
+default-parameter standings are written as ``compose/fusion/standings.json`` (what
+``lorahive fuse`` picks its default method from).
 
 The library is given as a list of ``CurveTask``: a name, the task's own adapter directory, its
 validation and test examples and a scorer, ``scorer(adapter or None, examples) -> accuracy``
