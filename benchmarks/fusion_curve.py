@@ -38,7 +38,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +229,7 @@ class Subset:
     own: dict[tuple[str, str], float]  # (task, split) -> own adapter accuracy
     adapters: dict[str, Any] = field(default_factory=dict)
     scored: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    score_only: Container[str] | None = None  # tasks outside it are fused but not scored
 
     def load(self) -> list[Any]:
         from lorahive.hub.peft_format import load_peft
@@ -266,6 +267,8 @@ class Subset:
     def _score(self, adapter: Any, split: str) -> dict[str, float]:
         out = {}
         for task in self.tasks:
+            if self.score_only is not None and task.name not in self.score_only:
+                continue
             own = self.own_score(task, split)
             examples = task.validation if split == "validation" else task.test
             x = normalise(task.scorer(adapter, examples), own)
@@ -299,14 +302,16 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
               methods: Sequence[str] | None = None, seed: int = 0, tune: bool = True,
               log: Callable[[str], None] = print, done: Sequence[dict[str, Any]] = (),
               on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
-              own_test: dict[str, float] | None = None) -> list[dict[str, Any]]:
+              own_test: dict[str, float] | None = None,
+              score_only: Container[str] | None = None) -> list[dict[str, Any]]:
     """Every (size, subset, method, setting) with its per-task normalised test scores.
 
     ``done``: rows of an earlier run; a (size, subset, method, setting) they hold for the
     same tasks is not run again, so a run with ``tune=False`` can be extended by one that
     tunes. ``on_rows`` gets every row so far after each method (to save them), so an
     interrupted run resumes. ``own_test``: each task's own-adapter test accuracy, when known
-    (``expert_scores``), so it is not scored again."""
+    (``expert_scores``), so it is not scored again. ``score_only``: the tasks that are scored
+    (the experts: the others are fused with the rest but left out of the means anyway)."""
     from lorahive.compose.fusion import all_methods, get_method
 
     ms = [get_method(m) for m in methods] if methods else all_methods()
@@ -318,7 +323,7 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
             for r in done}
     for size in sizes:
         for i, names in enumerate(sample_subsets(list(by_name), size, subsets, seed)):
-            sub = Subset([by_name[n] for n in names], own, adapters)
+            sub = Subset([by_name[n] for n in names], own, adapters, score_only=score_only)
             for m in ms:
                 key = (size, i, tuple(names), m.name)
                 grid = GRIDS.get(m.name) if tune else None
@@ -334,6 +339,22 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
                 if on_rows is not None:
                     on_rows(rows)
     return rows
+
+
+def finished(rows: Sequence[dict[str, Any]], methods: Collection[str] | None = None
+             ) -> list[dict[str, Any]]:
+    """The rows of the subsets that every method has scored, per setting (every method of
+    ``methods``, else every method that has that setting somewhere in ``rows``: not every
+    method has a tuning grid): a subset half run would compare methods on different tasks
+    within a column."""
+    want: dict[str, set[str]] = {}
+    have: dict[tuple[int, int, str], set[str]] = {}
+    for r in rows:
+        want.setdefault(r["setting"], set()).add(r["method"])
+        have.setdefault((r["size"], r["subset"], r["setting"]), set()).add(r["method"])
+    if methods is not None:
+        want = {k: v & set(methods) for k, v in want.items()}
+    return [r for r in rows if have[(r["size"], r["subset"], r["setting"])] >= want[r["setting"]]]
 
 
 def aggregate(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None
@@ -528,6 +549,7 @@ def main() -> None:
                 raise SystemExit(f"no expert scores at {a.experts}: run the curve (or pass "
                                  "--all-tasks)")
             keep = experts(json.loads(a.experts.read_text()), a.min_gain)
+        rows = finished(rows)
         print(f"{a.rows}: {measured(rows)}; {scope(keep, a.min_gain)}")
         print_curve(aggregate(rows, keep), a.setting)
         return
@@ -553,7 +575,8 @@ def main() -> None:
     rows = run_curve(tasks, sizes, a.subsets, [m for m in a.methods.split(",") if m],
                      a.seed, not a.no_tune, done=done,
                      on_rows=lambda rs: _write_json(a.rows, rs),
-                     own_test={n: s["own"] for n, s in scores.items()})
+                     own_test={n: s["own"] for n, s in scores.items()}, score_only=keep)
+    rows = finished(rows)
     agg = aggregate(rows, keep)
     print_table(agg)
     examples = {len(t.test) for t in tasks}
