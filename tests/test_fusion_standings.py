@@ -115,6 +115,43 @@ def test_only_sizes_with_every_method_scored_choose():
     assert complete_sizes(rows, ["tsv", "ties"]) == [4, 14]
 
 
+def test_only_subsets_every_method_finished_are_compared():
+    """A subset some method has not reached yet is left out of every method's mean, per
+    setting; a method without a tuning grid does not hold back the tuned rows."""
+    from benchmarks.fusion_curve import finished
+
+    def row(subset, method, setting="default"):
+        return {"size": 4, "subset": subset, "method": method, "setting": setting}
+
+    rows = [row(0, "tsv"), row(0, "ties"), row(1, "tsv"), row(0, "ties", "tuned")]
+    assert finished(rows) == rows[:2] + rows[3:]
+    assert finished(rows, ["tsv"]) == rows  # ties' tuned row: no tuned method wanted
+    both = [*rows, row(1, "ties")]
+    assert finished(both) == both
+
+
+def test_score_only_leaves_the_other_tasks_unscored(tiny_llama_dir, tmp_path):
+    """Tasks outside ``score_only`` are fused with the rest but neither they nor their own
+    adapters are scored."""
+    from benchmarks.fusion_curve import CurveTask, run_curve
+
+    scored = []
+
+    def scorer(name):
+        def score(adapter, examples):
+            scored.append(name)
+            return 0.5 if adapter is None else 0.6
+        return score
+
+    tasks = [CurveTask(f"t{i}", make_peft_adapter(tiny_llama_dir, tmp_path / f"t{i}",
+                                                  seed=70 + i), [1], [1, 2], scorer(f"t{i}"))
+             for i in range(3)]
+    rows = run_curve(tasks, [3], 1, ["task_arithmetic"], tune=False, log=lambda _: None,
+                     score_only={"t1"})
+    assert set(scored) == {"t1"} and set(rows[0]["normalised"]) == {"t1"}
+    assert rows[0]["tasks"] == ["t0", "t1", "t2"]
+
+
 def lorahive(*args, cwd):
     return subprocess.run([sys.executable, "-m", "lorahive", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
