@@ -468,6 +468,65 @@ def print_curve(aggregates: Sequence[dict[str, Any]], setting: str = "default") 
         print(f"| {m} | " + " | ".join(cells) + f" | {secs} |")
 
 
+def paired(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None,
+           setting: str = "default") -> dict[tuple[int, str], dict[str, Any]]:
+    """Per (size, method): its difference from the size's leader (the highest mean) over the
+    same (subset, task) scores, with the t interval over subsets (over tasks when a size has
+    one subset). Every method is scored on the same tasks, so this answers "is the leader
+    ahead of it" directly, where the overlap of two methods' own intervals does not."""
+    scores: dict[tuple[int, str], dict[tuple[int, str], float]] = {}
+    for r in rows:
+        if r["setting"] != setting:
+            continue
+        got = scores.setdefault((r["size"], r["method"]), {})
+        for task, v in r["normalised"].items():
+            if keep is None or task in keep:
+                got[(r["subset"], task)] = v
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    for size in sorted({k for k, _ in scores}):
+        here = {m: v for (k, m), v in scores.items() if k == size and v}
+        if not here:
+            continue
+        leader = max(sorted(here), key=lambda m: statistics.fmean(here[m].values()))
+        for m, v in here.items():
+            per: dict[int, list[float]] = {}
+            for key in sorted(v.keys() & here[leader].keys()):
+                per.setdefault(key[0], []).append(v[key] - here[leader][key])
+            mean, ci = interval(list(per.values()))
+            out[(size, m)] = {"leader": leader, "diff": mean, "ci95": ci}
+    return out
+
+
+def print_paired(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None,
+                 setting: str = "default") -> None:
+    """The curve as differences from each column's leader (same tasks, paired), one row a
+    method, sorted by the difference at the largest size."""
+    diffs = paired(rows, keep, setting)
+    if not diffs:
+        return
+    sizes = sorted({k for k, _ in diffs}, reverse=True)
+    leaders = {k: d["leader"] for (k, _), d in diffs.items()}
+
+    def rank(method: str) -> tuple[float, ...]:
+        return tuple(-diffs[k, method]["diff"] if (k, method) in diffs else math.inf
+                     for k in sizes)
+
+    print("| method | " + " | ".join(f"{k} inputs: minus {leaders[k]}" for k in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for m in sorted({m for _, m in diffs}, key=lambda m: (rank(m), m)):
+        cells = []
+        for k in sizes:
+            d = diffs.get((k, m))
+            if d is None:
+                cells.append("-")
+            elif m == leaders[k]:
+                cells.append("leader")
+            else:
+                ci = f" [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d["ci95"] else ""
+                cells.append(f"{d['diff']:+.2f}{ci}")
+        print(f"| {m} | " + " | ".join(cells) + " |")
+
+
 # the seed table ----------------------------------------------------------------------------
 # Per-task normalised scores of the one quality run recorded in docs/benchmarks.md (Fusion,
 # 2026-11-23: `python -m benchmarks.fusion quality --threads 1 --n-eval 30`): 4 SmolLM2-135M
@@ -552,6 +611,8 @@ def main() -> None:
         rows = finished(rows)
         print(f"{a.rows}: {measured(rows)}; {scope(keep, a.min_gain)}")
         print_curve(aggregate(rows, keep), a.setting)
+        print("\nEach method minus the column's leader, on the same tasks (paired):")
+        print_paired(rows, keep, a.setting)
         return
     if a.part == "seed":
         st.write(seed_standings(), standings_path())

@@ -130,6 +130,25 @@ def test_only_subsets_every_method_finished_are_compared():
     assert finished(both) == both
 
 
+def test_paired_differences_from_each_sizes_leader():
+    from benchmarks.fusion_curve import paired
+
+    def row(subset, method, scores, size=4):
+        return {"size": size, "subset": subset, "method": method, "setting": "default",
+                "normalised": scores}
+
+    rows = [row(0, "tsv", {"a": 0.9, "b": 0.7, "c": 0.5}),
+            row(0, "ties", {"a": 0.8, "b": 0.58, "c": 0.36}),
+            row(0, "ties", {"a": 0.1}, size=8)]
+    d = paired(rows)
+    assert d[4, "tsv"]["leader"] == "tsv" and d[4, "tsv"]["diff"] == pytest.approx(0.0)
+    assert d[4, "ties"]["diff"] == pytest.approx(-0.12)  # (-0.1 - 0.12 - 0.14) / 3
+    lo, hi = d[4, "ties"]["ci95"]  # t(2) 4.303 x sd 0.02 / sqrt 3 = 0.0497 each side
+    assert (lo, hi) == (pytest.approx(-0.1697, abs=1e-3), pytest.approx(-0.0703, abs=1e-3))
+    assert d[8, "ties"]["leader"] == "ties" and d[8, "ties"]["ci95"] is None
+    assert paired(rows, keep={"a"})[4, "ties"]["diff"] == pytest.approx(-0.1)
+
+
 def test_score_only_leaves_the_other_tasks_unscored(tiny_llama_dir, tmp_path):
     """Tasks outside ``score_only`` are fused with the rest but neither they nor their own
     adapters are scored."""
