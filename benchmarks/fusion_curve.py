@@ -392,17 +392,29 @@ def complete_sizes(aggregates: Sequence[dict[str, Any]], methods: Sequence[str])
     return sorted(k for k, v in have.items() if v >= set(methods))
 
 
-def standings_from(aggregates: Sequence[dict[str, Any]], evidence: str):
+def standings_from(aggregates: Sequence[dict[str, Any]], evidence: str,
+                   diffs: dict[tuple[int, str], dict[str, Any]] | None = None):
+    """The standings table from the aggregates; ``diffs`` (``paired`` on the default
+    setting) gives each default row its difference from the leader at its size."""
     from lorahive.compose.fusion.standings import Standing, Standings
 
-    rows = tuple(Standing(method=a["method"], inputs=a["inputs"], mean=round(a["mean"], 4),
+    def r4(x: float) -> float:
+        return round(x, 4)
+
+    def vs_leader(a: dict[str, Any]) -> dict[str, Any]:
+        d = (diffs or {}).get((a["inputs"], a["method"]))
+        if a["setting"] != "default" or d is None or d["leader"] == a["method"]:
+            return {}
+        return {"vs": d["leader"], "diff": r4(d["diff"]),
+                "diff_ci95": (r4(d["ci95"][0]), r4(d["ci95"][1])) if d["ci95"] else None}
+
+    rows = tuple(Standing(method=a["method"], inputs=a["inputs"], mean=r4(a["mean"]),
                           params={k: v for k, v in a["params"].items() if k != WEIGHT}
                           if a["setting"] == "default" else a["params"],
                           label=a["method"],
-                          ci95=(round(a["ci95"][0], 4), round(a["ci95"][1], 4))
-                          if a["ci95"] else None,
+                          ci95=(r4(a["ci95"][0]), r4(a["ci95"][1])) if a["ci95"] else None,
                           n=a["n"], setting=a["setting"],
-                          fuse_seconds=round(a["fuse_seconds"], 3))
+                          fuse_seconds=round(a["fuse_seconds"], 3), **vs_leader(a))
                  for a in aggregates)
     return Standings(rows, evidence, seed_table=False)
 
@@ -652,7 +664,8 @@ def main() -> None:
             raise SystemExit("no size has every method scored: the standings are unchanged")
         agg = [x for x in agg if x["inputs"] in sizes]
         st.write(standings_from([x for x in agg if x["setting"] == "default"]
-                                + [x for x in agg if x["setting"] == "tuned"], evidence),
+                                + [x for x in agg if x["setting"] == "tuned"], evidence,
+                                paired(rows, keep)),
                  standings_path())
         print(f"wrote {standings_path()} from sizes {', '.join(map(str, sizes))}")
     print(f"({time.perf_counter() - t0:.0f} s)")

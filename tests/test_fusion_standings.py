@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.fusion_curve import aggregate, measured, select_setting, standings_from
+from benchmarks.fusion_curve import aggregate, measured, paired, select_setting, standings_from
 from lorahive.compose.fusion import METHODS, standings
 from lorahive.compose.fusion.standings import FALLBACK, Standing, Standings, parse
 from lorahive.hub.errors import InvalidRequestError
@@ -48,6 +48,30 @@ def test_best_default_mean_at_the_nearest_measured_count_wins():
     # parameters of the winning row come with it; methods not known are skipped
     assert standings.choose(4, st, known={"ties", "iso_c"}) == standings.Choice(
         "ties", {"density": 0.5}, standings.choose(4, st, known={"ties", "iso_c"}).reason)
+
+
+def test_the_reason_says_whether_the_lead_holds_on_the_same_tasks(tmp_path):
+    """With paired differences in the table, the one-line reason reports the runner-up's
+    difference on the same tasks instead of the overlap of two intervals; a difference
+    against a method that was not chosen (skipped as unknown) is not reported."""
+    st = table(
+        Standing("tsv", 8, 0.58, ci95=(0.13, 1.03)),
+        Standing("cart", 8, 0.57, ci95=(0.25, 0.89), vs="tsv", diff=-0.01,
+                 diff_ci95=(-0.23, 0.21)),
+        Standing("tsv", 20, 0.58, ci95=(0.41, 0.75)),
+        Standing("task_arithmetic", 20, 0.32, ci95=(0.08, 0.56), vs="tsv", diff=-0.26,
+                 diff_ci95=(-0.44, -0.08)),
+    )
+    close = standings.choose(8, st).reason
+    assert "next cart 0.57, 0.01 behind on the same tasks [-0.21, 0.23]: not resolved" in close
+    assert "intervals overlap" not in close
+    clear = standings.choose(20, st).reason
+    assert "0.26 behind on the same tasks [0.08, 0.44]: a real lead" in clear
+    assert "behind" not in standings.choose(8, st, known={"cart"}).reason
+    standings.write(st, tmp_path / "s.json")
+    again = parse(json.loads((tmp_path / "s.json").read_text()))
+    assert [(r.vs, r.diff, r.diff_ci95) for r in again.rows] == [
+        (r.vs, r.diff, r.diff_ci95) for r in st.rows]
 
 
 def test_ties_go_to_the_faster_fuse_and_one_input_is_kept_exactly():
@@ -98,7 +122,10 @@ def test_aggregate_and_standings_from_curve_rows(tmp_path):
     assert tsv["mean"] == pytest.approx((0.85 + 0.9) / 2)  # the subset means' mean
     assert tsv["ci95"][0] < tsv["mean"] < tsv["ci95"][1]
     assert measured(rows) == "sizes 4 (2 subsets), default settings"
-    st = standings_from(agg, "unit rows")
+    st = standings_from(agg, "unit rows", paired(rows))
+    ties = next(r for r in st.rows if r.method == "ties")
+    assert (ties.vs, ties.diff) == ("tsv", pytest.approx(-0.2))  # subset 0, tasks a and b
+    assert next(r for r in st.rows if r.method == "tsv").vs is None  # the leader
     standings.write(st, tmp_path / "s.json")
     again = parse(json.loads((tmp_path / "s.json").read_text()))
     assert standings.choose(4, again).method == "tsv"

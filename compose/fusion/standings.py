@@ -36,6 +36,11 @@ class Standing:
     n: int = 0  # normalised task scores behind the mean
     setting: str = "default"  # "default" parameters or "tuned" on a validation split
     fuse_seconds: float | None = None
+    # its difference from the leader at this count on the same task scores (paired), with
+    # the 95% interval: whether the leader is ahead of it, which two own intervals cannot say
+    vs: str | None = None
+    diff: float | None = None
+    diff_ci95: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
@@ -72,7 +77,8 @@ class Standings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "evidence": self.evidence, "seed_table": self.seed_table,
-                "rows": [{**r.__dict__, "ci95": list(r.ci95) if r.ci95 else None}
+                "rows": [{**r.__dict__, "ci95": list(r.ci95) if r.ci95 else None,
+                          "diff_ci95": list(r.diff_ci95) if r.diff_ci95 else None}
                          for r in self.rows]}
 
 
@@ -89,7 +95,9 @@ def parse(data: dict[str, Any]) -> Standings:
             Standing(method=r["method"], inputs=int(r["inputs"]), mean=float(r["mean"]),
                      params=dict(r.get("params") or {}), label=r.get("label") or r["method"],
                      ci95=tuple(r["ci95"]) if r.get("ci95") else None, n=int(r.get("n", 0)),
-                     setting=r.get("setting", "default"), fuse_seconds=r.get("fuse_seconds"))
+                     setting=r.get("setting", "default"), fuse_seconds=r.get("fuse_seconds"),
+                     vs=r.get("vs"), diff=None if r.get("diff") is None else float(r["diff"]),
+                     diff_ci95=tuple(r["diff_ci95"]) if r.get("diff_ci95") else None)
             for r in data["rows"])
         return Standings(rows, str(data["evidence"]),
                          data.get("metric", Standings.metric), bool(data.get("seed_table")))
@@ -143,7 +151,11 @@ def choose(n_inputs: int, standings: Standings | None = None,
     vs = ""
     if runner is not None:
         vs = f"; next {runner.name} {runner.mean:.2f}"
-        if best.ci95 and runner.ci95 and best.ci95[0] <= runner.ci95[1]:
+        if runner.vs == best.method and runner.diff is not None and runner.diff_ci95:
+            lo, hi = runner.diff_ci95
+            vs += (f", {-runner.diff:.2f} behind on the same tasks "
+                   f"[{-hi:.2f}, {-lo:.2f}]: " + ("a real lead" if hi < 0 else "not resolved"))
+        elif best.ci95 and runner.ci95 and best.ci95[0] <= runner.ci95[1]:
             vs += ", intervals overlap"
     setting = "" if not best.params else " with " + ", ".join(
         f"{k}={v}" for k, v in sorted(best.params.items()))
