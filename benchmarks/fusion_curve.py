@@ -9,7 +9,8 @@ interval, the number of scores and the fuse time. The mean is over the tasks who
 is an expert (``MIN_GAIN`` above the base model on the test split): the papers normalise by
 fine-tuned models that learned their task, and a ratio to an adapter near zero (a library
 adapter that did not learn its format) is noise that can swamp the mean. Every adapter of a
-subset is fused whatever its standing; ``--all-tasks`` shows the mean over every task. The
+subset is fused whatever its standing, but only the experts are scored (``--all-tasks``
+scores and averages every task). Only subsets every method finished are compared. The
 default-parameter standings are written as ``compose/fusion/standings.json`` (what
 ``lorahive fuse`` picks its default method from).
 
@@ -21,10 +22,13 @@ function ``module:function`` returns that list:
     python -m benchmarks.fusion_curve run --tasks benchmarks.library:curve_tasks \\
         [--sizes 4,8,14,20] [--subsets 3] [--methods ...] [--write-standings]
     python -m benchmarks.fusion_curve table    # the saved rows as a method x size table
+    python -m benchmarks.fusion_curve standings   # fuse's standings from the saved rows
     python -m benchmarks.fusion_curve seed     # the seed standings from the 4-adapter table
 
 Statistics: the interval is a Student-t interval over the subset means (the subset, fused into
 one adapter, is the unit that repeats), or over the task scores when a size has one subset.
+``table`` also prints each method's paired difference from the leader of its size (same
+subsets and tasks), which the standings carry for ``fuse``'s reason line.
 """
 
 from __future__ import annotations
@@ -585,11 +589,37 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def write_standings(rows: Sequence[dict[str, Any]], scores: dict[str, dict[str, float]],
+                    keep: Container[str] | None, min_gain: float) -> None:
+    """Replace ``fuse``'s standings with those of ``rows`` (finished subsets), from the sizes
+    where every method has a default-setting score."""
+    from lorahive.compose.fusion import all_methods
+    from lorahive.compose.fusion import standings as st
+
+    rows = finished(rows)
+    agg = aggregate(rows, keep)
+    sizes = complete_sizes(agg, [m.name for m in all_methods()])
+    if not sizes:
+        raise SystemExit("no size has every method scored: the standings are unchanged")
+    agg = [x for x in agg if x["inputs"] in sizes]
+    examples = [s["examples"] for s in scores.values()]
+    evidence = (f"benchmarks/fusion_curve.py: {len(scores)} task adapters; "
+                f"{measured(rows)}; {min(examples)}-{max(examples)} test examples per task; "
+                f"{scope(keep, min_gain)}; n counts normalised task scores")
+    st.write(standings_from([x for x in agg if x["setting"] == "default"]
+                            + [x for x in agg if x["setting"] == "tuned"], evidence,
+                            paired(rows, keep)), standings_path())
+    print(f"wrote {standings_path()} from sizes {', '.join(map(str, sizes))}")
+
+
 def main() -> None:
     from lorahive.compose.fusion import standings as st
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["run", "table", "seed"])
+    p.add_argument("part", choices=["run", "table", "standings", "seed"],
+                   help="run: fuse and score (resumes); table: print the saved rows; "
+                        "standings: write fuse's standings from the saved rows; seed: write "
+                        "the seed table")
     p.add_argument("--tasks", help="module:function returning a list of CurveTask")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--subsets", type=int, default=3)
@@ -610,17 +640,17 @@ def main() -> None:
     p.add_argument("--all-tasks", action="store_true",
                    help="average over every task, experts or not")
     a = p.parse_args()
-    if a.part == "table":
+    if a.part in ("table", "standings"):
         if not a.rows.exists():
             raise SystemExit(f"no rows at {a.rows}: run the curve first")
-        rows = json.loads(a.rows.read_text())
-        keep = None
-        if not a.all_tasks:
-            if not a.experts.exists():
-                raise SystemExit(f"no expert scores at {a.experts}: run the curve (or pass "
-                                 "--all-tasks)")
-            keep = experts(json.loads(a.experts.read_text()), a.min_gain)
-        rows = finished(rows)
+        rows = finished(json.loads(a.rows.read_text()))
+        if not a.experts.exists():
+            raise SystemExit(f"no expert scores at {a.experts}: run the curve first")
+        scores = json.loads(a.experts.read_text())
+        keep = None if a.all_tasks else experts(scores, a.min_gain)
+        if a.part == "standings":
+            write_standings(rows, scores, keep, a.min_gain)
+            return
         print(f"{a.rows}: {measured(rows)}; {scope(keep, a.min_gain)}")
         print_curve(aggregate(rows, keep), a.setting)
         print("\nEach method minus the column's leader, on the same tasks (paired):")
@@ -650,24 +680,9 @@ def main() -> None:
                      on_rows=lambda rs: _write_json(a.rows, rs),
                      own_test={n: s["own"] for n, s in scores.items()}, score_only=keep)
     rows = finished(rows)
-    agg = aggregate(rows, keep)
-    print_table(agg)
-    examples = {len(t.test) for t in tasks}
-    evidence = (f"benchmarks/fusion_curve.py: {len(tasks)} task adapters; "
-                f"{measured(rows)}; {min(examples)}-{max(examples)} test examples per task; "
-                f"{scope(keep, a.min_gain)}; n counts normalised task scores")
+    print_table(aggregate(rows, keep))
     if a.write_standings:
-        from lorahive.compose.fusion import all_methods
-
-        sizes = complete_sizes(agg, [m.name for m in all_methods()])
-        if not sizes:
-            raise SystemExit("no size has every method scored: the standings are unchanged")
-        agg = [x for x in agg if x["inputs"] in sizes]
-        st.write(standings_from([x for x in agg if x["setting"] == "default"]
-                                + [x for x in agg if x["setting"] == "tuned"], evidence,
-                                paired(rows, keep)),
-                 standings_path())
-        print(f"wrote {standings_path()} from sizes {', '.join(map(str, sizes))}")
+        write_standings(rows, scores, keep, a.min_gain)
     print(f"({time.perf_counter() - t0:.0f} s)")
 
 
