@@ -543,6 +543,54 @@ def print_paired(rows: Sequence[dict[str, Any]], keep: Container[str] | None = N
         print(f"| {m} | " + " | ".join(cells) + " |")
 
 
+def tuned_vs_default(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Per (size, method) with tuned rows: the tuned and the default mean over the same
+    subsets (those the tuned setting reached), the setting chosen most often and its
+    validation mean: what tuning on validation buys on test."""
+    def mean(setting: str, size: int, method: str, subsets: set[int]) -> float | None:
+        vals = [v for r in rows if (r["size"], r["method"], r["setting"]) == (size, method,
+                                                                                setting)
+                and r["subset"] in subsets
+                for k, v in r["normalised"].items() if keep is None or k in keep]
+        return statistics.fmean(vals) if vals else None
+
+    out = []
+    tuned = [r for r in rows if r["setting"] == "tuned"]
+    for size, method in sorted({(r["size"], r["method"]) for r in tuned}):
+        mine = [r for r in tuned if (r["size"], r["method"]) == (size, method)]
+        subsets = {r["subset"] for r in mine}
+        chosen = [json.dumps(r["params"], sort_keys=True) for r in mine]
+        vals = [r["validation"] for r in mine if r.get("validation") is not None]
+        out.append({"inputs": size, "method": method, "subsets": len(subsets),
+                    "params": json.loads(max(set(chosen), key=chosen.count)),
+                    "tuned": mean("tuned", size, method, subsets),
+                    "default": mean("default", size, method, subsets),
+                    "validation": statistics.fmean(vals) if vals else None})
+    return out
+
+
+def print_tuned(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None) -> None:
+    """``tuned_vs_default`` as a table, by size, then by the tuned mean."""
+    got = tuned_vs_default(rows, keep)
+    if not got:
+        print("no tuned rows yet")
+        return
+    print("| inputs | method | tuned setting | validation | test, tuned | test, default | "
+          "tuned - default |")
+    print("|---:|---|---|---:|---:|---:|---:|")
+
+    def num(x: float | None, sign: str = "") -> str:
+        return "-" if x is None else f"{x:{sign}.2f}"
+
+    for g in sorted(got, key=lambda g: (g["inputs"], -(g["tuned"] or 0), g["method"])):
+        d = (g["tuned"] - g["default"]
+             if g["tuned"] is not None and g["default"] is not None else None)
+        params = ", ".join(f"{k}={v}" for k, v in sorted(g["params"].items())) or "-"
+        print(f"| {g['inputs']} | {g['method']} | {params} | {num(g['validation'])} | "
+              f"{num(g['tuned'])} | {num(g['default'])} | {num(d, '+')} |")
+
+
 # the seed table ----------------------------------------------------------------------------
 # Per-task normalised scores of the one quality run recorded in docs/benchmarks.md (Fusion,
 # 2026-11-23: `python -m benchmarks.fusion quality --threads 1 --n-eval 30`): 4 SmolLM2-135M
@@ -655,6 +703,9 @@ def main() -> None:
         print_curve(aggregate(rows, keep), a.setting)
         print("\nEach method minus the column's leader, on the same tasks (paired):")
         print_paired(rows, keep, a.setting)
+        if a.setting == "tuned":
+            print("\nTuned on validation against the default, on the same subsets (test):")
+            print_tuned(rows, keep)
         return
     if a.part == "seed":
         st.write(seed_standings(), standings_path())

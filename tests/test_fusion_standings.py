@@ -176,6 +176,21 @@ def test_paired_differences_from_each_sizes_leader():
     assert paired(rows, keep={"a"})[4, "ties"]["diff"] == pytest.approx(-0.1)
 
 
+def test_tuned_against_default_on_the_subsets_the_tuning_reached():
+    from benchmarks.fusion_curve import tuned_vs_default
+
+    def row(subset, setting, scores, params=None, validation=None):
+        return {"size": 8, "subset": subset, "method": "iso_c", "setting": setting,
+                "params": params or {}, "normalised": scores, "validation": validation}
+
+    rows = [row(0, "default", {"a": 0.5, "b": 0.6}), row(1, "default", {"a": 0.1}),
+            row(0, "tuned", {"a": 0.7, "b": 0.7}, {"alpha": 2.0}, 0.72)]
+    (g,) = tuned_vs_default(rows)
+    assert g["subsets"] == 1 and g["params"] == {"alpha": 2.0} and g["validation"] == 0.72
+    assert g["tuned"] == pytest.approx(0.7) and g["default"] == pytest.approx(0.55)  # subset 0
+    assert tuned_vs_default(rows, keep={"b"})[0]["default"] == pytest.approx(0.6)
+
+
 def test_score_only_leaves_the_other_tasks_unscored(tiny_llama_dir, tmp_path):
     """Tasks outside ``score_only`` are fused with the rest but neither they nor their own
     adapters are scored."""
