@@ -639,12 +639,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def write_standings(rows: Sequence[dict[str, Any]], scores: dict[str, dict[str, float]],
                     keep: Container[str] | None, min_gain: float) -> None:
-    """Replace ``fuse``'s standings with those of ``rows`` (finished subsets), from the sizes
-    where every method has a default-setting score."""
+    """Replace ``fuse``'s standings with those of ``rows`` (already ``finished`` by the
+    caller), from the sizes where every method has a default-setting score."""
     from lorahive.compose.fusion import all_methods
     from lorahive.compose.fusion import standings as st
 
-    rows = finished(rows)
     agg = aggregate(rows, keep)
     sizes = complete_sizes(agg, [m.name for m in all_methods()])
     if not sizes:
