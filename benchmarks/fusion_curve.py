@@ -61,7 +61,10 @@ WEIGHT = "weight"  # pseudo-parameter: the uniform weight given to every adapter
 # Default settings: the method's own defaults; a required density is set to 0.5, the value
 # PEFT's merging guide uses.
 REQUIRED = {"density": 0.5}
-# Candidates for the one tuned setting per method (chosen on validation only).
+# Candidates for the one tuned setting per method (chosen on validation only). A tuned row
+# records the points it was chosen from; points added here later are scored on a rerun and
+# the row is kept or replaced by the best of all of them (``Subset.run``'s ``prior``). The
+# Iso grids reach 4: at 4 and 8 inputs both chose 2.0, the top of the first grid.
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "task_arithmetic": [{WEIGHT: x} for x in (0.3, 0.5, 0.7, 1.0)],
     "cat": [{WEIGHT: x} for x in (0.3, 0.5, 0.7, 1.0)],
@@ -73,8 +76,8 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
                  "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd", "core_space",
                  "knots")},
     "tsv": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0)],
-    "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0)],
-    "iso_cts": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0)],
+    "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)],
+    "iso_cts": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)],
     "star": [{"eta": e} for e in (0.2, 0.4, 0.6, 0.8)],
     "cart": [{"rank_fraction": f} for f in (0.04, 0.08, 0.16, 0.32)],
 }
@@ -184,6 +187,7 @@ class Scored:
     normalised: dict[str, float]  # per task of the subset (tasks whose own adapter scores 0 left out)
     fuse_seconds: float
     validation: float | None = None  # tuned: the mean normalised validation score it won with
+    grid: list[dict[str, Any]] | None = None  # tuned: the grid points it was chosen from
 
 
 def split_params(params: dict[str, Any]) -> tuple[list[float] | None, dict[str, Any]]:
@@ -195,9 +199,13 @@ def default_params(method: Any) -> dict[str, Any]:
 
 
 def select_setting(grid: Sequence[dict[str, Any]],
-                   validate: Callable[[dict[str, Any]], float]) -> tuple[dict[str, Any], float]:
-    """The grid point with the best validation score (the first one on a tie)."""
-    best: tuple[dict[str, Any], float] | None = None
+                   validate: Callable[[dict[str, Any]], float],
+                   prior: tuple[dict[str, Any], float] | None = None
+                   ) -> tuple[dict[str, Any], float]:
+    """The grid point with the best validation score (the first one on a tie). ``prior``:
+    the best of points scored earlier, which come first: a grid extended by new points picks
+    what a run over all of them would have picked, scoring only the new ones."""
+    best: tuple[dict[str, Any], float] | None = prior
     for params in grid:
         score = validate(params)
         if best is None or score > best[1]:
@@ -281,9 +289,11 @@ class Subset:
         return out
 
     def run(self, method: Any, grid: Sequence[dict[str, Any]] | None,
-            default: bool = True) -> list[Scored]:
+            default: bool = True, prior: Scored | None = None) -> list[Scored]:
         """The default setting (unless ``default`` is false: an earlier run scored it) and,
-        with a grid, the one tuned on validation, both on test."""
+        with a grid, the one tuned on validation, both on test. ``prior``: a tuned row chosen
+        from part of ``grid``; only the other points are scored on validation, and the row is
+        kept (with the whole grid recorded) unless one of them beats it."""
         params = default_params(method)
         rows = []
         if default:
@@ -294,10 +304,19 @@ class Subset:
                 scores = self.score(self.fused(method.name, {**params, **p})[0], "validation")
                 return statistics.fmean(scores.values()) if scores else float("-inf")
 
-            best, val = select_setting(grid, validate)
+            seen: list[dict[str, Any]] = []
+            start = None
+            if prior is not None and prior.validation is not None:
+                seen = prior.grid or []
+                start = ({k: prior.params[k] for k in grid[0]}, prior.validation)
+            best, val = select_setting([p for p in grid if p not in seen], validate, start)
             tuned = {**params, **best}
-            ad, secs = self.fused(method.name, tuned)
-            rows.append(Scored(method.name, "tuned", tuned, self.score(ad, "test"), secs, val))
+            if start is not None and best is start[0]:  # no new point beat it: test as before
+                rows.append(Scored(**{**prior.__dict__, "grid": list(grid)}))
+            else:
+                ad, secs = self.fused(method.name, tuned)
+                rows.append(Scored(method.name, "tuned", tuned, self.score(ad, "test"), secs,
+                                   val, list(grid)))
         return rows
 
 
@@ -325,6 +344,8 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
     rows: list[dict[str, Any]] = list(done)
     have = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"], r["setting"])
             for r in done}
+    tuned_rows = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"]): r
+                  for r in rows if r["setting"] == "tuned"}
     for size in sizes:
         for i, names in enumerate(sample_subsets(list(by_name), size, subsets, seed)):
             sub = Subset([by_name[n] for n in names], own, adapters, score_only=score_only)
@@ -332,10 +353,16 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
                 key = (size, i, tuple(names), m.name)
                 grid = GRIDS.get(m.name) if tune else None
                 want_default = (*key, "default") not in have
-                want_tuned = bool(grid) and (*key, "tuned") not in have
+                prior = tuned_rows.get(key)
+                want_tuned = bool(grid) and (prior is None or any(
+                    p not in (prior.get("grid") or []) for p in grid or ()))
                 if not (want_default or want_tuned):
                     continue
-                for r in sub.run(m, grid if want_tuned else None, want_default):
+                if want_tuned and prior is not None:
+                    rows.remove(prior)
+                old = None if prior is None or not want_tuned else Scored(
+                    **{k: prior.get(k) for k in Scored.__dataclass_fields__})
+                for r in sub.run(m, grid if want_tuned else None, want_default, old):
                     rows.append({"size": size, "subset": i, "tasks": list(names), **r.__dict__})
                     mean = statistics.fmean(r.normalised.values()) if r.normalised else math.nan
                     log(f"size {size} subset {i} {m.name} {r.setting} {r.params}: "

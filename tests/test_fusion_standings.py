@@ -293,6 +293,48 @@ def test_a_default_only_curve_is_extended_by_a_tuned_run(tiny_llama_dir, tmp_pat
     assert again == both
 
 
+def test_a_widened_grid_scores_only_its_new_points(tiny_llama_dir, tmp_path, monkeypatch):
+    """A tuned row records its grid; points added to the grid later are scored on validation
+    alone, and the row is replaced only when one of them beats the recorded winner, so the
+    result is what a run over the whole grid would have chosen."""
+    import benchmarks.fusion_curve as fc
+
+    calls = []
+
+    def scorer(adapter, examples):  # the larger the fused delta, the better
+        calls.append(len(examples))
+        if adapter is None:
+            return 0.5
+        size = sum(float((m.B @ m.A).abs().sum()) for m in adapter.modules.values())
+        return 0.5 + 0.4 * size / (1.0 + size)
+
+    tasks = [fc.CurveTask(f"t{i}", make_peft_adapter(tiny_llama_dir, tmp_path / f"t{i}",
+                                                     seed=60 + i), [1, 2], [1, 2, 3], scorer)
+             for i in range(2)]
+
+    def run(weights, done=()):
+        monkeypatch.setitem(fc.GRIDS, "task_arithmetic", [{fc.WEIGHT: w} for w in weights])
+        calls.clear()
+        return fc.run_curve(tasks, [2], 1, ["task_arithmetic"], log=lambda _: None, done=done)
+
+    first = run([0.3, 0.5])
+    tuned = first[-1]
+    assert tuned["params"][fc.WEIGHT] == 0.5 and tuned["grid"] == [{fc.WEIGHT: 0.3},
+                                                                  {fc.WEIGHT: 0.5}]
+    wider = run([0.3, 0.5, 0.1], done=first)  # the new point loses: the row stays
+    # per task: its own adapter and the new point on validation; nothing on test
+    assert calls == [2] * 4
+    assert {**wider[-1], "grid": None} == {**tuned, "grid": None}
+    assert len(wider[-1]["grid"]) == 3
+    assert wider[0] == first[0]  # the default row is not run again
+    higher = run([0.3, 0.5, 0.1, 1.0], done=wider)  # the new point wins: validated, tested
+    assert calls == [2] * 4 + [3] * 4  # then own and fused on test
+    assert higher[-1]["params"][fc.WEIGHT] == 1.0 and higher[-1]["validation"] > tuned[
+        "validation"]
+    assert [r["setting"] for r in higher] == ["default", "tuned"]
+    assert run([0.3, 0.5, 0.1, 1.0], done=higher) == higher and calls == []
+
+
 def test_curve_rows_are_written_where_no_folder_exists_yet(tmp_path):
     """The first run on a fresh machine saves its rows under a cache folder it creates."""
     from benchmarks.fusion_curve import _write_json
