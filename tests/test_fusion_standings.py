@@ -95,6 +95,15 @@ def test_shipped_table_parses_and_names_known_methods():
         parse({"rows": [{"method": "tsv"}], "evidence": "x"})
 
 
+def test_a_tuned_row_is_shown_with_its_setting_after_the_default():
+    st = table(Standing("iso_c", 8, 0.64, {"alpha": 2.0}, setting="tuned"),
+               Standing("iso_c", 8, 0.43), Standing("iso_c", 4, 0.50),
+               Standing("tsv", 4, 0.9, {"weight": 0.3}, setting="tuned"))
+    assert [(r.inputs, r.setting_text()) for r in st.of("iso_c")] == [
+        (4, "default"), (8, "default"), (8, "tuned (alpha=2.0)")]
+    assert st.of("tsv")[0].setting_text() == "tuned (weights 0.3 each)"
+
+
 def test_tuned_setting_is_chosen_on_validation_only():
     seen = []
 

@@ -303,8 +303,8 @@ def methods_cmd(
         return
     print_records((f"{m.name} ({m.family})", [
         ("", m.description), ("parameters", "; ".join(p.describe() for p in m.params) or "-"),
-        ("measured", "; ".join(f"{r.setting}: {r.describe()}" for r in table_of.of(m.name))
-         or "-"),
+        ("measured", "; ".join(f"{r.setting_text()}: {r.describe()}"
+                               for r in table_of.of(m.name)) or "-"),
         ("paper", m.paper), ("note", m.note)]) for m in ms)
     line()
     paragraph("Set a parameter with --density, --majority-sign or --param NAME=VALUE; every method "

@@ -51,6 +51,20 @@ class Standing:
         ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
         return f"{self.mean:.2f}{ci} at {self.inputs} inputs (n={self.n})"
 
+    def setting_text(self) -> str:
+        """``default``, or ``tuned`` with the values it was tuned to: a tuned mean is only
+        worth reading beside the setting that reaches it."""
+        if self.setting == "default" or not self.params:
+            return self.setting
+        return f"{self.setting} ({params_text(self.params)})"
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """Parameters as a user sets them; ``weight`` is the curve's uniform weight (``--weights``
+    with that value for every input)."""
+    return ", ".join(f"weights {v} each" if k == "weight" else f"{k}={v}"
+                     for k, v in sorted(params.items()))
+
 
 @dataclass(frozen=True)
 class Standings:
@@ -64,9 +78,9 @@ class Standings:
         return sorted({r.inputs for r in self.rows})
 
     def of(self, method: str) -> list[Standing]:
-        """A method's rows, by input count, best setting first within a count."""
+        """A method's rows, by input count, the default setting first within a count."""
         return sorted((r for r in self.rows if r.method == method),
-                      key=lambda r: (r.inputs, -r.mean))
+                      key=lambda r: (r.inputs, r.setting != "default", -r.mean))
 
     def nearest_count(self, n_inputs: int) -> int:
         """The measured input count nearest to ``n_inputs`` (the larger one on a tie)."""
@@ -157,8 +171,7 @@ def choose(n_inputs: int, standings: Standings | None = None,
                    f"[{-hi:.2f}, {-lo:.2f}]: " + ("a real lead" if hi < 0 else "not resolved"))
         elif best.ci95 and runner.ci95 and best.ci95[0] <= runner.ci95[1]:
             vs += ", intervals overlap"
-    setting = "" if not best.params else " with " + ", ".join(
-        f"{k}={v}" for k, v in sorted(best.params.items()))
+    setting = "" if not best.params else " with " + params_text(best.params)
     reason = (f"{best.method}{setting}, best mean normalised accuracy: {best.describe()}"
               f"{where}{vs}; evidence: {st.evidence}")
     return Choice(best.method, dict(best.params), reason)
