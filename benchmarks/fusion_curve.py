@@ -374,18 +374,20 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
 
 def finished(rows: Sequence[dict[str, Any]], methods: Collection[str] | None = None
              ) -> list[dict[str, Any]]:
-    """The rows of the subsets that every method has scored, per setting (every method of
-    ``methods``, else every method that has that setting somewhere in ``rows``: not every
-    method has a tuning grid): a subset half run would compare methods on different tasks
-    within a column."""
-    want: dict[str, set[str]] = {}
+    """The rows of the subsets that every method of their column has scored: a column is a
+    (size, setting), and its methods are those of ``methods`` that have a row in it (all
+    that have one, without ``methods``). A subset half run would compare methods on
+    different tasks within a column; a method never run in a column (no tuning grid, or a
+    tuned run limited to a few methods) holds nothing back."""
+    want: dict[tuple[int, str], set[str]] = {}
     have: dict[tuple[int, int, str], set[str]] = {}
     for r in rows:
-        want.setdefault(r["setting"], set()).add(r["method"])
+        want.setdefault((r["size"], r["setting"]), set()).add(r["method"])
         have.setdefault((r["size"], r["subset"], r["setting"]), set()).add(r["method"])
     if methods is not None:
         want = {k: v & set(methods) for k, v in want.items()}
-    return [r for r in rows if have[(r["size"], r["subset"], r["setting"])] >= want[r["setting"]]]
+    return [r for r in rows
+            if have[(r["size"], r["subset"], r["setting"])] >= want[(r["size"], r["setting"])]]
 
 
 def aggregate(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None

@@ -153,7 +153,7 @@ def test_only_sizes_with_every_method_scored_choose():
 
 def test_only_subsets_every_method_finished_are_compared():
     """A subset some method has not reached yet is left out of every method's mean, per
-    setting; a method without a tuning grid does not hold back the tuned rows."""
+    (size, setting); a method without a tuning grid does not hold back the tuned rows."""
     from benchmarks.fusion_curve import finished
 
     def row(subset, method, setting="default"):
@@ -164,6 +164,9 @@ def test_only_subsets_every_method_finished_are_compared():
     assert finished(rows, ["tsv"]) == rows  # ties' tuned row: no tuned method wanted
     both = [*rows, row(1, "ties")]
     assert finished(both) == both
+    # a tuned run of one method at 8 inputs is a column of its own
+    wider = [*both, {**row(0, "tsv", "tuned"), "size": 8}]
+    assert finished(wider) == wider
 
 
 def test_paired_differences_from_each_sizes_leader():
