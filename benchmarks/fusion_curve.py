@@ -431,21 +431,21 @@ def standings_from(aggregates: Sequence[dict[str, Any]], evidence: str,
     setting) gives each default row its difference from the leader at its size."""
     from lorahive.compose.fusion.standings import Standing, Standings
 
-    def r4(x: float) -> float:
-        return round(x, 4)
+    def rounded(x: float) -> float:  # 6 places: shown at 2, so a mean of 0.50497 stays "0.50"
+        return round(x, 6)
 
     def vs_leader(a: dict[str, Any]) -> dict[str, Any]:
         d = (diffs or {}).get((a["inputs"], a["method"]))
         if a["setting"] != "default" or d is None or d["leader"] == a["method"]:
             return {}
-        return {"vs": d["leader"], "diff": r4(d["diff"]),
-                "diff_ci95": (r4(d["ci95"][0]), r4(d["ci95"][1])) if d["ci95"] else None}
+        return {"vs": d["leader"], "diff": rounded(d["diff"]),
+                "diff_ci95": (rounded(d["ci95"][0]), rounded(d["ci95"][1])) if d["ci95"] else None}
 
-    rows = tuple(Standing(method=a["method"], inputs=a["inputs"], mean=r4(a["mean"]),
+    rows = tuple(Standing(method=a["method"], inputs=a["inputs"], mean=rounded(a["mean"]),
                           params={k: v for k, v in a["params"].items() if k != WEIGHT}
                           if a["setting"] == "default" else a["params"],
                           label=a["method"],
-                          ci95=(r4(a["ci95"][0]), r4(a["ci95"][1])) if a["ci95"] else None,
+                          ci95=(rounded(a["ci95"][0]), rounded(a["ci95"][1])) if a["ci95"] else None,
                           n=a["n"], setting=a["setting"],
                           fuse_seconds=round(a["fuse_seconds"], 3), **vs_leader(a))
                  for a in aggregates)
