@@ -356,7 +356,7 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
                 want_default = (*key, "default") not in have
                 prior = tuned_rows.get(key)
                 want_tuned = bool(grid) and (prior is None or any(
-                    p not in (prior.get("grid") or []) for p in grid or ()))
+                    p not in (prior.get("grid") or []) for p in grid))
                 if not (want_default or want_tuned):
                     continue
                 if want_tuned and prior is not None:
@@ -602,6 +602,8 @@ def tuned_vs_default(rows: Sequence[dict[str, Any]], keep: Container[str] | None
 
 def print_tuned(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None) -> None:
     """``tuned_vs_default`` as a table, by size, then by the tuned mean."""
+    from lorahive.compose.fusion.standings import params_text
+
     got = tuned_vs_default(rows, keep)
     if not got:
         print("no tuned rows yet")
@@ -616,7 +618,7 @@ def print_tuned(rows: Sequence[dict[str, Any]], keep: Container[str] | None = No
     for g in sorted(got, key=lambda g: (g["inputs"], -(g["tuned"] or 0), g["method"])):
         d = (g["tuned"] - g["default"]
              if g["tuned"] is not None and g["default"] is not None else None)
-        params = ", ".join(f"{k}={v}" for k, v in sorted(g["params"].items())) or "-"
+        params = params_text(g["params"]) or "-"
         print(f"| {g['inputs']} | {g['method']} | {params} | {num(g['validation'])} | "
               f"{num(g['tuned'])} | {num(g['default'])} | {num(d, '+')} |")
 
