@@ -14,13 +14,20 @@ scores and averages every task). Only subsets every method finished are compared
 default-parameter standings are written as ``compose/fusion/standings.json`` (what
 ``lorahive fuse`` picks its default method from).
 
+A tuned setting is chosen per subset, so it is evidence about tuning, not a setting a user can
+take as it is. ``--fixed METHOD:NAME=VALUE`` scores one setting (say the one the tuning chose
+most often) on every subset, as a default is scored: such a row is named with its parameters
+("iso_cts (alpha=3.0)"), is compared with the defaults on the same tasks, and competes with
+them for ``fuse``'s choice.
+
 The library is given as a list of ``CurveTask``: a name, the task's own adapter directory, its
 validation and test examples and a scorer, ``scorer(adapter or None, examples) -> accuracy``
 (the base model with that adapter's delta applied; ``None``: the base model alone). A provider
 function ``module:function`` returns that list:
 
     python -m benchmarks.fusion_curve run --tasks benchmarks.library:curve_tasks \\
-        [--sizes 4,8,14,20] [--subsets 3] [--methods ...] [--write-standings]
+        [--sizes 4,8,14,20] [--subsets 3] [--methods ...] [--fixed iso_cts:alpha=3]
+        [--write-standings]
     python -m benchmarks.fusion_curve table    # the saved rows as a method x size table
     python -m benchmarks.fusion_curve standings   # fuse's standings from the saved rows
     python -m benchmarks.fusion_curve seed     # the seed standings from the 4-adapter table
@@ -48,6 +55,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.smollm2 import CACHE
+from lorahive.compose.fusion.standings import (
+    COMPETING,
+    FIXED,
+    Standing,
+    Standings,
+    params_text,
+)
 
 SIZES = (4, 8, 14, 20)
 # every scored row, kept beside the library it scores so a rerun resumes from any directory
@@ -183,7 +197,7 @@ def interval(per_subset: Sequence[Sequence[float]]) -> tuple[float, tuple[float,
 @dataclass
 class Scored:
     method: str
-    setting: str  # "default" or "tuned"
+    setting: str  # "default", "fixed" or "tuned"
     params: dict[str, Any]
     normalised: dict[str, float]  # per task of the subset (tasks whose own adapter scores 0 left out)
     fuse_seconds: float
@@ -197,6 +211,40 @@ def split_params(params: dict[str, Any]) -> tuple[list[float] | None, dict[str, 
 
 def default_params(method: Any) -> dict[str, Any]:
     return {p.name: REQUIRED[p.name] for p in method.params if p.required and p.name in REQUIRED}
+
+
+def parse_fixed(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--fixed`` values, ``METHOD:NAME=VALUE[,NAME=VALUE]`` each: per method, its fixed
+    parameters, typed as the method declares them (one fixed setting per method)."""
+    from lorahive.compose.fusion import get_method
+    from lorahive.hub.errors import InvalidRequestError
+
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        try:
+            method = get_method(name.strip())
+            params = {}
+            for item in filter(None, (x.strip() for x in rest.split(","))):
+                key, eq, value = item.partition("=")
+                param = method.param(key.strip())
+                if not eq or param is None:
+                    raise InvalidRequestError(
+                        f"{key.strip()!r} is not a parameter of {method.name} (it takes "
+                        f"{', '.join(p.name for p in method.params) or 'none'})")
+                params[param.name] = param.coerce(value.strip())
+        except InvalidRequestError as e:
+            raise SystemExit(f"--fixed {spec}: {e}") from None
+        if not params:
+            raise SystemExit(f"--fixed {spec}: give METHOD:NAME=VALUE")
+        out[method.name] = params
+    return out
+
+
+def entry(r: dict[str, Any]) -> str:
+    """A row's name in the tables and standings: its method, with the parameters when the
+    setting is a fixed one (it stands beside the method's default row)."""
+    return f"{r['method']} ({params_text(r['params'])})" if r["setting"] == FIXED else r["method"]
 
 
 def select_setting(grid: Sequence[dict[str, Any]],
@@ -290,16 +338,22 @@ class Subset:
         return out
 
     def run(self, method: Any, grid: Sequence[dict[str, Any]] | None,
-            default: bool = True, prior: Scored | None = None) -> list[Scored]:
-        """The default setting (unless ``default`` is false: an earlier run scored it) and,
-        with a grid, the one tuned on validation, both on test. ``prior``: a tuned row chosen
-        from part of ``grid``; only the other points are scored on validation, and the row is
-        kept (with the whole grid recorded) unless one of them beats it."""
+            default: bool = True, prior: Scored | None = None,
+            fixed: dict[str, Any] | None = None) -> list[Scored]:
+        """The default setting (unless ``default`` is false: an earlier run scored it), the
+        ``fixed`` one when given and, with a grid, the one tuned on validation, all on test.
+        ``prior``: a tuned row chosen from part of ``grid``; only the other points are scored
+        on validation, and the row is kept (with the whole grid recorded) unless one of them
+        beats it."""
         params = default_params(method)
         rows = []
         if default:
             ad, secs = self.fused(method.name, params)
             rows.append(Scored(method.name, "default", params, self.score(ad, "test"), secs))
+        if fixed is not None:
+            ad, secs = self.fused(method.name, {**params, **fixed})
+            rows.append(Scored(method.name, FIXED, {**params, **fixed}, self.score(ad, "test"),
+                               secs))
         if grid:
             def validate(p: dict[str, Any]) -> float:
                 scores = self.score(self.fused(method.name, {**params, **p})[0], "validation")
@@ -327,7 +381,8 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
               log: Callable[[str], None] = print, done: Sequence[dict[str, Any]] = (),
               on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
               own_test: dict[str, float] | None = None,
-              score_only: Container[str] | None = None) -> list[dict[str, Any]]:
+              score_only: Container[str] | None = None,
+              fixed: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every (size, subset, method, setting) with its per-task normalised test scores.
 
     ``done``: rows of an earlier run; a (size, subset, method, setting) they hold for the
@@ -335,7 +390,9 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
     tunes. ``on_rows`` gets every row so far after each method (to save them), so an
     interrupted run resumes. ``own_test``: each task's own-adapter test accuracy, when known
     (``expert_scores``), so it is not scored again. ``score_only``: the tasks that are scored
-    (the experts: the others are fused with the rest but left out of the means anyway)."""
+    (the experts: the others are fused with the rest but left out of the means anyway).
+    ``fixed``: per method, a setting scored on every subset (``parse_fixed``); a fixed row
+    with other parameters is replaced."""
     from lorahive.compose.fusion import all_methods, get_method
 
     ms = [get_method(m) for m in methods] if methods else all_methods()
@@ -347,6 +404,8 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
             for r in done}
     tuned_rows = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"]): r
                   for r in rows if r["setting"] == "tuned"}
+    fixed_rows = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"]): r
+                  for r in rows if r["setting"] == FIXED}
     for size in sizes:
         for i, names in enumerate(sample_subsets(list(by_name), size, subsets, seed)):
             sub = Subset([by_name[n] for n in names], own, adapters, score_only=score_only)
@@ -357,13 +416,20 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
                 prior = tuned_rows.get(key)
                 want_tuned = bool(grid) and (prior is None or any(
                     p not in (prior.get("grid") or []) for p in grid))
-                if not (want_default or want_tuned):
+                fx = (fixed or {}).get(m.name)
+                had = fixed_rows.get(key)
+                want_fixed = fx is not None and (
+                    had is None or had["params"] != {**default_params(m), **fx})
+                if not (want_default or want_tuned or want_fixed):
                     continue
                 if want_tuned and prior is not None:
                     rows.remove(prior)
+                if want_fixed and had is not None:
+                    rows.remove(had)
                 old = None if prior is None or not want_tuned else Scored(
                     **{k: prior.get(k) for k in Scored.__dataclass_fields__})
-                for r in sub.run(m, grid if want_tuned else None, want_default, old):
+                for r in sub.run(m, grid if want_tuned else None, want_default, old,
+                                 fx if want_fixed else None):
                     rows.append({"size": size, "subset": i, "tasks": list(names), **r.__dict__})
                     mean = statistics.fmean(r.normalised.values()) if r.normalised else math.nan
                     log(f"size {size} subset {i} {m.name} {r.setting} {r.params}: "
@@ -428,16 +494,14 @@ def complete_sizes(aggregates: Sequence[dict[str, Any]], methods: Sequence[str])
 
 def standings_from(aggregates: Sequence[dict[str, Any]], evidence: str,
                    diffs: dict[tuple[int, str], dict[str, Any]] | None = None):
-    """The standings table from the aggregates; ``diffs`` (``paired`` on the default
-    setting) gives each default row its difference from the leader at its size."""
-    from lorahive.compose.fusion.standings import Standing, Standings
-
+    """The standings table from the aggregates; ``diffs`` (``paired`` on the competing
+    settings) gives each default or fixed row its difference from the leader at its size."""
     def rounded(x: float) -> float:  # 6 places: shown at 2, so a mean of 0.50497 stays "0.50"
         return round(x, 6)
 
     def vs_leader(a: dict[str, Any]) -> dict[str, Any]:
-        d = (diffs or {}).get((a["inputs"], a["method"]))
-        if a["setting"] != "default" or d is None or d["leader"] == a["method"]:
+        d = (diffs or {}).get((a["inputs"], entry(a)))
+        if a["setting"] not in COMPETING or d is None or d["leader"] == entry(a):
             return {}
         return {"vs": d["leader"], "diff": rounded(d["diff"]),
                 "diff_ci95": (rounded(d["ci95"][0]), rounded(d["ci95"][1])) if d["ci95"] else None}
@@ -445,7 +509,7 @@ def standings_from(aggregates: Sequence[dict[str, Any]], evidence: str,
     rows = tuple(Standing(method=a["method"], inputs=a["inputs"], mean=rounded(a["mean"]),
                           params={k: v for k, v in a["params"].items() if k != WEIGHT}
                           if a["setting"] == "default" else a["params"],
-                          label=a["method"],
+                          label=entry(a),
                           ci95=(rounded(a["ci95"][0]), rounded(a["ci95"][1])) if a["ci95"] else None,
                           n=a["n"], setting=a["setting"],
                           fuse_seconds=round(a["fuse_seconds"], 3), **vs_leader(a))
@@ -461,8 +525,10 @@ def measured(rows: Sequence[dict[str, Any]]) -> str:
         per.setdefault(r["size"], set()).add(r["subset"])
     sizes = ", ".join(f"{k} ({len(v)} subset{'s' * (len(v) != 1)})"
                       for k, v in sorted(per.items()))
-    tuned = any(r["setting"] == "tuned" for r in rows)
-    return f"sizes {sizes}, {'default and tuned settings' if tuned else 'default settings'}"
+    have = {r["setting"] for r in rows}
+    settings = [x for x in ("default", FIXED, "tuned") if x in have]
+    said = ", ".join(settings[:-1]) + " and " + settings[-1] if len(settings) > 1 else settings[0]
+    return f"sizes {sizes}, {said} settings"
 
 
 def scope(keep: Container[str] | None, min_gain: float) -> str:
@@ -484,15 +550,17 @@ def print_table(aggregates: Sequence[dict[str, Any]]) -> None:
               f"{a['fuse_seconds']:.2f} |")
 
 
-def print_curve(aggregates: Sequence[dict[str, Any]], setting: str = "default") -> None:
-    """One row a method, one column a size (mean normalised accuracy [95% interval]), sorted
-    by the mean at the largest size; the last column is the fuse time there."""
-    ags = [a for a in aggregates if a["setting"] == setting]
+def print_curve(aggregates: Sequence[dict[str, Any]],
+                settings: Collection[str] = COMPETING) -> None:
+    """One row a method (a fixed setting a row of its own), one column a size (mean
+    normalised accuracy [95% interval]), sorted by the mean at the largest size; the last
+    column is the fuse time there."""
+    ags = [a for a in aggregates if a["setting"] in settings]
     if not ags:
-        print(f"no rows with the {setting} setting")
+        print(f"no rows with the {' or '.join(settings)} setting")
         return
     sizes = sorted({a["inputs"] for a in ags}, reverse=True)
-    cell = {(a["method"], a["inputs"]): a for a in ags}
+    cell = {(entry(a), a["inputs"]): a for a in ags}
     subsets = {k: max(a["subsets"] for a in ags if a["inputs"] == k) for k in sizes}
     top = sizes[0]
 
@@ -503,7 +571,7 @@ def print_curve(aggregates: Sequence[dict[str, Any]], setting: str = "default") 
     heads = [f"{k} inputs ({subsets[k]} subset{'s' * (subsets[k] != 1)})" for k in sizes]
     print("| method | " + " | ".join(heads) + f" | fuse at {top} (s) |")
     print("|---|" + "---|" * len(sizes) + "---:|")
-    for m in sorted({a["method"] for a in ags}, key=lambda m: (rank(m), m)):
+    for m in sorted({entry(a) for a in ags}, key=lambda m: (rank(m), m)):
         cells = []
         for k in sizes:
             a = cell.get((m, k))
@@ -515,16 +583,16 @@ def print_curve(aggregates: Sequence[dict[str, Any]], setting: str = "default") 
 
 
 def paired(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None,
-           setting: str = "default") -> dict[tuple[int, str], dict[str, Any]]:
-    """Per (size, method): its difference from the size's leader (the highest mean) over the
-    same (subset, task) scores, with the t interval over subsets (over tasks when a size has
-    one subset). Every method is scored on the same tasks, so this answers "is the leader
+           settings: Collection[str] = COMPETING) -> dict[tuple[int, str], dict[str, Any]]:
+    """Per (size, ``entry``): its difference from the size's leader (the highest mean) over
+    the same (subset, task) scores, with the t interval over subsets (over tasks when a size
+    has one subset). Every method is scored on the same tasks, so this answers "is the leader
     ahead of it" directly, where the overlap of two methods' own intervals does not."""
     scores: dict[tuple[int, str], dict[tuple[int, str], float]] = {}
     for r in rows:
-        if r["setting"] != setting:
+        if r["setting"] not in settings:
             continue
-        got = scores.setdefault((r["size"], r["method"]), {})
+        got = scores.setdefault((r["size"], entry(r)), {})
         for task, v in r["normalised"].items():
             if keep is None or task in keep:
                 got[(r["subset"], task)] = v
@@ -544,10 +612,10 @@ def paired(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None,
 
 
 def print_paired(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None,
-                 setting: str = "default") -> None:
+                 settings: Collection[str] = COMPETING) -> None:
     """The curve as differences from each column's leader (same tasks, paired), one row a
     method, sorted by the difference at the largest size."""
-    diffs = paired(rows, keep, setting)
+    diffs = paired(rows, keep, settings)
     if not diffs:
         return
     sizes = sorted({k for k, _ in diffs}, reverse=True)
@@ -602,8 +670,6 @@ def tuned_vs_default(rows: Sequence[dict[str, Any]], keep: Container[str] | None
 
 def print_tuned(rows: Sequence[dict[str, Any]], keep: Container[str] | None = None) -> None:
     """``tuned_vs_default`` as a table, by size, then by the tuned mean."""
-    from lorahive.compose.fusion.standings import params_text
-
     got = tuned_vs_default(rows, keep)
     if not got:
         print("no tuned rows yet")
@@ -647,8 +713,6 @@ SEED_EVIDENCE = ("seed table (the curve has not run yet): 4 SmolLM2-135M adapter
 
 
 def seed_standings():
-    from lorahive.compose.fusion.standings import Standing, Standings
-
     rows = []
     for method, params, scores, secs in SEED_RUN:
         mean, ci = mean_ci95(scores)
@@ -686,8 +750,9 @@ def write_standings(rows: Sequence[dict[str, Any]], scores: dict[str, dict[str, 
                 f"{measured(rows)}; {min(examples)}-{max(examples)} test examples per task; "
                 f"{scope(keep, min_gain)}; n counts normalised task scores")
     st.write(standings_from([x for x in agg if x["setting"] == "default"]
+                            + [x for x in agg if x["setting"] == FIXED]
                             + [x for x in agg if x["setting"] == "tuned"], evidence,
-                            paired(rows, keep)), standings_path())
+                            paired(rows, keep, COMPETING)), standings_path())
     print(f"wrote {standings_path()} from sizes {', '.join(map(str, sizes))}")
 
 
@@ -704,6 +769,8 @@ def main() -> None:
     p.add_argument("--subsets", type=int, default=3)
     p.add_argument("--methods", default="", help="comma-separated (default: every method)")
     p.add_argument("--no-tune", action="store_true", help="default settings only")
+    p.add_argument("--fixed", action="append", default=[], metavar="METHOD:NAME=VALUE",
+                   help="also score this setting on every subset (repeatable, one a method)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", type=Path, default=ROWS,
                    help=f"where every scored row is written (default {ROWS})")
@@ -711,7 +778,7 @@ def main() -> None:
     p.add_argument("--write-standings", action="store_true",
                    help="replace compose/fusion/standings.json with this run's standings")
     p.add_argument("--setting", choices=["default", "tuned"], default="default",
-                   help="table: which setting's scores")
+                   help="table: the default settings (with any fixed ones) or the tuned ones")
     p.add_argument("--experts", type=Path, default=EXPERTS,
                    help=f"each task's own-adapter and base-model test accuracy (default {EXPERTS})")
     p.add_argument("--min-gain", type=float, default=MIN_GAIN,
@@ -731,9 +798,10 @@ def main() -> None:
             write_standings(rows, scores, keep, a.min_gain)
             return
         print(f"{a.rows}: {measured(rows)}; {scope(keep, a.min_gain)}")
-        print_curve(aggregate(rows, keep), a.setting)
+        settings = COMPETING if a.setting == "default" else (a.setting,)
+        print_curve(aggregate(rows, keep), settings)
         print("\nEach method minus the column's leader, on the same tasks (paired):")
-        print_paired(rows, keep, a.setting)
+        print_paired(rows, keep, settings)
         if a.setting == "tuned":
             print("\nTuned on validation against the default, on the same subsets (test):")
             print_tuned(rows, keep)
@@ -745,6 +813,7 @@ def main() -> None:
     if not a.tasks:
         raise SystemExit("--tasks module:function is required (it returns the CurveTask list)")
     mod, _, fn = a.tasks.partition(":")
+    fixed = parse_fixed(a.fixed)
     tasks = getattr(importlib.import_module(mod), fn)()
     sizes = [int(x) for x in a.sizes.split(",")]
     t0 = time.perf_counter()
@@ -760,7 +829,8 @@ def main() -> None:
     rows = run_curve(tasks, sizes, a.subsets, [m for m in a.methods.split(",") if m],
                      a.seed, not a.no_tune, done=done,
                      on_rows=lambda rs: _write_json(a.rows, rs),
-                     own_test={n: s["own"] for n, s in scores.items()}, score_only=keep)
+                     own_test={n: s["own"] for n, s in scores.items()}, score_only=keep,
+                     fixed=fixed)
     rows = finished(rows)
     print_table(aggregate(rows, keep))
     if a.write_standings:

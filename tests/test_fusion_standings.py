@@ -347,6 +347,88 @@ def test_a_widened_grid_scores_only_its_new_points(tiny_llama_dir, tmp_path, mon
     assert run([0.3, 0.5, 0.1, 1.0], done=higher) == higher and calls == []
 
 
+def test_a_fixed_setting_competes_with_the_defaults_and_a_tuned_one_does_not():
+    """A fixed setting, scored on every subset as the defaults are, is chosen when it leads,
+    with its parameters, and the runner-up's paired difference is against it."""
+    st = table(
+        Standing("tsv", 14, 0.50, ci95=(0.42, 0.59), vs="iso_cts (alpha=3.0)", diff=-0.15,
+                 diff_ci95=(-0.25, -0.05)),
+        Standing("iso_cts", 14, 0.35, ci95=(0.1, 0.6)),
+        Standing("iso_cts", 14, 0.65, {"alpha": 3.0}, label="iso_cts (alpha=3.0)",
+                 ci95=(0.55, 0.75), setting="fixed"),
+        Standing("iso_c", 14, 0.99, {"alpha": 4.0}, setting="tuned"),
+    )
+    c = standings.choose(14, st)
+    assert (c.method, c.params) == ("iso_cts", {"alpha": 3.0})
+    assert c.reason.startswith("iso_cts with alpha=3.0, best mean normalised accuracy: 0.65")
+    assert "next tsv 0.50, 0.15 behind on the same tasks [0.05, 0.25]: a real lead" in c.reason
+    assert [r.setting_text() for r in st.of("iso_cts")] == ["default", "fixed (alpha=3.0)"]
+    assert standings.choose(14, st, known={"tsv"}).method == "tsv"
+
+
+def test_fixed_settings_are_typed_by_the_method_and_named_by_their_parameters():
+    from benchmarks.fusion_curve import entry, parse_fixed
+
+    assert parse_fixed(["iso_cts:alpha=3", "ties:density=0.3"]) == {
+        "iso_cts": {"alpha": 3.0}, "ties": {"density": 0.3}}
+    with pytest.raises(SystemExit, match="'rank' is not a parameter of iso_cts"):
+        parse_fixed(["iso_cts:rank=3"])
+    with pytest.raises(SystemExit, match="expects float"):
+        parse_fixed(["iso_cts:alpha=high"])
+    with pytest.raises(SystemExit, match="unknown fusion method 'nope'"):
+        parse_fixed(["nope:alpha=1"])
+    with pytest.raises(SystemExit, match="give METHOD:NAME=VALUE"):
+        parse_fixed(["iso_cts"])
+    row = {"method": "iso_cts", "setting": "fixed", "params": {"alpha": 3.0}}
+    assert entry(row) == "iso_cts (alpha=3.0)"
+    assert entry({**row, "setting": "default"}) == "iso_cts"
+
+
+def test_a_fixed_setting_is_scored_on_every_subset_and_enters_the_standings(
+        tiny_llama_dir, tmp_path):
+    """``fixed`` adds one row per subset beside the default (which is not run again), a
+    rerun with the same value does nothing, another value replaces the rows; the standings
+    name the row by its parameters and pair the defaults with it."""
+    from benchmarks.fusion_curve import CurveTask, finished, run_curve
+
+    fused = []
+
+    def scorer(adapter, examples):  # the larger the fused delta, the better
+        if adapter is None:
+            return 0.5
+        fused.append(len(examples))
+        size = sum(float((m.B @ m.A).abs().sum()) for m in adapter.modules.values())
+        return 0.5 + 0.4 * size / (1.0 + size)
+
+    tasks = [CurveTask(f"t{i}", make_peft_adapter(tiny_llama_dir, tmp_path / f"t{i}",
+                                                  seed=50 + i), [1], [1, 2, 3], scorer)
+             for i in range(3)]
+
+    def run(done=(), **kw):
+        fused.clear()
+        return run_curve(tasks, [2], 2, ["iso_c"], tune=False, log=lambda _: None,
+                         done=done, own_test={t.name: 0.9 for t in tasks}, **kw)
+
+    plain = run()
+    fx = run(plain, fixed={"iso_c": {"alpha": 3.0}})
+    assert [(r["subset"], r["setting"]) for r in fx] == [
+        (0, "default"), (1, "default"), (0, "fixed"), (1, "fixed")]
+    assert fx[:2] == plain and fx[2]["params"] == {"alpha": 3.0}
+    assert fused == [3, 3] * 2  # the fixed setting's test scores only, two tasks a subset
+    assert run(fx, fixed={"iso_c": {"alpha": 3.0}}) == fx and fused == []
+    other = run(fx, fixed={"iso_c": {"alpha": 0.5}})
+    assert [r["params"] for r in other if r["setting"] == "fixed"] == [{"alpha": 0.5}] * 2
+    agg = aggregate(finished(fx))
+    st = standings_from(agg, "unit rows", paired(fx))
+    fixed = next(r for r in st.rows if r.setting == "fixed")
+    assert (fixed.name, fixed.params, fixed.vs) == ("iso_c (alpha=3.0)", {"alpha": 3.0}, None)
+    default = next(r for r in st.rows if r.setting == "default")
+    assert default.vs == "iso_c (alpha=3.0)" and default.diff < 0
+    c = standings.choose(2, st)
+    assert (c.method, c.params) == ("iso_c", {"alpha": 3.0})
+    assert measured(fx) == "sizes 2 (2 subsets), default and fixed settings"
+
+
 def test_curve_rows_are_written_where_no_folder_exists_yet(tmp_path):
     """The first run on a fresh machine saves its rows under a cache folder it creates."""
     from benchmarks.fusion_curve import _write_json

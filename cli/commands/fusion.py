@@ -310,8 +310,10 @@ def methods_cmd(
     paragraph("Set a parameter with --density, --majority-sign or --param NAME=VALUE; every method "
               "also takes --weights, --rank or --rank-budget, --seed, --device.")
     paragraph(f"measured: {table_of.metric} [95% interval]; evidence: {table_of.evidence}. "
-              "`lorahive fuse` without --method takes the best default-setting method at the "
-              "measured input count nearest to its number of inputs.")
+              "`lorahive fuse` without --method takes the best method, with its default "
+              "setting or a fixed one scored on every task subset, at the measured input "
+              "count nearest to its number of inputs; tuned settings were chosen per subset "
+              "and are shown, not chosen.")
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,8 @@ from lorahive.hub.errors import InvalidRequestError
 
 FILE = "standings.json"
 FALLBACK = "task_arithmetic"  # the exact sum: what fusing one adapter, or no evidence, keeps
+FIXED = "fixed"  # a setting scored on every task subset as the default is
+COMPETING = ("default", FIXED)  # the settings ``choose`` picks among
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class Standing:
     label: str = ""
     ci95: tuple[float, float] | None = None
     n: int = 0  # normalised task scores behind the mean
-    setting: str = "default"  # "default" parameters or "tuned" on a validation split
+    # "default" parameters; "fixed": one setting scored on every task subset as the default
+    # is (it competes with the defaults); "tuned" on each subset's validation split
+    setting: str = "default"
     fuse_seconds: float | None = None
     # its difference from the leader at this count on the same task scores (paired), with
     # the 95% interval: whether the leader is ahead of it, which two own intervals cannot say
@@ -141,10 +145,11 @@ def choose(n_inputs: int, standings: Standings | None = None,
            known: set[str] | None = None) -> Choice:
     """The method the standings support for ``n_inputs`` adapters, with a one-line reason.
 
-    The best mean with default parameters at the measured input count nearest to
-    ``n_inputs`` wins (a faster fuse breaks a tie; tuned settings are shown, not chosen: they
-    were tuned per task subset); methods not in ``known`` (when given) are skipped. One input
-    is kept exactly by the exact sum, whatever the table says.
+    The best mean with default parameters, or with a fixed setting (scored on every subset
+    as the defaults are), at the measured input count nearest to ``n_inputs`` wins (a faster
+    fuse breaks a tie; tuned settings are shown, not chosen: they were tuned per task subset,
+    so a user cannot take one as it is); methods not in ``known`` (when given) are skipped.
+    One input is kept exactly by the exact sum, whatever the table says.
     """
     if n_inputs < 1:
         raise InvalidRequestError("give at least one adapter to fuse")
@@ -152,7 +157,7 @@ def choose(n_inputs: int, standings: Standings | None = None,
         return Choice(FALLBACK, {}, f"{FALLBACK} (one input: the exact sum keeps it as it is)")
     st = standings or load()
     count = st.nearest_count(n_inputs)
-    rows = [r for r in st.rows if r.inputs == count and r.setting == "default"
+    rows = [r for r in st.rows if r.inputs == count and r.setting in COMPETING
             and (known is None or r.method in known)]
     if not rows:
         return Choice(FALLBACK, {}, f"{FALLBACK} (no measured method applies; exact sum)")
@@ -165,7 +170,7 @@ def choose(n_inputs: int, standings: Standings | None = None,
     vs = ""
     if runner is not None:
         vs = f"; next {runner.name} {runner.mean:.2f}"
-        if runner.vs == best.method and runner.diff is not None and runner.diff_ci95:
+        if runner.vs == best.name and runner.diff is not None and runner.diff_ci95:
             lo, hi = runner.diff_ci95
             vs += (f", {-runner.diff:.2f} behind on the same tasks "
                    f"[{-hi:.2f}, {-lo:.2f}]: " + ("a real lead" if hi < 0 else "not resolved"))
