@@ -79,7 +79,8 @@ REQUIRED = {"density": 0.5}
 # records the points it was chosen from; points added here later are scored on a rerun and
 # the row is kept or replaced by the best of all of them (``Subset.run``'s ``prior``). The
 # Iso grids reach 6: at 4 and 8 inputs both chose 2.0, the top of the first grid, and
-# Iso-CTS then chose 4.0 at 4 inputs.
+# Iso-CTS then chose 4.0 at 4 inputs. TSV-M's reaches down to 0.25 and CART's to 0.02: they
+# chose the bottom of their first grids (alpha 0.5 at every size, rank_fraction 0.04).
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "task_arithmetic": [{WEIGHT: x} for x in (0.3, 0.5, 0.7, 1.0)],
     "cat": [{WEIGHT: x} for x in (0.3, 0.5, 0.7, 1.0)],
@@ -90,11 +91,11 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
        for m in ("ties", "ties_svd", "dare_linear", "dare_linear_svd", "dare_ties",
                  "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd", "core_space",
                  "knots")},
-    "tsv": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0)],
+    "tsv": [{"alpha": a} for a in (0.25, 0.5, 1.0, 1.5, 2.0)],
     "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)],
     "iso_cts": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)],
     "star": [{"eta": e} for e in (0.2, 0.4, 0.6, 0.8)],
-    "cart": [{"rank_fraction": f} for f in (0.04, 0.08, 0.16, 0.32)],
+    "cart": [{"rank_fraction": f} for f in (0.02, 0.04, 0.08, 0.16, 0.32)],
 }
 
 
