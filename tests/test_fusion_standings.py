@@ -238,7 +238,9 @@ def test_fuse_without_method_takes_the_standing_choice_and_says_why(tiny_llama_d
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith("method: "))
     assert line.startswith(f"method: {want.method}") and "evidence:" in line
-    assert read_sidecar(tmp_path / "f")["lineage"]["method"] == f"fuse:{want.method}"
+    lineage = read_sidecar(tmp_path / "f")["lineage"]
+    assert lineage["method"] == f"fuse:{want.method}"
+    assert {k: lineage["params"][k] for k in want.params} == want.params  # a fixed setting's
     r = lorahive("fuse", a, b, "--density", "0.5", "--out", tmp_path / "g", cwd=tmp_path)
     assert r.returncode == 1 and "--method" in r.stderr and not (tmp_path / "g").exists()
     r = lorahive("methods", "--json", cwd=tmp_path)
