@@ -246,6 +246,17 @@ def test_fuse_without_method_takes_the_standing_choice_and_says_why(tiny_llama_d
     r = lorahive("methods", "--json", cwd=tmp_path)
     listed = {m["name"]: m["standings"] for m in json.loads(r.stdout)}
     assert listed[want.method] and set(listed) == set(METHODS)
+    # each measured count marks one row, the one fuse takes for that many inputs
+    chosen = {r["inputs"]: (name, r["params"]) for name, rows in listed.items()
+              for r in rows if r["chosen"]}
+    counts = standings.load().input_counts
+    assert sorted(chosen) == counts
+    for n in counts:
+        c = standings.choose(n, known=set(METHODS))
+        assert chosen[n] == (c.method, c.params)
+    r = lorahive("methods", cwd=tmp_path)
+    assert r.stdout.count("- fuse's choice") == len(counts)
+    assert f"at {counts[0]} inputs: default" in r.stdout
 
 
 def test_an_interrupted_curve_resumes(tiny_llama_dir, tmp_path):

@@ -290,6 +290,18 @@ def methods_cmd(
 
     ms = all_methods()
     table_of = standings.load()
+    known = {m.name for m in ms}
+    chosen = {n: standings.choose(n, table_of, known) for n in table_of.input_counts if n > 1}
+
+    def is_chosen(r: standings.Standing) -> bool:
+        return r.inputs in chosen and chosen[r.inputs].picks(r)
+
+    def measured(name: str) -> list[tuple[str, str]]:
+        rows = table_of.of(name)
+        return [(f"at {n} inputs", "; ".join(
+            f"{r.setting_text()} {r.summary()}" + (" - fuse's choice" if is_chosen(r) else "")
+            for r in rows if r.inputs == n)) for n in sorted({r.inputs for r in rows})]
+
     if json_out:
         print_json([{"name": m.name, "family": m.family, "description": m.description,
                      "paper": m.paper, "note": m.note,
@@ -298,18 +310,19 @@ def methods_cmd(
                                  "required": p.required,
                                  "default": None if p.required else p.default}
                                 for p in m.params],
-                     "standings": [{**r.__dict__, "ci95": list(r.ci95) if r.ci95 else None}
+                     "standings": [{**r.__dict__, "ci95": list(r.ci95) if r.ci95 else None,
+                                    "chosen": is_chosen(r)}
                                    for r in table_of.of(m.name)]} for m in ms])
         return
     print_records((f"{m.name} ({m.family})", [
         ("", m.description), ("parameters", "; ".join(p.describe() for p in m.params) or "-"),
-        ("measured", "; ".join(f"{r.setting_text()}: {r.describe()}"
-                               for r in table_of.of(m.name)) or "-"),
+        *(measured(m.name) or [("measured", "-")]),
         ("paper", m.paper), ("note", m.note)]) for m in ms)
     line()
     paragraph("Set a parameter with --density, --majority-sign or --param NAME=VALUE; every method "
               "also takes --weights, --rank or --rank-budget, --seed, --device.")
-    paragraph(f"measured: {table_of.metric} [95% interval]; evidence: {table_of.evidence}. "
+    paragraph(f"at N inputs: per setting, {table_of.metric} [95% interval] (n: the task "
+              f"scores behind it); evidence: {table_of.evidence}. "
               "`lorahive fuse` without --method takes the best method, with its default "
               "setting or a fixed one scored on every task subset, at the measured input "
               "count nearest to its number of inputs; tuned settings were chosen per subset "

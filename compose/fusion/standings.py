@@ -23,6 +23,7 @@ FILE = "standings.json"
 FALLBACK = "task_arithmetic"  # the exact sum: what fusing one adapter, or no evidence, keeps
 FIXED = "fixed"  # a setting scored on every task subset as the default is
 COMPETING = ("default", FIXED)  # the settings ``choose`` picks among
+SETTINGS = (*COMPETING, "tuned")  # every setting, in the order they are shown
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class Standing:
         ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
         return f"{self.mean:.2f}{ci} at {self.inputs} inputs (n={self.n})"
 
+    def summary(self) -> str:
+        """``describe`` without the count, for a line that is about one count already."""
+        ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
+        return f"{self.mean:.2f}{ci} (n={self.n})"
+
     def setting_text(self) -> str:
         """``default``, or ``tuned`` with the values it was tuned to: a tuned mean is only
         worth reading beside the setting that reaches it."""
@@ -82,9 +88,11 @@ class Standings:
         return sorted({r.inputs for r in self.rows})
 
     def of(self, method: str) -> list[Standing]:
-        """A method's rows, by input count, the default setting first within a count."""
+        """A method's rows, by input count; within a count the default setting, then a fixed
+        one (both can be ``fuse``'s choice), then the tuned one."""
+        order = {s: i for i, s in enumerate(SETTINGS)}
         return sorted((r for r in self.rows if r.method == method),
-                      key=lambda r: (r.inputs, r.setting != "default", -r.mean))
+                      key=lambda r: (r.inputs, order.get(r.setting, len(order)), -r.mean))
 
     def nearest_count(self, n_inputs: int) -> int:
         """The measured input count nearest to ``n_inputs`` (the larger one on a tie)."""
@@ -105,6 +113,11 @@ class Choice:
     method: str
     params: dict[str, Any]
     reason: str
+
+    def picks(self, row: Standing) -> bool:
+        """Whether ``row`` is the measured row this choice was made from."""
+        return (row.setting in COMPETING and row.method == self.method
+                and row.params == self.params)
 
 
 def parse(data: dict[str, Any]) -> Standings:
