@@ -241,6 +241,13 @@ def test_fuse_without_method_takes_the_standing_choice_and_says_why(tiny_llama_d
     lineage = read_sidecar(tmp_path / "f")["lineage"]
     assert lineage["method"] == f"fuse:{want.method}"
     assert {k: lineage["params"][k] for k in want.params} == want.params  # a fixed setting's
+    fixed = next((r for r in standings.load().rows if r.setting == "fixed"
+                  and standings.setting_note(r.method, {}, 2)), None)
+    assert fixed is not None  # the shipped table has one (Iso-CTS at alpha 3)
+    r = lorahive("fuse", a, b, "--method", fixed.method, "--out", tmp_path / "h", cwd=tmp_path)
+    assert r.returncode == 0  # naming that method alone is told of the better setting
+    assert "measured: " + standings.setting_note(fixed.method, {}, 2) in " ".join(
+        r.stderr.split())
     r = lorahive("fuse", a, b, "--density", "0.5", "--out", tmp_path / "g", cwd=tmp_path)
     assert r.returncode == 1 and "--method" in r.stderr and not (tmp_path / "g").exists()
     r = lorahive("methods", "--json", cwd=tmp_path)
@@ -377,6 +384,20 @@ def test_a_fixed_setting_competes_with_the_defaults_and_a_tuned_one_does_not():
     assert "next tsv 0.50, 0.15 behind on the same tasks [0.05, 0.25]: a real lead" in c.reason
     assert [r.setting_text() for r in st.of("iso_cts")] == ["default", "fixed (alpha=3.0)"]
     assert standings.choose(14, st, known={"tsv"}).method == "tsv"
+
+
+def test_naming_a_method_tells_of_its_better_fixed_setting_unless_it_is_set():
+    st = table(Standing("iso_cts", 8, 0.44), Standing("iso_cts", 8, 0.69, {"alpha": 3.0},
+                                                       setting="fixed"),
+               Standing("tsv", 8, 0.53), Standing("tsv", 8, 0.50, {"alpha": 0.5},
+                                                  setting="fixed"))
+    note = standings.setting_note("iso_cts", {"density": None}, 6, st)
+    assert note == ("iso_cts with alpha=3.0 measured 0.69 against 0.44 at its defaults "
+                    "(8 inputs); --param alpha=3.0 uses it")
+    assert standings.setting_note("iso_cts", {"alpha": "2"}, 6, st) is None  # set by the user
+    assert standings.setting_note("tsv", {}, 8, st) is None  # its fixed setting is worse
+    assert standings.setting_note("ties", {}, 8, st) is None  # no fixed row
+    assert standings.setting_note("iso_cts", {}, 1, st) is None
 
 
 def test_fixed_settings_are_typed_by_the_method_and_named_by_their_parameters():

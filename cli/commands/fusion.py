@@ -117,6 +117,11 @@ def default_method(method: str | None, params: dict[str, Any], n_inputs: int
                    ) -> tuple[str, dict[str, Any], str | None]:
     """The method asked for, or the one the measured standings support (with the reason)."""
     if method is not None:
+        from lorahive.compose.fusion import standings
+
+        note = standings.setting_note(method, params, n_inputs)
+        if note:
+            err_console.print(f"[dim]measured:[/dim] {note}", soft_wrap=True)
         return method, params, None
     from lorahive.compose.fusion import METHODS, standings
 

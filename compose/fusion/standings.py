@@ -193,3 +193,27 @@ def choose(n_inputs: int, standings: Standings | None = None,
     reason = (f"{best.method}{setting}, best mean normalised accuracy: {best.describe()}"
               f"{where}{vs}; evidence: {st.evidence}")
     return Choice(best.method, dict(best.params), reason)
+
+
+def setting_note(method: str, given: dict[str, Any], n_inputs: int,
+                 standings: Standings | None = None) -> str | None:
+    """For a method named by the user: when its fixed setting measured above its defaults at
+    the nearest count and the user set none of that setting's parameters, one line saying so
+    and how to use it (``--method iso_cts`` alone runs alpha 1, which scored about half)."""
+    if n_inputs < 2:
+        return None
+    st = standings or load()
+    if not st.rows:
+        return None
+    count = st.nearest_count(n_inputs)
+    here = [r for r in st.rows if r.inputs == count and r.method == method]
+    default = next((r for r in here if r.setting == "default"), None)
+    fixed = next((r for r in here if r.setting == FIXED), None)
+    if default is None or fixed is None or fixed.mean <= default.mean:
+        return None
+    if any(given.get(k) is not None for k in fixed.params):
+        return None
+    flags = " ".join(f"--param {k}={v}" for k, v in sorted(fixed.params.items()))
+    return (f"{method} with {params_text(fixed.params)} measured {fixed.mean:.2f} against "
+            f"{default.mean:.2f} at its defaults ({count} inputs); {flags} uses it")
+
