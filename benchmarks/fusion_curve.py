@@ -28,7 +28,7 @@ function ``module:function`` returns that list:
     python -m benchmarks.fusion_curve run --tasks benchmarks.library:curve_tasks \\
         [--sizes 4,8,14,20] [--subsets 3] [--methods ...] [--fixed iso_cts:alpha=3]
         [--write-standings]
-    python -m benchmarks.fusion_curve table    # the saved rows as a method x size table
+    python -m benchmarks.fusion_curve table [--setting fixed|tuned]   # method x size table
     python -m benchmarks.fusion_curve standings   # fuse's standings from the saved rows
     python -m benchmarks.fusion_curve seed     # the seed standings from the 4-adapter table
 
@@ -778,8 +778,9 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="ignore the rows of an earlier run")
     p.add_argument("--write-standings", action="store_true",
                    help="replace compose/fusion/standings.json with this run's standings")
-    p.add_argument("--setting", choices=["default", "tuned"], default="default",
-                   help="table: the default settings (with any fixed ones) or the tuned ones")
+    p.add_argument("--setting", choices=["default", FIXED, "tuned"], default="default",
+                   help="table: the default settings; fixed: the default and fixed ones "
+                        "(what fuse chooses among); tuned: the tuned ones")
     p.add_argument("--experts", type=Path, default=EXPERTS,
                    help=f"each task's own-adapter and base-model test accuracy (default {EXPERTS})")
     p.add_argument("--min-gain", type=float, default=MIN_GAIN,
@@ -799,7 +800,7 @@ def main() -> None:
             write_standings(rows, scores, keep, a.min_gain)
             return
         print(f"{a.rows}: {measured(rows)}; {scope(keep, a.min_gain)}")
-        settings = COMPETING if a.setting == "default" else (a.setting,)
+        settings = COMPETING if a.setting == FIXED else (a.setting,)
         print_curve(aggregate(rows, keep), settings)
         print("\nEach method minus the column's leader, on the same tasks (paired):")
         print_paired(rows, keep, settings)
