@@ -229,10 +229,12 @@ def parse_fixed(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
             for item in filter(None, (x.strip() for x in rest.split(","))):
                 key, eq, value = item.partition("=")
                 param = method.param(key.strip())
-                if not eq or param is None:
+                if param is None:
                     raise InvalidRequestError(
                         f"{key.strip()!r} is not a parameter of {method.name} (it takes "
                         f"{', '.join(p.name for p in method.params) or 'none'})")
+                if not eq:
+                    raise InvalidRequestError(f"give {param.name}=VALUE")
                 params[param.name] = param.coerce(value.strip())
         except InvalidRequestError as e:
             raise SystemExit(f"--fixed {spec}: {e}") from None

@@ -413,6 +413,8 @@ def test_fixed_settings_are_typed_by_the_method_and_named_by_their_parameters():
         parse_fixed(["nope:alpha=1"])
     with pytest.raises(SystemExit, match="give METHOD:NAME=VALUE"):
         parse_fixed(["iso_cts"])
+    with pytest.raises(SystemExit, match="give alpha=VALUE"):
+        parse_fixed(["iso_cts:alpha"])
     row = {"method": "iso_cts", "setting": "fixed", "params": {"alpha": 3.0}}
     assert entry(row) == "iso_cts (alpha=3.0)"
     assert entry({**row, "setting": "default"}) == "iso_cts"
