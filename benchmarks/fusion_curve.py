@@ -58,6 +58,7 @@ from benchmarks.smollm2 import CACHE
 from lorahive.compose.fusion.standings import (
     COMPETING,
     FIXED,
+    SETTINGS,
     Standing,
     Standings,
     params_text,
@@ -405,10 +406,9 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
     rows: list[dict[str, Any]] = list(done)
     have = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"], r["setting"])
             for r in done}
-    tuned_rows = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"]): r
-                  for r in rows if r["setting"] == "tuned"}
-    fixed_rows = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"]): r
-                  for r in rows if r["setting"] == FIXED}
+    # the tuned and fixed rows of the earlier run, by (size, subset, tasks, method, setting)
+    earlier = {(r["size"], r["subset"], tuple(r["tasks"]), r["method"], r["setting"]): r
+               for r in rows if r["setting"] in ("tuned", FIXED)}
     for size in sizes:
         for i, names in enumerate(sample_subsets(list(by_name), size, subsets, seed)):
             sub = Subset([by_name[n] for n in names], own, adapters, score_only=score_only)
@@ -416,11 +416,11 @@ def run_curve(tasks: Sequence[CurveTask], sizes: Sequence[int], subsets: int,
                 key = (size, i, tuple(names), m.name)
                 grid = GRIDS.get(m.name) if tune else None
                 want_default = (*key, "default") not in have
-                prior = tuned_rows.get(key)
+                prior = earlier.get((*key, "tuned"))
                 want_tuned = bool(grid) and (prior is None or any(
                     p not in (prior.get("grid") or []) for p in grid))
                 fx = (fixed or {}).get(m.name)
-                had = fixed_rows.get(key)
+                had = earlier.get((*key, FIXED))
                 want_fixed = fx is not None and (
                     had is None or had["params"] != {**default_params(m), **fx})
                 if not (want_default or want_tuned or want_fixed):
@@ -529,7 +529,7 @@ def measured(rows: Sequence[dict[str, Any]]) -> str:
     sizes = ", ".join(f"{k} ({len(v)} subset{'s' * (len(v) != 1)})"
                       for k, v in sorted(per.items()))
     have = {r["setting"] for r in rows}
-    settings = [x for x in ("default", FIXED, "tuned") if x in have]
+    settings = [x for x in SETTINGS if x in have]
     said = ", ".join(settings[:-1]) + " and " + settings[-1] if len(settings) > 1 else settings[0]
     return f"sizes {sizes}, {said} settings"
 
@@ -752,9 +752,7 @@ def write_standings(rows: Sequence[dict[str, Any]], scores: dict[str, dict[str, 
     evidence = (f"benchmarks/fusion_curve.py: {len(scores)} task adapters; "
                 f"{measured(rows)}; {min(examples)}-{max(examples)} test examples per task; "
                 f"{scope(keep, min_gain)}; n counts normalised task scores")
-    st.write(standings_from([x for x in agg if x["setting"] == "default"]
-                            + [x for x in agg if x["setting"] == FIXED]
-                            + [x for x in agg if x["setting"] == "tuned"], evidence,
+    st.write(standings_from(sorted(agg, key=lambda x: SETTINGS.index(x["setting"])), evidence,
                             paired(rows, keep, COMPETING)), standings_path())
     print(f"wrote {standings_path()} from sizes {', '.join(map(str, sizes))}")
 

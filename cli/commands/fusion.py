@@ -116,15 +116,13 @@ def import_in_background(module: str) -> None:
 def default_method(method: str | None, params: dict[str, Any], n_inputs: int
                    ) -> tuple[str, dict[str, Any], str | None]:
     """The method asked for, or the one the measured standings support (with the reason)."""
-    if method is not None:
-        from lorahive.compose.fusion import standings
+    from lorahive.compose.fusion import METHODS, standings
 
+    if method is not None:
         note = standings.setting_note(method, params, n_inputs)
         if note:
             err_console.print(f"[dim]measured:[/dim] {note}", soft_wrap=True)
         return method, params, None
-    from lorahive.compose.fusion import METHODS, standings
-
     choice = standings.choose(n_inputs, known=set(METHODS))
     return choice.method, {**params, **choice.params}, choice.reason
 
@@ -304,7 +302,7 @@ def methods_cmd(
     def measured(name: str) -> list[tuple[str, str]]:
         rows = table_of.of(name)
         return [(f"at {n} inputs", "; ".join(
-            f"{r.setting_text()} {r.summary()}" + (" - fuse's choice" if is_chosen(r) else "")
+            f"{r.setting_text()} {r.describe(count=False)}" + (" - fuse's choice" if is_chosen(r) else "")
             for r in rows if r.inputs == n)) for n in sorted({r.inputs for r in rows})]
 
     if json_out:

@@ -52,14 +52,11 @@ class Standing:
         """How the row is named to users: its label, else its method."""
         return self.label or self.method
 
-    def describe(self) -> str:
+    def describe(self, count: bool = True) -> str:
+        """Mean [interval] at the count (n); ``count=False`` for a line about one count."""
         ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
-        return f"{self.mean:.2f}{ci} at {self.inputs} inputs (n={self.n})"
-
-    def summary(self) -> str:
-        """``describe`` without the count, for a line that is about one count already."""
-        ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
-        return f"{self.mean:.2f}{ci} (n={self.n})"
+        at = f" at {self.inputs} inputs" if count else ""
+        return f"{self.mean:.2f}{ci}{at} (n={self.n})"
 
     def setting_text(self) -> str:
         """``default``, or ``tuned`` with the values it was tuned to: a tuned mean is only
