@@ -103,25 +103,25 @@ def lora_ft(task: TaskData, shots, seed: int, ctx: Context):
                      {"train_seconds": info["seconds"], "loss_last5": info["loss_last5"]})
 
 
-@row("default", "lorahive default", library=True, version=4)
+@row("default", "lorahive default", library=True, version=5)
 def lorahive_default(task: TaskData, shots, seed: int, ctx: Context):
     """``lorahive compose`` as a user runs it, with its defaults: every library adapter by
     registry reference (``library/<task>``, from the library's own registry), the shots as
     ``--examples``, ``--seed`` the suite's seed; the adapter it writes is then scored, or the
-    base model where the out-of-fold check writes nothing. Version 2: the defaults of
-    ``compose.composer.policy`` (retrieval, the label objective on label shots, the check);
-    version 3: the check never holds out a label's only shot; version 4: where every shot
-    the check could hold out has one label, nothing is searched or written (no mix could
-    pass it); version 1 was LoRAHub's procedure, now the ``lorahub_ours`` row."""
+    base model where it writes nothing. Version 5: retrieval and the label objective wherever
+    the shots' outputs repeat, no out-of-fold check; versions 2-4 checked leave-one-out and
+    took the label objective with two shots per label; version 1 was LoRAHub's procedure,
+    now the ``lorahub_ours`` row."""
     return _compose(task, shots, seed, ctx, [])
 
 
 @row("default_ft", f"lorahive default + --fine-tune {FT_STEPS}", library=True, quick=False,
-     version=2)
+     version=3)
 def lorahive_default_ft(task: TaskData, shots, seed: int, ctx: Context):
     """The default, then ``FT_STEPS`` gradient steps on the shots at ``FT_LR`` (the
-    ``lora_ft`` row's recipe) from the mix, or from the base model where the check refused
-    the mix or could pass none (version 2): not gradient-free."""
+    ``lora_ft`` row's recipe) from the mix (version 3: the default's, unchecked); version 2
+    started from the base model where the check refused the mix or could pass none: not
+    gradient-free."""
     return _compose(task, shots, seed, ctx, ["--fine-tune", str(FT_STEPS), "--fine-tune-lr",
                                              str(FT_LR)])
 

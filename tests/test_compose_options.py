@@ -130,9 +130,10 @@ def test_label_check_searches_a_labels_only_shot_in_every_fold(animals, animal_b
 
 
 def test_cli_refuses_before_searching_where_the_check_could_pass_no_mix(animals, tmp_path):
-    """Four "yes" and one "no" under the defaults: the check could hold out only "yes", so
+    """Four "yes" and one "no" with ``--folds 5``: the check could hold out only "yes", so
     nothing is searched or written (exit 3, before the model loads); --write-anyway
-    searches without a check and the card says why there was none."""
+    searches without a check and the card says why there was none. Under the defaults
+    (no check) the mix is written, and the card says it was not checked."""
     import json
 
     from lorahive.compose.composer.examples import write_examples
@@ -141,15 +142,15 @@ def test_cli_refuses_before_searching_where_the_check_could_pass_no_mix(animals,
     shots = [Example(f"the {w} is big ?", "yes") for w in ("cat", "dog", "cow", "owl")]
     shots.insert(2, Example("the sun is big ?", "no"))
     ex = write_examples(tmp_path / "lopsided.jsonl", shots)
-    args = ["compose", "--base", base, "--examples", ex, "--budget", "4", "-c", noise[0],
-            "-c", good]
+    plain = ["compose", "--base", base, "--examples", ex, "--budget", "4", "-c", noise[0],
+             "-c", good]
+    args = [*plain, "--folds", "5"]
     r = _cli(tmp_path / "home", *args, "--out", tmp_path / "no")
     assert r.exit_code == 3, r.stderr
     said = r.stdout.strip().splitlines()
     assert len(said) == 1 and said[0].startswith("nothing searched or written: no mix could "
                                                  "pass the out-of-fold check")
     assert "every example it can hold out is 'yes'" in said[0]
-    assert "default: no out-of-fold check" in " ".join(r.stderr.split())
     assert not (tmp_path / "no").exists()
     r = _cli(tmp_path / "home", *args, "--out", tmp_path / "no", "--json")
     assert r.exit_code == 3 and not (tmp_path / "no").exists()
@@ -158,6 +159,8 @@ def test_cli_refuses_before_searching_where_the_check_could_pass_no_mix(animals,
     out = tmp_path / "anyway"
     r = _cli(tmp_path / "home", *args, "--out", out, "--write-anyway", "--json")
     assert r.exit_code == 0, r.stderr
+    assert "warning: out-of-fold check not run: every example it can hold out is 'yes'" in \
+        " ".join(r.stderr.split())
     res = json.loads(r.stdout)
     assert res["written"] is True and res["check_blind_to"] == "yes"
     assert "folds" not in res and res["evaluations"] == 4  # one search, no check
@@ -171,6 +174,16 @@ def test_cli_refuses_before_searching_where_the_check_could_pass_no_mix(animals,
     side = json.loads((tmp_path / "ft" / "lorahive.json").read_text())
     assert side["metrics"]["fine_tune_start"] == "base"
     assert {p["weight"] for p in side["lineage"]["parents"]} == {0.0}
+    # the defaults: no check, the mix is written and said to be unchecked
+    r = _cli(tmp_path / "home", *plain, "--out", tmp_path / "plain", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "default: written without an out-of-fold check (--folds 5: check first" in \
+        " ".join(r.stderr.split())
+    res = json.loads(r.stdout)
+    assert res["written"] is True and "check_blind_to" not in res and "folds" not in res
+    card = (tmp_path / "plain" / "README.md").read_text()
+    assert "| out-of-fold check | not run: the weights are fitted to every example above" \
+        in card
 
 
 def _loglik(model, tok, prompt: str, answer: str) -> float:
@@ -418,18 +431,19 @@ def test_cli_retrieve_from_the_whole_registry(animals, library, shot_files, tmp_
 # -- what compose does with nothing set (compose/composer/policy.py) ---------------------
 
 def test_defaults_follow_the_shots_and_lorahub_turns_them_off():
-    from lorahive.compose.composer.policy import FOLDS, RETRIEVE, resolve
+    from lorahive.compose.composer.policy import RETRIEVE, resolve, shot_labels
 
     labelled = animal_task(5, 99)  # yes/no, each seen at least twice
     free = [Example(f"word {i}", f"WORD{i}") for i in range(5)]
     p = resolve(labelled, lorahub=False, mode=None, objective=None, labels=[], folds=None,
                 retrieve=None)
-    assert (p.mode, p.objective, p.labels, p.folds) == ("ab", "label", ["no", "yes"], FOLDS)
-    assert p.retrieve == RETRIEVE and p.auto_retrieve
+    assert (p.mode, p.objective, p.labels, p.folds) == ("ab", "label", ["no", "yes"], None)
+    assert p.retrieve == RETRIEVE and p.auto_retrieve and p.blind_to is None
     assert any("label set 'no', 'yes'" in n for n in p.notes)
+    assert any(n.startswith("written without an out-of-fold check (--folds 5") for n in p.notes)
     p = resolve(free, lorahub=False, mode=None, objective=None, labels=[], folds=None,
                 retrieve=None)
-    assert p.objective is None and p.labels is None and p.folds == FOLDS
+    assert p.objective is None and p.labels is None and p.folds is None
     p = resolve(labelled, lorahub=True, mode=None, objective=None, labels=[], folds=None,
                 retrieve=None)
     assert (p.objective, p.labels, p.folds, p.retrieve, p.notes) == (None, None, None, None, [])
@@ -447,49 +461,48 @@ def test_defaults_follow_the_shots_and_lorahub_turns_them_off():
     same = [Example(f"the {w} is big ?", "yes") for w in ("cat", "dog", "cow")]
     p = resolve(same, lorahub=False, mode=None, objective=None, labels=[], folds=None,
                 retrieve=None)
-    assert p.objective is None and p.labels is None  # one answer repeated: not a label set
-    assert not any(n.startswith("objective answer") for n in p.notes)
+    assert p.objective is None and p.labels is None  # one answer repeated: nothing to rank
     topics = [Example(f"q{i}", t) for i, t in enumerate(("film", "book", "film", "cash", "joy"))]
     p = resolve(topics, lorahub=False, mode=None, objective=None, labels=[], folds=None,
-                retrieve=None)  # four topics among five shots: maybe labels, only a hint
-    assert p.objective is None and p.folds == FOLDS
-    assert p.notes[0] == ("objective answer: the outputs repeat ('film' twice), but 4 "
-                          "distinct outputs among 5 examples are too few to take for a label "
-                          "set; if they are labels, --labels with the whole set scores them "
-                          "as labels")
-    p = resolve(labelled[:1], lorahub=False, mode=None, objective=None, labels=[],
-                folds=None, retrieve=None)
-    assert p.folds is None and any("at least 2 examples" in n for n in p.notes)
+                retrieve=None)  # four topics among five shots: a repeated output, so labels
+    assert p.objective == "label" and p.labels == ["book", "cash", "film", "joy"]
+    assert p.notes[0] == ("objective label: the examples' outputs repeat, so they are taken "
+                          "for the label set 'book', 'cash', 'film', 'joy' (--labels: the "
+                          "whole set, where the examples miss a label; --objective answer: "
+                          "LoRAHub's answer-token loss)")
+    assert shot_labels(free) is None and shot_labels(same) is None
+    assert shot_labels([Example(str(i), str(i % 11)) for i in range(22)]) is None  # 11 > 10
     lone = [Example(f"the {w} is big ?", "yes") for w in ("cat", "dog", "cow", "owl")]
-    # four "yes" and one "no": the check could hold out only "yes", so it could pass no mix;
-    # none is run, and nothing will be written unless asked
+    # four "yes" and one "no" with --folds: the check could hold out only "yes", so it could
+    # pass no mix; none is run, and nothing will be written unless asked
     p = resolve([*lone, Example("the sun is big ?", "no")], lorahub=False, mode=None,
-                objective=None, labels=[], folds=None, retrieve=None)
+                objective=None, labels=[], folds=5, retrieve=None)
     assert p.objective == "label" and p.folds is None and p.blind_to == "yes"
-    assert any("no out-of-fold check: every example it can hold out is 'yes'" in n
-               for n in p.notes)
+    p = resolve([*lone, Example("the sun is big ?", "no")], lorahub=False, mode=None,
+                objective="answer", labels=[], folds=5, retrieve=None)
+    assert p.folds == 5 and p.blind_to is None  # no labels: every shot can be held out
     two = [*lone[:2], Example("the sun is big ?", "no"), Example("the sea is big ?", "no"),
            Example("the cat is odd ?", "maybe")]  # yes, no held out; "maybe" never
     p = resolve(two, lorahub=False, mode=None, objective=None, labels=["yes", "no", "maybe"],
-                folds=None, retrieve=None)
-    assert p.folds == FOLDS and p.blind_to is None
-    assert any("(4 folds)" in n and "its label: 'maybe'" in n for n in p.notes)
-    p = resolve([lone[0], Example("the sun is big ?", "no")], lorahub=False, mode=None,
-                objective=None, labels=["yes", "no"], folds=None, retrieve=None)
-    assert p.folds is None and any("every label has one example" in n for n in p.notes)
+                folds=5, retrieve=None)
+    assert p.folds == 5 and p.blind_to is None
     for kw, msg in (({"folds": -1}, "folds must be"), ({"retrieve": -2}, "retrieve must be"),
-                    ({"labels": ["yes"], "objective": "answer"}, "labels go with")):
+                    ({"labels": ["yes"], "objective": "answer"}, "labels go with"),
+                    ({"folds": 1}, "folds must be at least 2")):
         args = {"lorahub": False, "mode": None, "objective": None, "labels": [],
                 "folds": None, "retrieve": None, **kw}
         with pytest.raises(InvalidRequestError, match=msg):
             resolve(labelled, **args)
+    with pytest.raises(InvalidRequestError, match="needs a label with at least 2 examples"):
+        resolve([lone[0], Example("the sun is big ?", "no")], lorahub=False, mode=None,
+                objective=None, labels=["yes", "no"], folds=5, retrieve=None)
 
 
-def test_cli_defaults_label_objective_out_of_fold_and_retrieval(animals, library, shot_files,
+def test_cli_defaults_label_objective_and_retrieval(animals, library, shot_files,
                                                                 tmp_path, monkeypatch):
-    """``compose`` with no settings: yes/no shots get the label objective, the mix is checked
-    leave-one-out, and a pool larger than the retrieval size is narrowed by example prompts;
-    each choice is said in one line. A candidate without prompts turns retrieval off."""
+    """``compose`` with no settings: yes/no shots get the label objective, the mix is written
+    unchecked, and a pool larger than the retrieval size is narrowed by example prompts; each
+    choice is said in one line. A candidate without prompts turns retrieval off."""
     import json
 
     from lorahive.compose.composer import policy
@@ -502,14 +515,14 @@ def test_cli_defaults_label_objective_out_of_fold_and_retrieval(animals, library
              "-c", noise[0], "-c", noise[1], "-c", good, "--out", out)
     assert r.exit_code == 0, r.stderr
     said = " ".join(r.stderr.split())
-    assert "default: objective label: the examples' outputs form the label set 'no', 'yes'" \
-        in said
-    assert "default: checked out of fold (5 folds) before writing" in said
+    assert ("default: objective label: the examples' outputs repeat, so they are taken for "
+            "the label set 'no', 'yes'") in said
+    assert "default: written without an out-of-fold check" in said
     assert "default: kept the 2 of 3 candidates whose example prompts read most like" in said
     text = " ".join(r.stdout.split())
-    assert "retrieved 2 of 3 candidates" in text and "out of fold (5 folds" in text
+    assert "retrieved 2 of 3 candidates" in text and "out of fold" not in text
     params = json.loads((out / "lorahive.json").read_text())["lineage"]["params"]
-    assert params["objective_fn"] == "label" and params["folds"] == 5
+    assert params["objective_fn"] == "label" and "folds" not in params
     assert params["retrieve"] == 2 and params["retrieval_pool"] == 3
     assert str(good) in {p["ref"] for p in
                          json.loads((out / "lorahive.json").read_text())["lineage"]["parents"]}

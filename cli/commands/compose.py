@@ -103,8 +103,7 @@ def compose(
         help="answer: LoRAHub's loss on the answer tokens; label: cross-entropy over the "
         "label set's sequence log-likelihoods (rank classification); or a custom "
         "module:function (LossInputs -> [K] tensor). Default: label when the examples' "
-        "outputs form a label set (at least two labels, twice as many examples as "
-        "labels), else answer."),
+        "outputs repeat (at least two distinct, one of them seen twice), else answer."),
     labels: list[str] = typer.Option(
         [], "--labels", help="The label set of --objective label, each exactly as an output "
         "is written (repeat the option; default: the examples' distinct outputs)."),
@@ -113,12 +112,12 @@ def compose(
         help="Check out of fold first: search on all shots but one fold, score on that fold, "
         "K times (K >= the number of shots: leave-one-out; with a label objective the folds "
         "are stratified by label and a label's only example is never held out); nothing is "
-        "written when no mix beats the base model there, or when every example it holds out "
-        "has one label (exit status 3). Default: 5, unless that one-label case (then no "
-        "check, and nothing written); 0: no check."),
+        "written when no mix beats the base model there (exit status 3). Where every "
+        "example it could hold out has one label it could pass no mix: nothing is searched "
+        "or written. Default: no check (5 is leave-one-out on five examples)."),
     write_anyway: bool = typer.Option(
-        False, "--write-anyway", help="Write (and publish) the mix even when it does not beat "
-        "the base model out of fold, or when the check could pass no mix."),
+        False, "--write-anyway", help="With --folds: write (and publish) the mix even when "
+        "it does not beat the base model out of fold, or when the check could pass no mix."),
     fine_tune: int = typer.Option(
         0, "--fine-tune", metavar="STEPS", help="After the search, train the composed "
         "adapter on the examples for STEPS full-batch AdamW steps (not gradient-free; the "
@@ -156,7 +155,7 @@ def compose(
         load_examples,
     )
     from lorahive.compose.composer.finetune import LR, check_fine_tune, fine_tune_recipe
-    from lorahive.compose.composer.folds import fold_labels, split_folds
+    from lorahive.compose.composer.folds import blind_reason, fold_labels, split_folds
     from lorahive.compose.composer.memo import SearchMemo
     from lorahive.compose.composer.mixing import layer_blocks
     from lorahive.compose.composer.model import load_base
@@ -257,6 +256,12 @@ def compose(
             err_console.print(f"[yellow]warning:[/yellow] {w}")
         for note in policy.notes:  # the settings chosen for the user, once the inputs passed
             err_console.print(f"[dim]default:[/dim] {note}", soft_wrap=True)
+        if policy.blind_to is not None:
+            err_console.print("[yellow]warning:[/yellow] out-of-fold check not run: "
+                              + blind_reason(policy.blind_to) + "; "
+                              + ("fine-tuning from the base model" if fine_tune and
+                                 not write_anyway else "the mix is written unchecked, as "
+                                 "asked"), soft_wrap=True)
         def run(on_eval=None) -> ComposeResult:
             return comp.run(cfg, rank=rank, prescreen=prescreen, held_out=held_out,
                             record=record, folds=folds or None, on_eval=on_eval, memo=memo,
@@ -410,7 +415,7 @@ def _refuse(result: ComposeResult, json_out: bool, ranking: list | None) -> None
 
 
 def _refuse_untested(policy: Policy, json_out: bool, ranking: list | None) -> None:
-    """The default check could hold out one label only, so no mix could pass it: say so
+    """The check asked for could hold out one label only, so no mix could pass it: say so
     before searching, write nothing."""
     from lorahive.compose.composer.folds import blind_reason
 

@@ -234,6 +234,9 @@ class ComposeResult:
                 rows.append(("check passes the mix", "no: " + blind_reason(cv.blind_to)))
         elif m.get("check_blind_to") is not None:
             rows.append(("out-of-fold check", "not run: " + blind_reason(m["check_blind_to"])))
+        elif p.get("route") != ROUTE:
+            rows.append(("out-of-fold check", "not run: the weights are fitted to every "
+                                              "example above (--folds K checks them)"))
         if self.accuracy is not None:
             rows.append((f"held-out accuracy ({self.accuracy.metric})",
                          f"{self.accuracy.accuracy:.1%} of {self.accuracy.n}"))
