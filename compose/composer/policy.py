@@ -2,9 +2,9 @@
 as a preset.
 
 The defaults are the held-out suite's evidence (docs/benchmarks.md, "Held-out suite"): over
-three seeds of 12 unseen tasks these rules scored 45.3 against LoRAHub's 37.5, and the same
-with a leave-one-out check 39.8: the check refused more gains (a mix whose gain five shots
-could not show out of fold) than it stopped losses. So by default
+three seeds of 12 unseen tasks these rules scored 45.3 against LoRAHub's 37.5; with a
+leave-one-out check and labels only at two shots each, 39.8: the check refused more gains (a
+mix whose gain five shots could not show out of fold) than it stopped losses. So by default
 
 - a pool of more than ``RETRIEVE`` candidates is narrowed to the ``RETRIEVE`` whose example
   prompts read most like the shots (retrieval costs no objective evaluations; pre-screening
