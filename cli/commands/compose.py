@@ -155,7 +155,7 @@ def compose(
         load_examples,
     )
     from lorahive.compose.composer.finetune import LR, check_fine_tune, fine_tune_recipe
-    from lorahive.compose.composer.folds import blind_reason, fold_labels, split_folds
+    from lorahive.compose.composer.folds import blind_reason
     from lorahive.compose.composer.memo import SearchMemo
     from lorahive.compose.composer.mixing import layer_blocks
     from lorahive.compose.composer.model import load_base
@@ -202,10 +202,7 @@ def compose(
     held_out = load_examples(eval_file) if eval_file is not None else None
     obj = load_objective(policy.objective)
     label_list = policy.labels
-    folds = policy.folds
-    # refuse bad --folds before the model loads
-    n_folds = len(split_folds(len(shots), folds, seed, fold_labels(shots, label_list))
-                  ) if folds else 0
+    folds = policy.folds  # a bad --folds was refused by resolve, before the model loads
     # before the model loads: fail fast on mismatched candidates and impossible blocks
     layer_blocks(check_candidates(cands, mode), blocks)
     record = {"base": str(base), "dtype": dtype, "device": device,
@@ -276,7 +273,7 @@ def compose(
             with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
                           console=err_console, transient=json_out) as bar:
-                bar_id = bar.add_task("search", total=cfg.budget * (1 + n_folds), best="-")
+                bar_id = bar.add_task("search", total=cfg.budget * (1 + policy.fold_count), best="-")
                 result = run(lambda done, _v, best: bar.update(bar_id, completed=done,
                                                                best=f"{best:.4f}"))
         if policy.blind_to is not None:  # recorded on the card: why there is no check

@@ -51,6 +51,7 @@ class Policy:
     blind_to: str | None = None  # the check asked for was not run: it could hold out only this
     # label, so it could pass no mix
     notes: list[str] = field(default_factory=list)
+    fold_count: int = 0  # the check's folds as split (one fewer with a lone label), 0: none
 
 
 def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
@@ -77,6 +78,7 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
                          "--objective answer: LoRAHub's answer-token loss)")
     label_list = None
     blind = None
+    fold_count = 0
     if objective == "label":
         label_list = list(labels) or sorted({e.output for e in shots})
     if folds is None and not lorahub:
@@ -85,15 +87,18 @@ def resolve(shots: Sequence[Example], *, lorahub: bool, mode: str | None,
                      "searched on)")
     elif folds:  # asked for: a check that could pass no mix is not run (``blind_to``)
         by = fold_labels(shots, label_list)
-        blind = blind_label(split_folds(len(shots), folds, 0, by), by)
+        split = split_folds(len(shots), folds, 0, by)  # refuses a bad --folds early
+        blind = blind_label(split, by)
         if blind is not None:
             folds = None
+        else:
+            fold_count = len(split)
     auto = retrieve is None and not lorahub
     if auto:
         retrieve = RETRIEVE
     return Policy(mode=mode or "ab", objective=objective,
                   labels=label_list, folds=folds or None, retrieve=retrieve or None,
-                  auto_retrieve=auto, notes=notes, blind_to=blind)
+                  auto_retrieve=auto, notes=notes, blind_to=blind, fold_count=fold_count)
 
 
 def shot_labels(shots: Sequence[Example]) -> list[str] | None:
